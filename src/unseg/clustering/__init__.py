@@ -1,0 +1,8 @@
+"""Clustering: standardise + PCA, faiss k-means, and cluster-to-class matching (SPEC §3)."""
+from __future__ import annotations
+
+from .kmeans import KMeansResult, StandardPCA, assign, kmeans
+from .matching import UNMATCHED, apply_matching, greedy_match, hungarian_match, iou_matrix, match, resolve_method
+
+__all__ = ["KMeansResult", "StandardPCA", "assign", "kmeans",
+           "UNMATCHED", "apply_matching", "greedy_match", "hungarian_match", "iou_matrix", "match", "resolve_method"]

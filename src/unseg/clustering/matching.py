@@ -1,0 +1,97 @@
+"""Cluster-to-class matching (SPEC §3): the project's only matching code.
+
+A mapping is an int64 array of length K (clusters): ``mapping[k]`` is the class of cluster
+k, or :data:`UNMATCHED` (-1) for a cluster that no class took (Hungarian with K > C) or
+that holds no pixel (greedy). Unmatched clusters' pixels are not dropped: the matched
+confusion keeps them in an extra last column, so they count as errors of their
+ground-truth class (in its IoU denominator) and of pixel accuracy.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+__all__ = ["UNMATCHED", "iou_matrix", "hungarian_match", "greedy_match", "apply_matching", "resolve_method",
+           "match"]
+
+UNMATCHED = -1
+METHODS = ("auto", "hungarian", "greedy")
+
+
+def _as_confusion(conf: np.ndarray) -> np.ndarray:
+    conf = np.asarray(conf)
+    if conf.ndim != 2 or (conf < 0).any():
+        raise ValueError(f"a confusion must be a non-negative (classes, clusters) matrix, got shape {conf.shape}")
+    return conf
+
+
+def iou_matrix(conf: np.ndarray) -> np.ndarray:
+    """(C, K) IoU of every class with every cluster; 0 where both are empty."""
+    conf = _as_confusion(conf).astype(np.float64)
+    union = conf.sum(axis=1, keepdims=True) + conf.sum(axis=0, keepdims=True) - conf
+    return np.divide(conf, union, out=np.zeros_like(conf), where=union > 0)
+
+
+def hungarian_match(conf: np.ndarray) -> np.ndarray:
+    """One-to-one cluster -> class mapping maximising the summed IoU (any K, C).
+
+    With K > C the K - C clusters left over map to UNMATCHED; with K < C some classes
+    get no cluster (their IoU is then 0 where they occur).
+    """
+    iou = iou_matrix(conf)
+    classes, clusters = linear_sum_assignment(iou, maximize=True)
+    mapping = np.full(iou.shape[1], UNMATCHED, dtype=np.int64)
+    mapping[clusters] = classes
+    return mapping
+
+
+def greedy_match(conf: np.ndarray) -> np.ndarray:
+    """Many-to-one mapping: each cluster -> the class covering most of its pixels (highest precision).
+
+    Leopart's overclustering matching for K > C. A cluster with no pixels maps to UNMATCHED
+    (it predicts nothing, so this changes no score); ties go to the lower class id.
+    """
+    conf = _as_confusion(conf)
+    mapping = conf.argmax(axis=0).astype(np.int64)
+    mapping[conf.sum(axis=0) == 0] = UNMATCHED
+    return mapping
+
+
+def apply_matching(conf: np.ndarray, mapping: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """(C, C + 1) confusion with clusters merged into classes per ``mapping``.
+
+    Column c sums the clusters mapped to class c; the last column sums the UNMATCHED
+    clusters, so their pixels stay in the row totals and count as errors in
+    :func:`unseg.evaluation.metrics.scores_from_confusion`. ``num_classes``, if given,
+    must equal the confusion's row count (a guard against a transposed matrix).
+    """
+    conf = _as_confusion(conf)
+    mapping = np.asarray(mapping, dtype=np.int64)
+    c, k = conf.shape
+    if num_classes is not None and num_classes != c:
+        raise ValueError(f"confusion has {c} class rows, not num_classes={num_classes}")
+    if mapping.shape != (k,):
+        raise ValueError(f"mapping of shape {mapping.shape} does not fit {k} clusters")
+    if k and (mapping.min() < UNMATCHED or mapping.max() >= c):
+        bad = mapping[(mapping < UNMATCHED) | (mapping >= c)][0]
+        raise ValueError(f"mapping sends a cluster to class {bad}, outside 0..{c - 1} (or {UNMATCHED} for unmatched)")
+    merge = np.zeros((k, c + 1), dtype=conf.dtype)
+    merge[np.arange(k), np.where(mapping == UNMATCHED, c, mapping)] = 1
+    return conf @ merge
+
+
+def resolve_method(method: str, num_classes: int, num_clusters: int) -> str:
+    """``hungarian`` or ``greedy``; ``auto`` is Hungarian if K <= C, else greedy (SPEC §3)."""
+    if method not in METHODS:
+        raise ValueError(f"matching method {method!r} is not one of {', '.join(METHODS)}")
+    if method == "auto":
+        return "hungarian" if num_clusters <= num_classes else "greedy"
+    return method
+
+
+def match(conf: np.ndarray, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(mapping, matched (C, C + 1) confusion) by :func:`resolve_method`'s rule."""
+    conf = _as_confusion(conf)
+    method = resolve_method(method, *conf.shape)
+    mapping = hungarian_match(conf) if method == "hungarian" else greedy_match(conf)
+    return mapping, apply_matching(conf, mapping)

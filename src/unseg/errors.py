@@ -1,0 +1,28 @@
+"""Exceptions with messages a user can act on: each names the file or value at fault."""
+
+
+class UnsegError(Exception):
+    """Base class: the CLI prints these as one clear line instead of a traceback."""
+
+
+class RegistryError(UnsegError, KeyError):
+    """An unknown backbone, dataset or method name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class LayoutError(UnsegError, FileNotFoundError):
+    """A dataset folder that lacks a path its layout needs."""
+
+
+class ImageError(UnsegError, ValueError):
+    """An image or mask that cannot be read, or whose size does not fit its image."""
+
+
+class WeightsError(UnsegError, ValueError):
+    """A checkpoint that cannot be read, or that holds another architecture."""
+
+
+class CacheError(UnsegError, RuntimeError):
+    """A feature cache that is incomplete, corrupt or built with other settings."""

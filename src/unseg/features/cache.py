@@ -1,0 +1,161 @@
+"""On-disk, memory-mapped, sharded store of dense features: written once, read by every evaluation.
+
+Layout of one cache folder::
+
+    meta.json                 what was extracted (backbone fingerprint, dataset, split, size)
+    shard-00000.feats.npy     (n, D, h, w) features of dataset indices [0, shard_size)
+    shard-00000.sal.npy       (n, h, w) saliency maps
+    shard-00000.json          ids of those n images (+ skipped ones); written last = shard done
+    ...
+    COMPLETE                  every shard done
+
+Every file is written to a temporary name and renamed, so a killed extraction leaves
+only whole shards; it resumes from the first missing one. Ranks of a multi-GPU run
+write disjoint shards (shard i belongs to rank i % world_size).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import CacheError
+from ..io import atomic_path, save_json
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    index: int
+    ids: list[str]
+    skipped: list[str]
+
+
+class FeatureCache:
+    """Read access to a complete cache folder; features are memory-mapped, never loaded whole."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not (self.root / "COMPLETE").exists():
+            raise CacheError(f"feature cache {self.root} is incomplete (no COMPLETE marker); "
+                             "run the extraction again to resume it")
+        self.meta: dict[str, Any] = json.loads((self.root / "meta.json").read_text())
+        self.shards = [read_shard_info(self.root, i) for i in range(self.meta["num_shards"])]
+        self.ids = [i for s in self.shards for i in s.ids]
+        self.skipped = [i for s in self.shards for i in s.skipped]
+        self._feats = [np.load(shard_path(self.root, s.index, "feats.npy"), mmap_mode="r") for s in self.shards]
+        self._sal = [np.load(shard_path(self.root, s.index, "sal.npy"), mmap_mode="r") for s in self.shards]
+        self._offsets = np.cumsum([0] + [len(f) for f in self._feats])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.meta["grid"])  # type: ignore[return-value]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return shard, index - int(self._offsets[shard])
+
+    def features(self, index: int) -> np.ndarray:
+        """(D, h, w) float32 features of the index-th cached image."""
+        shard, row = self._locate(index)
+        return np.asarray(self._feats[shard][row], dtype=np.float32)
+
+    def saliency(self, index: int) -> np.ndarray:
+        shard, row = self._locate(index)
+        return np.asarray(self._sal[shard][row], dtype=np.float32)
+
+    def iter_chunks(self, batch: int = 64) -> Iterator[np.ndarray]:
+        """(n, D, h, w) float32 blocks in order, at most ``batch`` images each (bounded memory)."""
+        for feats in self._feats:
+            for start in range(0, len(feats), batch):
+                yield np.asarray(feats[start:start + batch], dtype=np.float32)
+
+    def iter_tokens(self, batch: int = 64) -> Iterator[np.ndarray]:
+        """(n*h*w, D) token rows in image-major, row-major order."""
+        for block in self.iter_chunks(batch):
+            yield block.transpose(0, 2, 3, 1).reshape(-1, block.shape[1])
+
+    def saliency_array(self) -> np.ndarray:
+        return np.concatenate([np.asarray(s, dtype=np.float32) for s in self._sal])
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.root)!r}, n={len(self)}, dim={self.dim}, grid={self.grid})"
+
+
+def shard_path(root: Path, index: int, suffix: str) -> Path:
+    return root / f"shard-{index:05d}.{suffix}"
+
+
+def read_shard_info(root: Path, index: int) -> ShardInfo:
+    path = shard_path(root, index, "json")
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CacheError(f"feature cache {root} lacks shard {path.name}; run the extraction again") from None
+    return ShardInfo(index, info["ids"], info["skipped"])
+
+
+def shard_done(root: Path, index: int) -> bool:
+    return shard_path(root, index, "json").exists()
+
+
+def write_shard(root: Path, index: int, feats: np.ndarray, saliency: np.ndarray,
+                ids: list[str], skipped: list[str]) -> None:
+    """Arrays first, the id list last: its presence is what marks the shard complete."""
+    for suffix, array in (("feats.npy", feats), ("sal.npy", saliency)):
+        with atomic_path(shard_path(root, index, suffix)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+    save_json({"ids": ids, "skipped": skipped}, shard_path(root, index, "json"))
+
+
+def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> None:
+    """Create ``root`` with ``meta``; an existing folder must have been made with the same settings."""
+    meta_path = root / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old != meta:
+            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+            raise CacheError(f"feature cache {root} was made with other settings ({', '.join(diff)}); "
+                             "remove it or use another --cache-dir")
+        return
+    save_json(meta, meta_path)
+
+
+def mark_complete(root: Path, num_shards: int) -> bool:
+    """Write COMPLETE once all shards exist (any rank may be the last to finish)."""
+    if all(shard_done(root, i) for i in range(num_shards)):
+        save_json({"num_shards": num_shards}, root / "COMPLETE")
+        return True
+    return False
+
+
+def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8 label maps of the cached images, nearest-resized; saved beside the features."""
+    from .transforms import resize_mask
+
+    path = cache.root / f"masks-{size[0]}x{size[1]}.npy"
+    if path.exists():
+        masks = np.load(path)
+        if len(masks) == len(cache):
+            return masks
+    index = {s.id: s for s in dataset.samples}
+    missing = [i for i in cache.ids if i not in index or index[i].mask is None]
+    if missing:
+        raise CacheError(f"dataset {dataset.name}/{dataset.split} has no mask for cached image(s) "
+                         f"{', '.join(missing[:5])}")
+    masks = np.stack([resize_mask(dataset.load_mask(index[i], dataset.load_image(index[i]).size), size)
+                      for i in cache.ids])
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, masks)
+    return masks

@@ -1,0 +1,41 @@
+"""Deterministic evaluation-time preprocessing shared by extraction, heads and segmentation."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from ..datasets.base import IGNORE_INDEX
+
+
+def as_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """An int or (H, W) -> (H, W)."""
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(v) for v in size)
+    return h, w
+
+
+def image_to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float],
+                    std: Sequence[float]) -> torch.Tensor:
+    """Resize (bilinear, antialiased) to (H, W), scale to [0, 1], normalise: (3, H, W)."""
+    image = image.resize((size[1], size[0]), Image.BILINEAR)
+    return TF.normalize(TF.to_tensor(image), list(mean), list(std))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map to (H, W); ids (and 255) are kept exactly."""
+    if mask.shape == size:
+        return mask
+    return np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+
+
+def upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) integer predictions -> (B, H, W), nearest (the protocol's mask upsampling)."""
+    return torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+
+
+__all__ = ["as_size", "image_to_tensor", "resize_mask", "upsample_labels", "IGNORE_INDEX"]
