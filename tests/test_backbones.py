@@ -8,7 +8,7 @@ no test needs a download; all inputs are tiny (2x3 to 3x5 patches).
 from __future__ import annotations
 
 import argparse
-import os
+import random
 import time
 
 import pytest
@@ -34,8 +34,15 @@ def images(h: int, w: int, b: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def random_backbone(name: str, seed: int):
+    """Random weights, jittered so that no tensor keeps its init constant (LayerNorm 1/0,
+    DINOv2's 1e-5 layer scales, BatchNorm stats): a tensor left unloaded then shows."""
     torch.manual_seed(seed)
-    return create_backbone(name, weights="random")
+    backbone = create_backbone(name, weights="random")
+    with torch.no_grad():
+        for param in backbone.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    randomise_bn_stats(backbone, seed)
+    return backbone
 
 
 @torch.no_grad()
@@ -73,6 +80,16 @@ def randomise_bn_stats(model: torch.nn.Module, seed: int) -> None:
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
             m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Model building is many small ops: on a loaded 2-core machine, OpenMP threads waiting
+    for each other make it ~10x slower than one thread; the inputs here are tiny anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +325,12 @@ def test_vit_state_dict_into_efficientnet(vits16, tmp_path):
     assert "conv_stem.weight" in _raises_naming(path, "efficientnet_lite0")
 
 
-@pytest.mark.parametrize("content", [b"hello, this is a text file\nnot a checkpoint\n", os.urandom(4096), b""],
-                         ids=["text", "random-bytes", "empty"])
+JUNK = {"text": b"hello, this is a text file\nnot a checkpoint\n",
+        "random-bytes": random.Random(2).randbytes(4000),  # torch.load(weights_only=True): IndexError
+        "empty": b""}
+
+
+@pytest.mark.parametrize("content", list(JUNK.values()), ids=list(JUNK))
 def test_unreadable_file(tmp_path, content):
     path = tmp_path / "weights.pth"
     path.write_bytes(content)
@@ -398,6 +419,21 @@ def test_vit_features_and_saliency_match_timm(name):
     assert torch.allclose(sal, ref, rtol=1e-4, atol=1e-6), (sal - ref).abs().max()
 
 
+@pytest.mark.parametrize("name", ["dino_vits16", "efficientnet_lite0"])
+def test_drop_path_rate_is_stochastic_depth_in_training_only(name):
+    plain = create_backbone(name, weights="random")
+    dropped = create_backbone(name, weights="random", drop_path_rate=0.1)
+    dropped.load_state_dict(plain.state_dict())
+    rates = [m.drop_prob for m in dropped.modules() if isinstance(m, timm.layers.DropPath)]
+    assert rates and 0 < max(rates) <= 0.1 + 1e-6
+    assert torch.equal(feats(dropped, X16), feats(plain, X16))  # eval mode: no drop
+
+
+def test_resnet_has_no_drop_path():
+    with pytest.raises(ValueError, match="drop_path_rate"):
+        create_backbone("resnet50", weights="random", drop_path_rate=0.1)
+
+
 # -------------------------------------------------- 4. missing weights, names, offline
 
 
@@ -430,3 +466,18 @@ def test_unknown_backbone_lists_known_names():
     message = str(info.value)
     assert "dino_vitl99" in message
     assert all(name in message for name in ALL_NAMES)
+
+
+def test_asking_for_a_role_the_checkpoint_lacks_is_an_error(tmp_path):
+    """A DINO checkpoint with only a teacher, or a Leopart one with only a student, never silently swaps roles."""
+    state = random_backbone("dino_vits16", 0).weight_state_dict()
+    dino = tmp_path / "teacher_only.pth"
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in state.items()}}, dino)
+    with pytest.raises(WeightsError, match="no 'student'"):
+        create_backbone("dino_vits16", weights=dino, role="student")
+    assert create_backbone("dino_vits16", weights=dino, role="teacher") is not None
+    leopart = tmp_path / "two_students.ckpt"
+    torch.save({"state_dict": {**{f"model.{k}": v for k, v in state.items()},
+                               **{f"ema.{k}": v for k, v in state.items()}}}, leopart)
+    with pytest.raises(WeightsError, match="none is the teacher"):
+        create_backbone("dino_vits16", weights=leopart, role="teacher")

@@ -10,8 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from .datasets import create_dataset
-from .evaluation.clustering import cluster_labels, evaluate_clustering, project_tokens, score_labels
+from .evaluation.clustering import evaluate_clustering
 from .features.cache import cached_masks
 from .evaluation.protocols import Source
 from .io import save_json
@@ -23,17 +22,18 @@ def sample_root() -> Path:
     return Path(str(resources.files("unseg") / "assets" / "camvid_sample"))
 
 
-def run_demo(out: str | Path = "demo_out", ks: Sequence[int] = (11, 100), seeds: Sequence[int] = range(5),
+def run_demo(out: str | Path = "demo_out", overclusters: int = 100, seeds: Sequence[int] = range(5),
              input_size: int = 448, mask_size: int = 100, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     source = Source(backbone="efficientnet_lite0", dataset="camvid", root=sample_root(), input_size=input_size,
                     cache_dir=out / "cache", device=device, progress=progress)
     backbone = source.build_backbone()
-    dataset = create_dataset("camvid", sample_root(), "val")
+    dataset = source.build_dataset("val")
     cache = source.features(backbone, dataset)
     masks = cached_masks(cache, dataset, (mask_size, mask_size))
-    results = evaluate_clustering(cache, masks, dataset.num_classes, ks=ks, seeds=seeds)
+    k = dataset.num_classes
+    results = evaluate_clustering(cache, masks, k, ks=(k, overclusters), seeds=seeds)
     print(f"unseg demo: EfficientNet-Lite0 (ImageNet, offline), {len(cache)} CamVid val images, input "
           f"{input_size}x{input_size}, features {cache.grid[0]}x{cache.grid[1]}x{cache.dim}, masks "
           f"{mask_size}x{mask_size}, PCA 50, faiss k-means (niter 100, nredo 5)")
@@ -41,15 +41,13 @@ def run_demo(out: str | Path = "demo_out", ks: Sequence[int] = (11, 100), seeds:
         print("  " + r.summary())
 
     # overlays of the K = #classes segmentation (seed 0), clusters mapped to classes by Hungarian matching
-    k = dataset.num_classes
-    labels = cluster_labels(project_tokens(cache), cache.grid, k, seed=0)
-    _, mapping = score_labels(labels, masks, k, k, "hungarian")
+    segmentation = results[0]
     colours = palette(k)
     full_masks = cached_masks(cache, dataset, dataset[0]["mask"].shape)
     index = {s.id: s for s in dataset.samples}
     overlays = []
     for i, image_id in enumerate(cache.ids):
-        pred = mapping[labels[i]]
+        pred = segmentation.mapping[segmentation.labels[i]]
         pred[pred < 0] = 255
         overlays.append(str(save_panel(out / "overlays" / f"{image_id}.png", dataset.load_image(index[image_id]),
                                        pred.astype("uint8"), colours, full_masks[i])))

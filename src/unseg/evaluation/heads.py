@@ -95,7 +95,7 @@ class _AugmentedPairs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.dataset[i]
-        image = tv_tensors.Image(torch.from_numpy(np.asarray(item["image"])).permute(2, 0, 1))
+        image = tv_tensors.Image(torch.from_numpy(np.array(item["image"])).permute(2, 0, 1))
         mask = tv_tensors.Mask(torch.from_numpy(item["mask"]))
         image, mask = self.joint(image, mask)
         mask = resize_mask(mask.numpy().astype(np.uint8), self.mask_size)
