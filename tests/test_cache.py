@@ -182,3 +182,18 @@ def test_cached_masks_follow_cache_order_and_size(tmp_path):
     for i in range(3):
         assert (got[i][:, :2] == i).all() and (got[i][:, 2:] == 255).all()
     assert (cache.root / "masks-3x4.npy").exists()
+
+
+def test_ranks_write_disjoint_shards_and_the_last_completes_the_cache(tmp_path):
+    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 7), "")
+    single = extract(tiny_vit(), dataset, tmp_path / "single")
+    backbone = tiny_vit()
+    counter = CountingBackbone(backbone)
+    assert extract(backbone, dataset, tmp_path / "multi", rank=1, world_size=2) is None  # shards 1, 3
+    assert counter.images == 2 + 1
+    (root,) = (tmp_path / "multi").iterdir()
+    assert sorted(p.name for p in root.glob("shard-*.json")) == ["shard-00001.json", "shard-00003.json"]
+    cache = extract(backbone, dataset, tmp_path / "multi", rank=0, world_size=2)  # shards 0, 2: now complete
+    assert counter.images == 7 and cache.ids == single.ids
+    for i in range(7):
+        np.testing.assert_allclose(cache.features(i), single.features(i), rtol=1e-5, atol=1e-5)

@@ -82,3 +82,11 @@ def test_cli_weights_of_another_architecture(tmp_path, capsys):
                  "--weights", str(path), "--cache-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "cls_token" in err
+
+
+def test_cli_empty_folder_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["extract", "--dataset", "folder", "--root", str(tmp_path / "empty"), "--split", "",
+                 "--cache-dir", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds no images" in err and str(tmp_path / "empty") in err

@@ -20,6 +20,8 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
     g.add_argument("--dataset", default="camvid", help="registered dataset (see `unseg datasets`)")
     g.add_argument("--root", required=True, help="dataset folder")
+    g.add_argument("--masks", help="folder dataset: folder of <image stem>.png label maps")
+    g.add_argument("--num-classes", type=int, help="folder dataset: ids >= this are ignored")
     g.add_argument("--input-size", type=int, nargs="+", default=[448], metavar="PX",
                    help="input resolution: one value (square) or H W")
     g.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features or ~/.cache/unseg/features)")
@@ -35,7 +37,9 @@ def _source(args: argparse.Namespace):
 
     size = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size[:2])
     return Source(backbone=args.backbone, weights=args.weights, download=args.download, role=args.weights_role,
-                  dataset=args.dataset, root=args.root, input_size=size, cache_dir=args.cache_dir,
+                  dataset=args.dataset, root=args.root, input_size=size,
+                  dataset_options={k: v for k, v in {"masks": args.masks, "num_classes": args.num_classes}.items()
+                                   if v is not None}, cache_dir=args.cache_dir,
                   device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                   skip_corrupt=args.skip_corrupt, progress=sys.stderr.isatty())
 

@@ -6,7 +6,7 @@ its protocol.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +30,7 @@ class Source:
     role: str = "auto"
     dataset: str = "camvid"
     root: str | Path = "."
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. the folder dataset's masks, num_classes
     input_size: int | Sequence[int] = 448
     cache_dir: str | Path | None = None
     device: str = "auto"
@@ -42,7 +43,7 @@ class Source:
         return create_backbone(self.backbone, self.weights, download=self.download, role=self.role)
 
     def build_dataset(self, split: str) -> SegmentationDataset:
-        return create_dataset(self.dataset, self.root, split)
+        return create_dataset(self.dataset, self.root, split, **self.dataset_options)
 
     def features(self, backbone: Backbone, dataset: SegmentationDataset) -> FeatureCache:
         cache = extract_features(backbone, dataset, self.input_size, cache_root=self.cache_dir,
