@@ -67,17 +67,17 @@ class FeatureCache:
     def features(self, index: int) -> np.ndarray:
         """(D, h, w) float32 features of the index-th cached image."""
         shard, row = self._locate(index)
-        return np.asarray(self._feats[shard][row], dtype=np.float32)
+        return np.array(self._feats[shard][row], dtype=np.float32)
 
     def saliency(self, index: int) -> np.ndarray:
         shard, row = self._locate(index)
-        return np.asarray(self._sal[shard][row], dtype=np.float32)
+        return np.array(self._sal[shard][row], dtype=np.float32)
 
     def iter_chunks(self, batch: int = 64) -> Iterator[np.ndarray]:
         """(n, D, h, w) float32 blocks in order, at most ``batch`` images each (bounded memory)."""
         for feats in self._feats:
             for start in range(0, len(feats), batch):
-                yield np.asarray(feats[start:start + batch], dtype=np.float32)
+                yield np.array(feats[start:start + batch], dtype=np.float32)
 
     def iter_tokens(self, batch: int = 64) -> Iterator[np.ndarray]:
         """(n*h*w, D) token rows in image-major, row-major order."""
