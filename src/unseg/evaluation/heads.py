@@ -106,7 +106,7 @@ def _logits(head: nn.Module, feats: torch.Tensor, size: tuple[int, int]) -> torc
     return F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
 
 
-def train_head(backbone: Backbone, train: SegmentationDataset, num_classes: int, head: str = "linear",
+def train_head(backbone: Backbone, train: SegmentationDataset | None, num_classes: int, head: str = "linear",
                input_size: int | Sequence[int] = 448, mask_size: int | Sequence[int] = 100,
                epochs: int | None = None, lr: float | None = None, milestones: Sequence[int] | None = None,
                batch_size: int | None = None, augment: bool = True, train_cache: FeatureCache | None = None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backbones import Backbone, create_backbone
 from ..datasets import SegmentationDataset, create_dataset
+from ..errors import CacheError
 from ..features import FeatureCache, as_size, extract_features
 from ..features.cache import cached_masks
 from .clustering import ClusteringResult, evaluate_clustering
@@ -50,7 +51,8 @@ class Source:
                                  batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
                                  skip_corrupt=self.skip_corrupt, progress=self.progress)
         if cache is None:
-            raise RuntimeError("other ranks are still extracting; run the evaluation once they are done")
+            raise CacheError(f"other ranks are still extracting {dataset.name}/{dataset.split}; "
+                             "run the evaluation once they are done")
         return cache
 
     def describe(self) -> dict[str, Any]:
