@@ -130,6 +130,61 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out=args.out, seeds=range(args.seeds), device=args.device, progress=sys.stderr.isatty())
 
 
+def _stego_config(args: argparse.Namespace):
+    from .config import load_config
+    from .methods.stego.train import StegoConfig
+
+    return load_config(StegoConfig, args.config, args.overrides)
+
+
+def _add_stego(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="YAML config (see configs/stego/)")
+    p.add_argument("overrides", nargs="*", help="key=value settings over the config, e.g. root=DATA max_steps=500")
+    p.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features)")
+
+
+def cmd_train_stego(args: argparse.Namespace) -> None:
+    from .methods.stego.pipeline import evaluate_run, fit_stego, split_data
+
+    cfg = _stego_config(args)
+    module = fit_stego(cfg, args.out, args.cache_dir, resume=args.resume)
+    print(f"STEGO head written to {Path(args.out) / 'stego.ckpt'} (STEGO's checkpoint layout)")
+    if not args.no_eval:
+        scores = evaluate_run(module, split_data(cfg, cfg.val_split, args.cache_dir), cfg.n_classes)
+        print(f"{cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA, Hungarian-matched cluster probe: "
+              + scores.summary())
+
+
+def cmd_eval_stego(args: argparse.Namespace) -> None:
+    from .methods.stego.pipeline import evaluate_run, split_data
+
+    cfg = _stego_config(args)
+    scores = evaluate_run(args.checkpoint, split_data(cfg, cfg.val_split, args.cache_dir), cfg.n_classes,
+                          crf=args.crf, processes=args.processes)
+    print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA"
+          f"{', dense CRF' if args.crf else ''}, Hungarian-matched cluster probe: " + scores.summary())
+    _write_json(args.json, scores.to_dict())
+
+
+def cmd_stego_knn(args: argparse.Namespace) -> None:
+    from .methods.stego.knn import knn_indices, knn_path
+    from .methods.stego.pipeline import split_data
+
+    cfg = _stego_config(args)
+    data = split_data(cfg, cfg.train_split, args.cache_dir)
+    knn = knn_indices(data.cache, cfg.knn_k)
+    print(f"kNN table {knn.shape} of {cfg.dataset}/{cfg.train_split} in {knn_path(data.cache, cfg.knn_k)}")
+
+
+def cmd_stego_sweep(args: argparse.Namespace) -> None:
+    from .methods.stego.pipeline import dimension_sweep
+
+    cfg = _stego_config(args)
+    dimension_sweep(cfg, args.dims, methods=args.methods, seeds=range(args.seeds), out_dir=args.out,
+                    cache_dir=args.cache_dir, crf=args.crf)
+    print(f"table: {Path(args.out) / 'results.csv'}  plot: {Path(args.out) / 'miou_vs_dim.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -177,6 +232,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lr", type=float)
         p.add_argument("--head-batch-size", type=int)
         p.add_argument("--seed", type=int, default=0)
+
+    p = ev.add_parser("stego", help="score a STEGO checkpoint's cluster and linear probes")
+    _add_stego(p)
+    p.add_argument("--checkpoint", required=True, type=Path, help="ours or a released STEGO .ckpt")
+    p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
+    p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
+    p.add_argument("--json", type=Path)
+    p.set_defaults(func=cmd_eval_stego)
+
+    train = sub.add_parser("train", help="train a method").add_subparsers(dest="method", required=True)
+    p = train.add_parser("stego", help="train a STEGO head on cached features of a frozen backbone")
+    _add_stego(p)
+    p.add_argument("--out", default="runs/stego", help="run folder: config, logs, checkpoints, stego.ckpt")
+    p.add_argument("--resume", help="checkpoint to resume from, or 'last'")
+    p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
+    p.set_defaults(func=cmd_train_stego)
+
+    stego = sub.add_parser("stego", help="STEGO tools").add_subparsers(dest="tool", required=True)
+    p = stego.add_parser("knn", help="precompute the kNN table of the training split (cached)")
+    _add_stego(p)
+    p.set_defaults(func=cmd_stego_knn)
+    p = stego.add_parser("sweep", help="STEGO vs raw / PCA / random projections over code dims (study, SPEC §5)")
+    _add_stego(p)
+    p.add_argument("--dims", type=int, nargs="+", default=[3, 8, 16, 32, 70, 128])
+    p.add_argument("--methods", nargs="+", default=["stego", "pca", "random", "raw"])
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    p.add_argument("--crf", action="store_true", help="also score every run with a dense CRF")
+    p.add_argument("--out", default="runs/stego_sweep")
+    p.set_defaults(func=cmd_stego_sweep)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")
     p.add_argument("--out", default="demo_out")

@@ -26,3 +26,11 @@ class WeightsError(UnsegError, ValueError):
 
 class CacheError(UnsegError, RuntimeError):
     """A feature cache that is incomplete, corrupt or built with other settings."""
+
+
+class MissingExtraError(UnsegError, ImportError):
+    """An optional dependency that is not installed; the message names the extra that provides it."""
+
+
+class ConfigError(UnsegError, ValueError):
+    """A config file or override with an unknown key or a value of the wrong type."""

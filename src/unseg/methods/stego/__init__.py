@@ -1,0 +1,15 @@
+"""STEGO (Hamilton et al., ICLR 2022; SPEC §4): a head trained on a frozen backbone by feature correspondences.
+
+``model`` (head and probes), ``loss`` (correspondence loss), ``train`` (config, Lightning
+module, ``train_stego``), ``checkpoint`` (the authors' layout), ``evaluate`` (probes with
+flip averaging), ``knn`` (positive pairs) and ``fivecrop`` (preprocessing).
+"""
+from .checkpoint import load_stego, save_stego
+from .evaluate import StegoScores, evaluate_stego, stego_codes
+from .loss import CorrespondenceConfig, CorrespondenceTerms, correspondence_terms, derangement
+from .model import ClusterProbe, LinearProbe, StegoHead
+from .train import CachedPairs, ImagePairs, StegoConfig, StegoModule, train_stego
+
+__all__ = ["StegoHead", "ClusterProbe", "LinearProbe", "CorrespondenceConfig", "CorrespondenceTerms",
+           "correspondence_terms", "derangement", "StegoConfig", "StegoModule", "CachedPairs", "ImagePairs",
+           "train_stego", "save_stego", "load_stego", "stego_codes", "evaluate_stego", "StegoScores"]

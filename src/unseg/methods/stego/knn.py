@@ -1,0 +1,92 @@
+"""Image-level nearest neighbours for STEGO's inter-image (kNN) correspondence pairs (SPEC §4).
+
+Each image gets a global descriptor, the L2-normalised spatial mean of its backbone
+features, and its top-k images by cosine similarity (index 0 is the image itself; the
+loss draws a positive from neighbours 1..7). STEGO computes the descriptor at 224 px
+(resize + center crop); here it is taken from the feature cache the head trains on, at
+that cache's input size, so the neighbours follow the exact features the loss uses and
+no second extraction is needed.
+
+The table is stored beside the features as ``knn-{k}.npy`` and reused. Memory stays
+O(N*k + N*D): descriptors are streamed out of the memory-mapped cache, and faiss
+searches the flat index one query block at a time, so no N x N matrix ever exists.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ...errors import CacheError
+from ...features.cache import FeatureCache
+from ...io import atomic_path
+
+__all__ = ["global_descriptors", "nearest_neighbours", "knn_indices", "load_knn", "knn_path"]
+
+
+def global_descriptors(cache: FeatureCache, batch: int = 256) -> np.ndarray:
+    """(N, D) float32 unit-norm spatial means of the cached feature maps, read ``batch`` images at a time."""
+    desc = np.empty((len(cache), cache.dim), dtype=np.float32)
+    start = 0
+    for block in cache.iter_chunks(batch):
+        desc[start:start + len(block)] = block.mean(axis=(2, 3))
+        start += len(block)
+    faiss.normalize_L2(desc)
+    return desc
+
+
+def nearest_neighbours(descriptors: np.ndarray, k: int, batch: int = 4096) -> np.ndarray:
+    """(N, k) int64 indices of each row's top-k rows by inner product, itself first.
+
+    Rows must be unit-norm for this to be cosine similarity. Self is put first even when
+    a duplicate row ties with it (or float rounding ranks one above it).
+    """
+    x = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if not 1 <= k <= len(x):
+        raise ValueError(f"k = {k} neighbours needs 1 <= k <= {len(x)} (the number of images)")
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    out = np.empty((len(x), k), dtype=np.int64)
+    for start in range(0, len(x), batch):
+        _, idx = index.search(x[start:start + batch], k)
+        own = np.arange(start, start + len(idx))[:, None]
+        absent = ~(idx == own).any(axis=1)
+        idx[absent] = np.concatenate([own[absent], idx[absent, :-1]], axis=1)
+        out[start:start + len(idx)] = np.take_along_axis(idx, np.argsort(idx != own, axis=1, kind="stable"), 1)
+    return out
+
+
+def knn_path(cache: FeatureCache, k: int) -> Path:
+    return cache.root / f"knn-{k}.npy"
+
+
+def _read_knn(cache: FeatureCache, k: int) -> np.ndarray | None:
+    """The stored table when it exists and fits this cache, else None (so it is rebuilt)."""
+    try:
+        table = np.load(knn_path(cache, k))
+    except (FileNotFoundError, ValueError, OSError):
+        return None
+    return table if table.shape == (len(cache), k) else None
+
+
+def knn_indices(cache: FeatureCache, k: int = 30, batch: int = 4096) -> np.ndarray:
+    """(N, k) int64 kNN table of the cached images (in ``cache.ids`` order), built once and reused."""
+    table = _read_knn(cache, k)
+    if table is None:
+        table = nearest_neighbours(global_descriptors(cache), k, batch)
+        with atomic_path(knn_path(cache, k)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, table)
+    return table
+
+
+def load_knn(cache: FeatureCache, k: int = 30, build: bool = True) -> np.ndarray:
+    """The kNN table; with ``build=False`` a missing one is an error instead of a (long) computation."""
+    if build:
+        return knn_indices(cache, k)
+    table = _read_knn(cache, k)
+    if table is None:
+        raise CacheError(f"no {k}-NN table {knn_path(cache, k)} for this feature cache; build it with "
+                         f"`unseg stego knn` or unseg.methods.stego.knn.knn_indices(cache, k={k})")
+    return table

@@ -1,0 +1,162 @@
+"""STEGO from a config to numbers: data preparation, training, evaluation and the study's sweep.
+
+What the ``unseg train stego`` / ``unseg eval stego`` / ``unseg stego`` commands call.
+Every step reuses the feature cache: the backbone runs once per split and input size,
+and the kNN table, the five crops and the masks are cached beside it.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ...backbones import create_backbone
+from ...datasets import SegmentationDataset, create_dataset
+from ...errors import CacheError
+from ...features import FeatureCache, default_cache_root, extract_features
+from ...features.cache import cached_masks
+from ...io import save_json
+from ..projections import PROJECTIONS, projection_head
+from .checkpoint import load_stego
+from .evaluate import Refine, StegoScores, evaluate_stego
+from .fivecrop import five_crop_dataset
+from .knn import knn_indices
+from .train import StegoConfig, train_stego
+
+TRAIN_MASK_SIZE = 100  # label resolution of the linear probe's training loss on cached features
+
+
+@dataclass
+class SplitData:
+    dataset: SegmentationDataset
+    cache: FeatureCache
+    masks: np.ndarray
+
+
+def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None, device: str = "auto",
+               mask_size: int | None = None) -> SplitData:
+    """Cached features and masks of ``split``: training splits five-cropped (if configured) at
+    ``input_size``; evaluation splits at ``val_input_size`` with masks at that size."""
+    if cfg.root is None:
+        raise ValueError("the config has no dataset root: set root=PATH")
+    training = split == cfg.train_split
+    dataset = create_dataset(cfg.dataset, cfg.root, split)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    if training and cfg.five_crop:
+        dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / f"{cfg.dataset}-{split}-{cfg.crop_ratio}",
+                                    crop_ratio=cfg.crop_ratio)
+    size = cfg.input_size if training else cfg.val_input_size
+    backbone = create_backbone(cfg.backbone, cfg.weights)
+    cache = extract_features(backbone, dataset, size, cache_root=cache_root, device=device, progress=False)
+    if cache is None:
+        raise CacheError(f"other ranks are still extracting {cfg.dataset}/{split}; try again once they are done")
+    masks = cached_masks(cache, dataset, (mask_size or (TRAIN_MASK_SIZE if training else size),) * 2)
+    return SplitData(dataset, cache, masks)
+
+
+def fit_stego(cfg: StegoConfig, out_dir: str | Path, cache_dir: str | Path | None = None, resume: str | None = None,
+              head: torch.nn.Conv2d | None = None, train: SplitData | None = None) -> Any:
+    """Train on the cached training split with its kNN table; returns the Lightning module."""
+    if cfg.data_source != "cache":
+        raise ValueError("fit_stego trains on cached features (data_source: cache); for images call train_stego")
+    train = train or split_data(cfg, cfg.train_split, cache_dir)
+    knn = knn_indices(train.cache, cfg.knn_k)
+    return train_stego(cfg, train.cache, knn, masks=train.masks, out_dir=out_dir, resume=resume, head=head)
+
+
+def crf_refine(data: SplitData, processes: int | None = None) -> Refine:
+    """Dense CRF on the evaluation images (resized to the masks' size), a batch at a time in parallel."""
+    from ...postprocess import crf_batch  # optional extra: imported only when a CRF is asked for
+
+    index = {s.id: s for s in data.dataset.samples}
+    height, width = data.masks.shape[-2:]
+
+    def refine(indices: list[int], scores: torch.Tensor) -> torch.Tensor:
+        images = [np.array(data.dataset.load_image(index[data.cache.ids[i]]).resize((width, height)))
+                  for i in indices]
+        probs = crf_batch(images, [s.cpu().numpy() for s in scores], processes=processes)
+        return torch.from_numpy(np.log(np.stack(probs) + 1e-8)).to(scores.device)
+
+    return refine
+
+
+def evaluate_run(module_or_path: Any, val: SplitData, n_classes: int, crf: bool = False,
+                 processes: int | None = None) -> StegoScores:
+    """Both probes of a trained module or a STEGO checkpoint on ``val``, optionally CRF-refined."""
+    if isinstance(module_or_path, (str, Path)):
+        head, cluster_probe, linear_probe, _ = load_stego(module_or_path, n_classes=n_classes)
+    else:
+        head, cluster_probe, linear_probe = module_or_path.net, module_or_path.cluster_probe, module_or_path.linear_probe
+    refine = crf_refine(val, processes) if crf else None
+    return evaluate_stego(head, cluster_probe, linear_probe, val.cache, val.masks, n_classes, refine=refine)
+
+
+def dimension_sweep(cfg: StegoConfig, dims: Sequence[int], methods: Sequence[str] = ("stego", "pca", "random"),
+                    seeds: Sequence[int] = (0,), out_dir: str | Path = "runs/stego_sweep",
+                    cache_dir: str | Path | None = None, crf: bool = False) -> list[dict[str, Any]]:
+    """The study's comparison: STEGO heads and fixed projections (``raw`` once, at the feature dim)
+    scored by the same probes, per dim and seed. Writes ``results.csv``, ``results.json`` and
+    ``miou_vs_dim.png`` to ``out_dir``."""
+    unknown = [m for m in methods if m != "stego" and m not in PROJECTIONS]
+    if unknown:
+        raise ValueError(f"sweep methods {unknown} are not among stego, {', '.join(PROJECTIONS)}")
+    out = Path(out_dir)
+    train = split_data(cfg, cfg.train_split, cache_dir)
+    val = split_data(cfg, cfg.val_split, cache_dir)
+    rows = []
+    runs = [(m, d) for m in methods if m != "raw" for d in dims] + ([("raw", train.cache.dim)] if "raw" in methods else [])
+    for method, dim in runs:
+        for seed in seeds:
+            run_cfg = replace(cfg, dim=dim, seed=seed, progress_bar=False)
+            head = None if method == "stego" else projection_head(method, train.cache, dim, seed=seed)
+            module = fit_stego(run_cfg, out / f"{method}-{dim}-{seed}", cache_dir, head=head, train=train)
+            for refined in ([False, True] if crf else [False]):
+                scores = evaluate_run(module, val, cfg.n_classes, crf=refined)
+                rows.append({"method": method, "dim": dim, "seed": seed, "crf": refined,
+                             "cluster_miou": scores.cluster.miou, "cluster_acc": scores.cluster.pixel_accuracy,
+                             "linear_miou": scores.linear.miou, "linear_acc": scores.linear.pixel_accuracy})
+                print(f"{method:7s} dim {dim:4d} seed {seed} crf {str(refined):5s}  {scores.summary()}", flush=True)
+    write_sweep(rows, out, cfg)
+    return rows
+
+
+def write_sweep(rows: list[dict[str, Any]], out: Path, cfg: StegoConfig) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    save_json({"protocol": {"dataset": cfg.dataset, "backbone": cfg.backbone, "train_split": cfg.train_split,
+                            "val_split": cfg.val_split, "input_size": cfg.input_size,
+                            "val_input_size": cfg.val_input_size, "max_steps": cfg.max_steps,
+                            "batch_size": cfg.batch_size, "matching": "hungarian (cluster probe)",
+                            "flip_tta": True}, "rows": rows}, out / "results.json")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (method, crf), group in _groups(rows).items():
+        dims = sorted({r["dim"] for r in group})
+        means = [np.mean([r["cluster_miou"] for r in group if r["dim"] == d]) for d in dims]
+        ax.plot(dims, means, marker="o", label=f"{method}{' + CRF' if crf else ''}")
+    ax.set_xscale("log")
+    ax.set_xlabel("code dimension")
+    ax.set_ylabel("cluster-probe mIoU")
+    ax.set_title(f"{cfg.dataset} / {cfg.backbone}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "miou_vs_dim.png", dpi=120)
+    plt.close(fig)
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, bool], list[dict[str, Any]]]:
+    groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["crf"]), []).append(r)
+    return groups
