@@ -155,6 +155,17 @@ def cmd_train_stego(args: argparse.Namespace) -> None:
               + scores.summary())
 
 
+def cmd_train_leopart(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .methods.leopart import LeopartConfig, train_leopart
+
+    cfg = load_config(LeopartConfig, args.config, args.overrides)
+    module = train_leopart(cfg, args.out, resume=args.resume)
+    if module.trainer.is_global_zero:
+        print(f"Leopart weights written to {Path(args.out) / 'leopart.ckpt'} (Leopart's layout: --weights loads "
+              f"the teacher, --weights-role student the student)")
+
+
 def cmd_eval_stego(args: argparse.Namespace) -> None:
     from .methods.stego.pipeline import evaluate_run, split_data
 
@@ -180,7 +191,7 @@ def cmd_stego_sweep(args: argparse.Namespace) -> None:
     from .methods.stego.pipeline import dimension_sweep
 
     cfg = _stego_config(args)
-    dimension_sweep(cfg, args.dims, methods=args.methods, seeds=range(args.seeds), out_dir=args.out,
+    dimension_sweep(cfg, args.dims, methods=args.methods, seeds=args.seeds, out_dir=args.out,
                     cache_dir=args.cache_dir, crf=args.crf)
     print(f"table: {Path(args.out) / 'results.csv'}  plot: {Path(args.out) / 'miou_vs_dim.png'}")
 
@@ -249,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
     p.set_defaults(func=cmd_train_stego)
 
+    p = train.add_parser("leopart", help="fine-tune a backbone with the Leopart loss (dense self-supervision)")
+    p.add_argument("--config", required=True, type=Path, help="YAML config (see configs/leopart/)")
+    p.add_argument("overrides", nargs="*", help="key=value settings over the config, e.g. root=DATA epochs=10")
+    p.add_argument("--out", default="runs/leopart", help="run folder: config, logs, checkpoints, leopart.ckpt")
+    p.add_argument("--resume", help="checkpoint to resume from, or 'last'")
+    p.set_defaults(func=cmd_train_leopart)
+
     stego = sub.add_parser("stego", help="STEGO tools").add_subparsers(dest="tool", required=True)
     p = stego.add_parser("knn", help="precompute the kNN table of the training split (cached)")
     _add_stego(p)
@@ -257,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stego(p)
     p.add_argument("--dims", type=int, nargs="+", default=[3, 8, 16, 32, 70, 128])
     p.add_argument("--methods", nargs="+", default=["stego", "pca", "random", "raw"])
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seed values, e.g. 0 1 2")
     p.add_argument("--crf", action="store_true", help="also score every run with a dense CRF")
     p.add_argument("--out", default="runs/stego_sweep")
     p.set_defaults(func=cmd_stego_sweep)
