@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from unseg.features import foreground_mask
 import timm
 import torch
 from helpers import make_image_folder
@@ -22,7 +24,7 @@ from unseg.backbones.vit import ViTBackbone
 from unseg.config import load_config
 from unseg.errors import ConfigError
 from unseg.methods.leopart import (CropConfig, CropError, EmbeddingQueue, LeopartConfig, MultiCrop, ValConfig,
-                                   build_module, cosine_schedule, foreground_mask, save_leopart, sinkhorn,
+                                   build_module, cosine_schedule, save_leopart, sinkhorn,
                                    train_leopart)
 from unseg.methods.leopart.crops import intersection_area
 

@@ -12,6 +12,8 @@ from .evaluation.clustering import ClusteringResult, evaluate_clustering
 from .evaluation.heads import FCNHead, LinearHead, evaluate_head, train_head
 from .evaluation.protocols import Source, clustering_protocol, head_protocol
 from .features import FeatureCache, extract_features
+from .segment import segment
+from .unsupervised import fully_unsupervised
 
 __version__ = "0.1.0"
 
@@ -22,5 +24,5 @@ __all__ = [
     "StandardPCA", "kmeans", "match", "hungarian_match", "greedy_match",
     "ConfusionAccumulator", "confusion_matrix", "scores_from_confusion",
     "ClusteringResult", "evaluate_clustering", "LinearHead", "FCNHead", "train_head", "evaluate_head",
-    "Source", "clustering_protocol", "head_protocol",
+    "Source", "clustering_protocol", "head_protocol", "segment", "fully_unsupervised",
 ]

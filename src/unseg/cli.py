@@ -104,6 +104,17 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     for r in results:
         print("  " + r.summary())
     _write_json(args.json, [r.to_dict() for r in results])
+    if args.report:
+        import torch
+
+        from .evaluation.report import class_predictions
+        from .features import upsample_labels
+
+        for r in results:
+            maps = upsample_labels(torch.from_numpy(r.labels), (args.mask_size, args.mask_size)).numpy()
+            _write_report(args.report / f"k{r.k}", source, args.split,
+                          class_predictions(maps, r.mapping, r.settings["num_classes"]), r.to_dict(),
+                          f"k-means K={r.k} ({r.matching}), {s['dataset']}/{args.split}")
 
 
 def cmd_head(args: argparse.Namespace) -> None:
@@ -122,6 +133,9 @@ def cmd_head(args: argparse.Namespace) -> None:
           f"{args.split} at {s['eval_mask_size'][0]}x{s['eval_mask_size'][1]} masks, seed {args.seed}:")
     print("  " + result.summary())
     _write_json(args.json, result.to_dict())
+    if args.report:
+        _write_report(args.report, source, args.split, result.predictions, result.to_dict(),
+                      f"{args.head} head, {s['dataset']}/{args.split}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -170,11 +184,18 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
     from .methods.stego.pipeline import evaluate_run, split_data
 
     cfg = _stego_config(args)
-    scores = evaluate_run(args.checkpoint, split_data(cfg, cfg.val_split, args.cache_dir), cfg.n_classes,
-                          crf=args.crf, processes=args.processes)
+    val = split_data(cfg, cfg.val_split, args.cache_dir)
+    scores = evaluate_run(args.checkpoint, val, cfg.n_classes, crf=args.crf, processes=args.processes,
+                          keep_predictions=args.report is not None)
     print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA"
           f"{', dense CRF' if args.crf else ''}, Hungarian-matched cluster probe: " + scores.summary())
     _write_json(args.json, scores.to_dict())
+    if args.report:
+        from .evaluation.report import dataset_report
+
+        report = dataset_report(args.report, val.dataset, val.cache, scores.predictions, settings=scores.to_dict(),
+                                title=f"STEGO cluster probe, {cfg.dataset}/{cfg.val_split}")
+        print(f"report written to {report.root}/ (open {report.gallery})")
 
 
 def cmd_stego_knn(args: argparse.Namespace) -> None:
@@ -194,6 +215,105 @@ def cmd_stego_sweep(args: argparse.Namespace) -> None:
     dimension_sweep(cfg, args.dims, methods=args.methods, seeds=args.seeds, out_dir=args.out,
                     cache_dir=args.cache_dir, crf=args.crf)
     print(f"table: {Path(args.out) / 'results.csv'}  plot: {Path(args.out) / 'miou_vs_dim.png'}")
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="also write a report folder: metrics.json, per-class IoU chart, confusion image and a "
+                        "gallery of the best and worst images")
+
+
+def _write_report(folder: Path, source, split: str, predictions, settings: dict, title: str) -> None:
+    from .evaluation.report import dataset_report
+
+    dataset = source.build_dataset(split)
+    cache = source.features(source.build_backbone(), dataset)  # already extracted: only read back
+    report = dataset_report(folder, dataset, cache, predictions, settings=settings, title=title)
+    print(f"report written to {report.root}/ (open {report.gallery})")
+
+
+def _size(values: list[int] | None):
+    return None if not values else (values[0] if len(values) == 1 else tuple(values[:2]))
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from .segment import segment
+    from .unsupervised.fitted import CDSettings
+
+    cd = CDSettings(k=args.cd_k, markov_time=args.markov_time, weight_threshold=args.weight_threshold,
+                    fg_threshold=args.fg_threshold, fg_k=args.fg_k)
+    labels = segment(args.paths, method=args.method, backbone=args.backbone, weights=args.weights, k=args.k,
+                     out_dir=args.out, crf=args.crf, clustering=args.clustering, save_clustering=args.save_clustering,
+                     checkpoint=args.checkpoint, input_size=_size(args.input_size), cd=cd,
+                     skip_invalid=args.skip_invalid, seed=args.seed, download=args.download, role=args.weights_role,
+                     device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                     processes=args.processes)
+    print(f"segmented {len(labels)} images ({args.method}{', dense CRF' if args.crf else ''}): "
+          f"{Path(args.out) / 'labels'}/, {Path(args.out) / 'overlays'}/, open {Path(args.out) / 'index.html'}")
+    if args.save_clustering:
+        print(f"clustering saved to {args.save_clustering} (reuse: --clustering {args.save_clustering})")
+
+
+def cmd_unsupervised(args: argparse.Namespace) -> None:
+    from .errors import ConfigError
+    from .unsupervised import PUBLISHED, fully_unsupervised
+
+    source = _source(args)
+    given = {"k": args.cd_k, "markov_time": args.markov_time, "weight_threshold": args.weight_threshold}
+    if args.published:
+        if args.backbone not in PUBLISHED:
+            raise ConfigError(f"no published CD hyper-parameters for backbone {args.backbone!r} "
+                              f"(published: {', '.join(PUBLISHED)}); give --cd-k --markov-time --weight-threshold "
+                              "or leave them out to search")
+        hyper = PUBLISHED[args.backbone]
+    elif all(v is not None for v in given.values()):
+        hyper = given
+    elif any(v is not None for v in given.values()):
+        raise ConfigError("give all of --cd-k, --markov-time, --weight-threshold, or none of them (TPE search)")
+    else:
+        hyper = None
+    result = fully_unsupervised(source, args.train_split, args.split, background=args.background,
+                                hyper_parameters=hyper, trials=args.trials, runs=args.runs,
+                                kmeans_seeds=range(args.seeds), fg_k=args.fg_k, mask_size=args.mask_size)
+    s = result.settings
+    print(f"fully unsupervised segmentation on {s['dataset']}/{args.split} ({s['num_val']} images), {s['backbone']} "
+          f"[{s['weights']}], input {s['input_size'][0]}x{s['input_size'][1]}, tokens {s['grid'][0]}x{s['grid'][1]}, "
+          f"StandardScaler + PCA {s['pca_dim']} and k-means fitted on {args.train_split} + {args.split} tokens, "
+          f"masks {args.mask_size}x{args.mask_size}, Hungarian matching, mean ± std:")
+    if result.foreground:
+        fg = result.foreground
+        print(f"  CBFE: spherical k-means k={fg['k']}, background = {', '.join(fg['background_classes'])}, "
+              f"threshold {fg['threshold']} (cut {fg['cut']}), foreground IoU train {fg['foreground_iou_train']:.1f} "
+              f"val {fg['foreground_iou_val']:.1f}")
+    hp = result.hyper_parameters
+    print(f"  CD: k={hp['k']} markov time {hp['markov_time']} edge threshold {hp['weight_threshold']} "
+          f"({hp['source']}), {args.runs} Infomap runs (seeds 1..{args.runs})")
+    for line in result.summary().splitlines():
+        print("  " + line)
+    _write_json(args.json, result.to_dict())
+    if args.report:
+        for stage in result.stages:
+            _write_report(args.report / stage.stage, source, args.split, stage.predictions, stage.to_dict(),
+                          f"fully unsupervised, stage {stage.stage}, {s['dataset']}/{args.split}")
+
+
+def cmd_retrieval(args: argparse.Namespace) -> None:
+    from .evaluation.retrieval import retrieval_protocol
+
+    source = _source(args)
+    result = retrieval_protocol(source, args.train_split, args.split, k=args.neighbours, temperature=args.temperature,
+                                mode=args.labels, memory_size=args.memory_size, eval_mask_size=args.eval_mask_size,
+                                seed=args.seed, keep_predictions=args.report is not None)
+    s = result.settings
+    print(f"dense NN retrieval (Hummingbird) on {s['dataset']}/{args.split}: memory bank of {s['memory']} "
+          f"{args.train_split} patches ({args.labels} labels), {s['backbone']} [{s['weights']}], input "
+          f"{s['input_size'][0]}x{s['input_size'][1]}, cosine kNN k={args.neighbours}, softmax temperature "
+          f"{args.temperature}, bilinear to {s['mask_size'][0]}x{s['mask_size'][1]} masks:")
+    print("  " + result.summary())
+    _write_json(args.json, result.to_dict())
+    if args.report:
+        _write_report(args.report, source, args.split, result.predictions, result.to_dict(),
+                      f"dense NN retrieval, {s['dataset']}/{args.split}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,10 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nredo", type=int, default=5)
     p.add_argument("--matching", default="auto", choices=["auto", "hungarian", "greedy"],
                    help="auto: Hungarian when K <= #classes, else greedy many-to-one by precision")
+    _add_report(p)
     p.set_defaults(func=cmd_cluster)
     for head in ("linear", "fcn"):
         p = ev.add_parser(head, help=f"train a {head} head on a frozen backbone and score it")
         _add_source(p)
+        _add_report(p)
         p.set_defaults(func=cmd_head, head=head)
         p.add_argument("--train-split", default="train")
         p.add_argument("--split", default="val", help="evaluation split")
@@ -250,7 +372,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
     p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
     p.add_argument("--json", type=Path)
+    _add_report(p)
     p.set_defaults(func=cmd_eval_stego)
+
+    p = ev.add_parser("unsupervised", help="fully unsupervised: k-means, + CBFE, + community detection")
+    _add_source(p)
+    _add_report(p)
+    p.add_argument("--train-split", default="train", help="split for the CBFE threshold and the CD search")
+    p.add_argument("--split", default="val", help="evaluation split")
+    p.add_argument("--background", nargs="+", metavar="CLASS",
+                   help="classes (names or ids) that are background for CBFE (default: a class named background; "
+                        "none -> no CBFE)")
+    p.add_argument("--fg-k", type=int, default=200, help="CBFE spherical k-means clusters")
+    p.add_argument("--cd-k", type=int, help="CD overclustering k (give with --markov-time, --weight-threshold)")
+    p.add_argument("--markov-time", type=float)
+    p.add_argument("--weight-threshold", type=float)
+    p.add_argument("--published", action="store_true", help="use the authors' CD hyper-parameters for --backbone")
+    p.add_argument("--trials", type=int, default=300, help="TPE trials when searching (authors: 300)")
+    p.add_argument("--runs", type=int, default=10, help="Infomap runs (seeds 0..N-1, Infomap seeds 1..N)")
+    p.add_argument("--seeds", type=int, default=5, help="k-means seeds of the k-means and CBFE stages")
+    p.add_argument("--mask-size", type=int, default=100)
+    p.set_defaults(func=cmd_unsupervised)
+
+    p = ev.add_parser("retrieval", help="dense nearest-neighbour retrieval (Hummingbird protocol)")
+    _add_source(p)
+    _add_report(p)
+    p.add_argument("--train-split", default="train", help="memory bank split")
+    p.add_argument("--split", default="val", help="evaluation split")
+    p.add_argument("--neighbours", type=int, default=30)
+    p.add_argument("--temperature", type=float, default=0.02)
+    p.add_argument("--labels", default="distribution", choices=["distribution", "majority"],
+                   help="label of a memory patch: its class distribution (Hummingbird) or majority class")
+    p.add_argument("--memory-size", type=int, help="random subset of memory patches (default: all)")
+    p.add_argument("--eval-mask-size", type=int, help="evaluation label resolution (default: input size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_retrieval)
 
     train = sub.add_parser("train", help="train a method").add_subparsers(dest="method", required=True)
     p = train.add_parser("stego", help="train a STEGO head on cached features of a frozen backbone")
@@ -279,6 +435,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", action="store_true", help="also score every run with a dense CRF")
     p.add_argument("--out", default="runs/stego_sweep")
     p.set_defaults(func=cmd_stego_sweep)
+
+    p = sub.add_parser("segment", help="segment your own images, no labels: label PNGs, overlays, index.html")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    p.add_argument("--method", default="kmeans", choices=["kmeans", "stego", "cd"])
+    p.add_argument("--out", required=True, help="output folder: labels/, overlays/, index.html")
+    p.add_argument("--k", type=int, help="segments: k-means clusters or preferred communities (default 8)")
+    p.add_argument("--backbone", help="registered backbone (default: the clustering's, else efficientnet_lite0)")
+    p.add_argument("--weights", help="local checkpoint of the backbone")
+    p.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"])
+    p.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
+    p.add_argument("--checkpoint", help="--method stego: a STEGO .ckpt (head and cluster probe)")
+    p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
+    p.add_argument("--clustering", metavar="FILE", help="apply a clustering saved with --save-clustering")
+    p.add_argument("--save-clustering", metavar="FILE", help="save the fitted clustering (kmeans, cd) for reuse")
+    p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+                   help="backbone input: one value (square) or H W (default: the clustering's, else 448)")
+    g = p.add_argument_group("--method cd (defaults: the authors' ViT-S/16 values)")
+    g.add_argument("--cd-k", type=int, default=149, help="overclustering k")
+    g.add_argument("--markov-time", type=float, default=2.0)
+    g.add_argument("--weight-threshold", type=float, default=0.09)
+    g.add_argument("--fg-threshold", type=float, help="CBFE precision threshold (default: no foreground extraction)")
+    g.add_argument("--fg-k", type=int, default=200, help="CBFE spherical k-means clusters")
+    p.add_argument("--skip-invalid", action="store_true", help="skip (and log by name) unreadable files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
+    p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")
     p.add_argument("--out", default="demo_out")

@@ -72,12 +72,13 @@ class HeadResult:
     pixel_accuracy: float
     iou: list[float]
     settings: dict[str, Any] = field(default_factory=dict)
+    predictions: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) uint8 val predictions, cache order
 
     def summary(self) -> str:
         return f"{self.head} head: mIoU {self.miou:5.1f}  acc {self.pixel_accuracy:5.1f}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "predictions"}
 
 
 class _AugmentedPairs(Dataset):

@@ -103,8 +103,9 @@ def head_protocol(source: Source, head: str = "linear", train_split: str = "trai
     model = train_head(backbone, train, num_classes, head=head, input_size=source.input_size, mask_size=msize,
                        augment=augment, device=source.device, seed=seed, num_workers=source.num_workers,
                        **kwargs, **train_kwargs)
-    scores, _ = evaluate_head(model, val_cache, val_masks, num_classes, device=source.device)
+    scores, predictions = evaluate_head(model, val_cache, val_masks, num_classes, device=source.device)
     settings = {**source.describe(), "train_split": train_split, "val_split": val_split,
                 "train_mask_size": list(msize), "eval_mask_size": list(emsize), "augment": augment, "seed": seed,
                 **head_settings(head, **train_kwargs)}
-    return HeadResult(head, scores.miou, scores.pixel_accuracy, [float(v) for v in scores.iou], settings)
+    return HeadResult(head, scores.miou, scores.pixel_accuracy, [float(v) for v in scores.iou], settings,
+                      predictions)

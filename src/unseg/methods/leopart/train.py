@@ -42,7 +42,8 @@ from ...features import extract_features
 from ...features.cache import cached_masks
 from ...io import save_torch
 from .crops import CropConfig, EpochSampler, MultiCrop, MultiCropDataset, derived_seed
-from .model import LeopartNet, NetOutput, cosine_schedule, foreground_mask, freeze_unused, leopart_loss, param_groups
+from ...features.saliency import foreground_mask
+from .model import LeopartNet, NetOutput, cosine_schedule, freeze_unused, leopart_loss, param_groups
 from .sinkhorn import EmbeddingQueue, sinkhorn
 
 __all__ = ["LeopartConfig", "ValConfig", "LeopartModule", "MultiCropData", "OverclusteringValidation",

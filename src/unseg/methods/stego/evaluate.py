@@ -17,6 +17,7 @@ from torch import nn
 from ...backbones import Backbone
 from ...clustering import match
 from ...evaluation.metrics import ConfusionAccumulator, SegmentationScores, scores_from_confusion
+from ...evaluation.report import class_predictions
 from ...features.cache import FeatureCache
 from ...features.extract import resolve_device
 from .model import ClusterProbe, LinearProbe, StegoHead
@@ -35,6 +36,7 @@ class StegoScores:
     cluster: SegmentationScores
     linear: SegmentationScores
     mapping: np.ndarray
+    predictions: np.ndarray | None = None  # (N, H, W) matched cluster-probe classes when kept; C = no class
 
     def summary(self) -> str:
         return (f"cluster probe: mIoU {self.cluster.miou:5.1f}  acc {self.cluster.pixel_accuracy:5.1f} | "
@@ -65,11 +67,12 @@ def stego_codes(head: StegoHead, x: torch.Tensor, flip_tta: bool = True, backbon
 @torch.no_grad()
 def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: LinearProbe, cache: FeatureCache,
                    masks: np.ndarray, n_classes: int, refine: Refine | None = None, flip_tta: bool = True,
-                   batch_size: int = 8, device: str = "auto") -> StegoScores:
+                   batch_size: int = 8, device: str = "auto", keep_predictions: bool = False) -> StegoScores:
     """Score both probes on cached features against ``masks`` ((N, H, W), cache order, 255 = ignore).
 
     Codes are bilinearly upsampled to the masks' size before the probes; ``refine`` (e.g.
-    a dense CRF) post-processes each image's probe outputs before the argmax.
+    a dense CRF) post-processes each image's probe outputs before the argmax. ``keep_predictions``
+    keeps the cluster probe's matched per-image predictions (for reports).
     """
     if len(masks) != len(cache):
         raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
@@ -77,6 +80,7 @@ def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: L
     head, cluster_probe, linear_probe = (m.to(dev).eval() for m in (head, cluster_probe, linear_probe))
     clusters = ConfusionAccumulator(n_classes, cluster_probe.n_clusters)
     linear = ConfusionAccumulator(n_classes)
+    kept = []
     start = 0
     for block in cache.iter_chunks(batch_size):
         code = stego_codes(head, torch.from_numpy(block).to(dev), flip_tta)
@@ -85,7 +89,11 @@ def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: L
         for acc, scores in ((clusters, cluster_probe.log_probs(code)), (linear, linear_probe(code).log_softmax(1))):
             if refine is not None:
                 scores = refine(list(range(start, start + len(block))), scores)
-            acc.update(gt, scores.argmax(1).cpu().numpy())
+            pred = scores.argmax(1).cpu().numpy()
+            acc.update(gt, pred)
+            if keep_predictions and acc is clusters:
+                kept.append(pred.astype(np.int16))
         start += len(block)
     mapping, matched = match(clusters.matrix, "hungarian")
-    return StegoScores(scores_from_confusion(matched), scores_from_confusion(linear.matrix), mapping)
+    predictions = class_predictions(np.concatenate(kept), mapping, n_classes) if kept else None
+    return StegoScores(scores_from_confusion(matched), scores_from_confusion(linear.matrix), mapping, predictions)

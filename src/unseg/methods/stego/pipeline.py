@@ -85,14 +85,15 @@ def crf_refine(data: SplitData, processes: int | None = None) -> Refine:
 
 
 def evaluate_run(module_or_path: Any, val: SplitData, n_classes: int, crf: bool = False,
-                 processes: int | None = None) -> StegoScores:
+                 processes: int | None = None, keep_predictions: bool = False) -> StegoScores:
     """Both probes of a trained module or a STEGO checkpoint on ``val``, optionally CRF-refined."""
     if isinstance(module_or_path, (str, Path)):
         head, cluster_probe, linear_probe, _ = load_stego(module_or_path, n_classes=n_classes)
     else:
         head, cluster_probe, linear_probe = module_or_path.net, module_or_path.cluster_probe, module_or_path.linear_probe
     refine = crf_refine(val, processes) if crf else None
-    return evaluate_stego(head, cluster_probe, linear_probe, val.cache, val.masks, n_classes, refine=refine)
+    return evaluate_stego(head, cluster_probe, linear_probe, val.cache, val.masks, n_classes, refine=refine,
+                          keep_predictions=keep_predictions)
 
 
 def dimension_sweep(cfg: StegoConfig, dims: Sequence[int], methods: Sequence[str] = ("stego", "pca", "random"),

@@ -1,0 +1,266 @@
+"""Fully unsupervised segmentation on a registered dataset (Leopart, SPEC §3), from names to numbers.
+
+Three stages, each scored on val with Hungarian matching (K x #classes, dataset-level
+confusion at ``mask_size``; unmatched predictions count as errors):
+
+1. ``kmeans``: k-means with K = #classes on all tokens;
+2. ``cbfe``: cluster-based foreground extraction, then K = #classes - 1 clusters on the
+   foreground tokens and one background id;
+3. ``cd``: k clusters on the foreground tokens (all tokens without CBFE) plus the
+   background id, merged by Infomap communities of their co-occurrence graph
+   (mean ± std over Infomap seeds).
+
+As in the authors' code, the unsupervised parts (standardise + PCA 50, k-means, the
+co-occurrence graph) are fitted on the train and val tokens together; labels are used
+only to pick the CBFE threshold and the CD hyper-parameters (k, Markov time, edge
+threshold: optuna TPE on train mIoU) and to score. The overclustering of stage 3 is fitted
+on tokens (the authors cluster the tokens nearest-upsampled to 100x100, i.e. each token
+weighted by the 9-16 pixels it covers); its maps are upsampled to ``mask_size`` for the
+co-occurrence counts, as theirs.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..clustering import StandardPCA, match
+from ..evaluation.clustering import cluster_labels
+from ..evaluation.metrics import ConfusionAccumulator, SegmentationScores, scores_from_confusion
+from ..evaluation.protocols import Source, _num_classes
+from ..evaluation.report import class_predictions
+from ..features.cache import FeatureCache, cached_masks
+from ..features.transforms import as_size, upsample_labels
+from .cbfe import ForegroundExtraction, cluster_based_foreground, foreground_iou, foreground_targets
+from .community import Overclustering, cooccurrence_graph, merge_confusion
+
+__all__ = ["PUBLISHED", "SEARCH_SPACE", "StageResult", "FullyUnsupervisedResult",
+           "fully_unsupervised", "search_hyper_parameters", "resolve_background"]
+
+# CD hyper-parameters the authors found by TPE on VOC train (SPEC §3)
+PUBLISHED = {"dino_vits16": {"k": 149, "markov_time": 2.0, "weight_threshold": 0.09},
+             "dino_vitb8": {"k": 109, "markov_time": 0.4, "weight_threshold": 0.07}}
+# (low, high, step) of the authors' search
+SEARCH_SPACE = {"k": (99, 249, 10), "markov_time": (0.1, 2.0, 0.1), "weight_threshold": (0.01, 0.1, 0.01)}
+SEARCH_SEED = 1000  # the authors' TPE sampler seed
+
+
+@dataclass
+class StageResult:
+    """One stage's val (or train) scores over seeds, with its first run's predictions for reports."""
+
+    stage: str
+    split: str
+    miou: list[float]
+    pixel_accuracy: list[float]
+    iou: list[list[float]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    predictions: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) class ids; C = no class
+    confusion: np.ndarray | None = field(default=None, repr=False)  # first run's matched (C, C + 1) confusion
+
+    @property
+    def miou_mean(self) -> float:
+        return float(np.mean(self.miou))
+
+    @property
+    def miou_std(self) -> float:
+        return float(np.std(self.miou))
+
+    def add(self, scores: SegmentationScores) -> None:
+        self.miou.append(float(scores.miou))
+        self.pixel_accuracy.append(float(scores.pixel_accuracy))
+        self.iou.append([float(v) for v in scores.iou])
+
+    def summary(self) -> str:
+        s = self.settings
+        what = {"kmeans": f"k-means K={s.get('k')} on all tokens",
+                "cbfe": f"+ CBFE (threshold {s.get('threshold')}), K={s.get('k')} on foreground + background",
+                "cd": f"+ CD, k={s.get('k')} mt={s.get('markov_time')} wt={s.get('weight_threshold')}"}[self.stage]
+        return (f"{what:58s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  acc {np.mean(self.pixel_accuracy):5.1f}"
+                f"  ({self.split}, {len(self.miou)} runs)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "split": self.split, "miou": self.miou, "pixel_accuracy": self.pixel_accuracy,
+                "iou": self.iou, "miou_mean": self.miou_mean, "miou_std": self.miou_std, "settings": self.settings}
+
+
+@dataclass
+class FullyUnsupervisedResult:
+    stages: list[StageResult]
+    hyper_parameters: dict[str, Any]  # k, markov_time, weight_threshold and where they came from
+    foreground: dict[str, Any] | None  # CBFE settings (threshold, cut, IoUs), None without CBFE
+    search: list[dict[str, Any]]  # TPE trials: params and train mIoU
+    settings: dict[str, Any]
+
+    def stage(self, name: str) -> StageResult:
+        return next(s for s in self.stages if s.stage == name)
+
+    def summary(self) -> str:
+        return "\n".join(s.summary() for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": [s.to_dict() for s in self.stages], "hyper_parameters": self.hyper_parameters,
+                "foreground": self.foreground, "search": self.search, "settings": self.settings}
+
+
+def resolve_background(class_names: Sequence[str], background: Sequence[str | int] | None) -> list[int]:
+    """Class ids making up "background": given names or ids, else the class named "background" if any."""
+    names = [n.lower() for n in class_names]
+    if background is None:
+        return [names.index("background")] if "background" in names else []
+    ids = []
+    for b in background:
+        if isinstance(b, int) or str(b).isdigit():
+            ids.append(int(b))
+        elif str(b).lower() in names:
+            ids.append(names.index(str(b).lower()))
+        else:
+            raise ValueError(f"background class {b!r} is not one of {', '.join(class_names)}")
+    return ids
+
+
+def _score_maps(stage: StageResult, maps: np.ndarray, masks: np.ndarray, num_classes: int, num_ids: int) -> None:
+    """Hungarian-match (N, H, W) id maps to classes, add the scores; keep the first run's predictions."""
+    acc = ConfusionAccumulator(num_classes, num_ids)
+    acc.update(masks, maps)
+    mapping, matched = match(acc.matrix, "hungarian")
+    stage.add(scores_from_confusion(matched))
+    if stage.predictions is None:
+        stage.predictions, stage.confusion = class_predictions(maps, mapping, num_classes), matched
+
+
+def search_hyper_parameters(objective: Callable[[dict[str, Any]], float], trials: int,
+                            seed: int = SEARCH_SEED) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """optuna TPE over :data:`SEARCH_SPACE` maximising ``objective(params)``; (best params, all trials)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def suggest(trial: Any) -> float:
+        lo, hi, step = SEARCH_SPACE["k"]
+        params = {"k": trial.suggest_int("k", lo, hi, step=step)}
+        for name in ("markov_time", "weight_threshold"):
+            lo, hi, step = SEARCH_SPACE[name]
+            params[name] = round(trial.suggest_float(name, lo, hi, step=step), 4)
+        return objective(params)
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(suggest, n_trials=trials)
+    history = [{**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in t.params.items()},
+                "train_miou": t.value} for t in study.trials]
+    best = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in study.best_params.items()}
+    return best, history
+
+
+def _project(caches: Sequence[FeatureCache], pca_dim: int | None) -> np.ndarray:
+    """Tokens of all caches, standardised + PCA fitted on all of them: (sum N*h*w, pca_dim)."""
+    pca = StandardPCA(pca_dim or caches[0].dim).fit(itertools.chain.from_iterable(c.iter_tokens() for c in caches))
+    return np.concatenate([pca.transform(t) for c in caches for t in c.iter_tokens()])
+
+
+def fully_unsupervised(source: Source, train_split: str = "train", val_split: str = "val", *,
+                       background: Sequence[str | int] | None = None, hyper_parameters: dict[str, Any] | None = None,
+                       trials: int = 300, runs: int = 10, kmeans_seeds: Sequence[int] = range(5),
+                       fg_k: int = 200, clustering_seed: int = 0, preferred_modules: int | None = None,
+                       mask_size: int | Sequence[int] = 100, pca_dim: int | None = 50, niter: int = 100,
+                       nredo: int = 5, search_seed: int = SEARCH_SEED) -> FullyUnsupervisedResult:
+    """k-means, + CBFE, + community detection on ``source``'s dataset; scores on ``val_split``.
+
+    ``background``: class names or ids that are background for CBFE (default: a class named
+    "background"; none -> no CBFE). ``hyper_parameters``: CD's ``k``, ``markov_time``,
+    ``weight_threshold`` (e.g. ``PUBLISHED["dino_vits16"]``); None -> TPE search with
+    ``trials`` trials on ``train_split``. ``preferred_modules`` defaults to #classes - 1;
+    ``runs`` Infomap seeds 0.. (Infomap seeds 1..).
+    """
+    msize = as_size(mask_size)
+    backbone = source.build_backbone()
+    train, val = source.build_dataset(train_split), source.build_dataset(val_split)
+    train_cache, val_cache = source.features(backbone, train), source.features(backbone, val)
+    if train_cache.grid != val_cache.grid:
+        raise ValueError(f"train and val token grids differ: {train_cache.grid} vs {val_cache.grid}")
+    train_masks, val_masks = cached_masks(train_cache, train, msize), cached_masks(val_cache, val, msize)
+    num_classes = _num_classes(val, val_masks)
+    grid, n_train = train_cache.grid, len(train_cache)
+    tokens = _project([train_cache, val_cache], pca_dim)
+    val_images = slice(n_train, None)
+    preferred = preferred_modules or num_classes - 1
+    common = {"pca_dim": pca_dim, "niter": niter, "nredo": nredo, "mask_size": list(msize)}
+
+    baseline = StageResult("kmeans", val_split, [], [], [], {"k": num_classes, "seeds": list(kmeans_seeds), **common})
+    for seed in kmeans_seeds:
+        maps = cluster_labels(tokens, grid, num_classes, seed, niter, nredo)[val_images]
+        _score_maps(baseline, upsample_labels(torch.from_numpy(maps), msize).numpy(), val_masks, num_classes,
+                    num_classes)
+    stages = [baseline]
+
+    bg_ids = resolve_background(val.class_names, background)
+    fg: ForegroundExtraction | None = None
+    foreground_info = None
+    if bg_ids:
+        saliency = np.concatenate([train_cache.saliency_array(), val_cache.saliency_array()])
+        fg = cluster_based_foreground(tokens, grid, saliency, n_train, foreground_targets(train_masks, bg_ids),
+                                      k=fg_k, seed=clustering_seed, niter=niter, nredo=nredo)
+        val_targets = foreground_targets(val_masks, bg_ids)  # for the report only: never used to fit
+        foreground_info = {**fg.settings(), "background_classes": [val.class_names[i] for i in bg_ids],
+                           "foreground_iou_val": foreground_iou(fg.masks[val_images], val_targets),
+                           "search": fg.search.to_dict()}
+        stage = StageResult("cbfe", val_split, [], [], [],
+                            {"k": num_classes - 1, "threshold": fg.threshold, "fg_k": fg_k,
+                             "seeds": list(kmeans_seeds), **common})
+        for seed in kmeans_seeds:
+            over = Overclustering(tokens, grid, fg.masks, num_classes - 1, msize, seed, niter, nredo)
+            _score_maps(stage, over.maps(val_images), val_masks, num_classes, num_classes)
+        stages.append(stage)
+
+    cache: dict[int, Overclustering] = {}
+
+    def overclustering(k: int) -> Overclustering:
+        if k not in cache:
+            cache[k] = Overclustering(tokens, grid, None if fg is None else fg.masks, k, msize, clustering_seed,
+                                      niter, nredo)
+        return cache[k]
+
+    def cd_stage(params: dict[str, Any], split: str, images: slice, masks: np.ndarray,
+                 keep_predictions: bool = False) -> StageResult:
+        over = overclustering(params["k"])
+        conf = over.confusion(images, masks, num_classes)
+        stage = StageResult("cd", split, [], [], [], {**params, "runs": runs, "preferred_modules": preferred,
+                                                      "infomap_seeds": [s + 1 for s in range(runs)],
+                                                      "clustering_seed": clustering_seed, "communities": [],
+                                                      "edges": len(cooccurrence_graph(over.matrix,
+                                                                                      params["weight_threshold"])),
+                                                      **common})
+        for seed in range(runs):
+            communities = over.communities(params["markov_time"], params["weight_threshold"], preferred, seed)
+            mapping, matched = match(merge_confusion(conf, communities), "hungarian")
+            stage.add(scores_from_confusion(matched))
+            stage.settings["communities"].append(int(communities.max()) + 1)
+            if keep_predictions and stage.predictions is None:
+                stage.predictions = class_predictions(communities[over.maps(images)], mapping, num_classes)
+                stage.confusion = matched
+        return stage
+
+    history: list[dict[str, Any]] = []
+    if hyper_parameters is None:
+        train_images = slice(0, n_train)
+        params, history = search_hyper_parameters(
+            lambda p: cd_stage(p, train_split, train_images, train_masks).miou_mean, trials, search_seed)
+        params = {**params, "source": f"TPE search on {train_split}, {trials} trials, sampler seed {search_seed}"}
+    else:
+        missing = {"k", "markov_time", "weight_threshold"} - set(hyper_parameters)
+        if missing:
+            raise ValueError(f"CD hyper-parameters lack {', '.join(sorted(missing))}")
+        params = {"source": "given", **hyper_parameters}
+    stages.append(cd_stage({k: params[k] for k in ("k", "markov_time", "weight_threshold")}, val_split,
+                           val_images, val_masks, keep_predictions=True))
+
+    settings = {**source.describe(), "train_split": train_split, "val_split": val_split,
+                "num_train": n_train, "num_val": len(val_cache), "num_classes": num_classes,
+                "class_names": list(val.class_names), "grid": list(grid), **common,
+                "matching": "hungarian on the dataset-level confusion; unmatched predictions count as errors",
+                "fitting": "PCA, k-means and the co-occurrence graph on train + val tokens (no labels)"}
+    return FullyUnsupervisedResult(stages, params, foreground_info, history, settings)
+

@@ -1,0 +1,140 @@
+"""``segment`` on users' images: outputs, a gallery whose links resolve, saved clusterings, bad input."""
+import logging
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unseg.demo import sample_root
+from unseg.errors import ImageError, LayoutError, WeightsError
+from unseg.segment import segment
+from unseg.unsupervised.fitted import CDSettings, FittedSegmenter
+
+FAST = {"input_size": 224, "num_workers": 0, "niter": 20, "nredo": 1}
+SAMPLE = ["0016E5_07959.png", "0016E5_07969.png", "0016E5_07979.png"]
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """Three sample images; the third resized to another size and aspect ratio."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in SAMPLE[:2]:
+        shutil.copy(sample_root() / "val" / name, folder / name)
+    Image.open(sample_root() / "val" / SAMPLE[2]).resize((200, 290)).save(folder / "odd size.png")
+    return folder
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.links += [v for k, v in attrs if k in ("href", "src")]
+
+
+def assert_links_resolve(page: Path) -> list[str]:
+    from urllib.parse import unquote
+
+    parser = _Links()
+    parser.feed(page.read_text())
+    assert parser.links
+    for link in parser.links:
+        assert "://" not in link and not link.startswith("/"), link  # relative
+        assert (page.parent / unquote(link)).is_file(), link
+    return parser.links
+
+
+def test_segment_writes_labels_overlays_and_a_gallery(photos, tmp_path):
+    out = tmp_path / "out"
+    labels = segment([photos], k=4, out_dir=out, **FAST)
+    sizes = [(360, 480), (360, 480), (290, 200)]  # (H, W) of each image, in name order
+    assert [lab.shape for lab in labels] == sizes
+    assert all(lab.dtype == np.uint8 and lab.max() < 4 for lab in labels)
+    names = ["0016E5_07959", "0016E5_07969", "odd size"]
+    assert sorted(p.stem for p in (out / "labels").glob("*.png")) == names
+    assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == names
+    for name, lab in zip(names, labels):
+        np.testing.assert_array_equal(np.array(Image.open(out / "labels" / f"{name}.png")), lab)
+        assert Image.open(out / "overlays" / f"{name}.png").size == lab.shape[::-1]
+    links = assert_links_resolve(out / "index.html")
+    assert sum("overlays/" in link for link in links) == 6 and sum("labels/" in link for link in links) == 3
+
+
+def test_a_saved_clustering_gives_the_same_labels_on_new_images(photos, tmp_path):
+    saved = tmp_path / "km.npz"
+    first = segment(photos, k=5, save_clustering=saved, **FAST)
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(photos / SAMPLE[1], new / "again.png")
+    again = segment([new / "again.png"], clustering=saved, num_workers=0)  # input size comes from the file
+    np.testing.assert_array_equal(again[0], first[1])
+    fitted = FittedSegmenter.load(saved)
+    assert (fitted.method, fitted.backbone, fitted.input_size, fitted.num_labels) == (
+        "kmeans", "efficientnet_lite0", (224, 224), 5)
+
+    cd_file = tmp_path / "cd.npz"
+    cd = segment(photos, method="cd", k=4, cd=CDSettings(k=20, fg_threshold=0.5, fg_k=30),
+                 save_clustering=cd_file, **FAST)
+    np.testing.assert_array_equal(segment(new, method="cd", clustering=cd_file, num_workers=0)[0], cd[1])
+
+
+def test_a_clustering_from_another_backbone_or_weights_is_refused(photos, tmp_path):
+    saved = tmp_path / "km.npz"
+    segment(photos, k=3, save_clustering=saved, **FAST)
+    with pytest.raises(WeightsError, match=r"efficientnet_lite0.*dino_vits16"):
+        segment(photos, backbone="dino_vits16", weights="random", clustering=saved, num_workers=0)
+    fingerprint = FittedSegmenter.load(saved).weights
+    with pytest.raises(WeightsError, match=fingerprint) as err:
+        segment(photos, weights="random", clustering=saved, num_workers=0)
+    assert str(err.value).count("efficientnet_lite0") == 2
+    with pytest.raises(WeightsError, match="not a clustering"):
+        (tmp_path / "junk.npz").write_text("hello")
+        segment(photos, clustering=tmp_path / "junk.npz", num_workers=0)
+
+
+def test_unreadable_or_non_image_files_are_named_or_skipped(photos, caplog):
+    (photos / "notes.png").write_text("not a picture")
+    with pytest.raises(ImageError, match="notes.png"):
+        segment(photos, k=2, **FAST)
+    (photos / "notes.png").rename(photos / "notes.txt")
+    with pytest.raises(ImageError, match="notes.txt"):
+        segment(photos, k=2, **FAST)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with caplog.at_level(logging.WARNING):
+        labels = segment(photos, k=2, skip_invalid=True, **FAST)
+    assert len(labels) == 3 and "notes.txt" in caplog.text and "broken.jpg" in caplog.text
+
+
+def test_an_empty_folder_or_one_without_images_is_an_error(tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LayoutError, match="holds no images"):
+        segment(tmp_path / "empty")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("hi")
+    with caplog.at_level(logging.WARNING), pytest.raises(LayoutError, match="docs holds no images"):
+        segment(tmp_path / "docs", skip_invalid=True)
+    assert "readme.txt" in caplog.text
+    with pytest.raises(LayoutError, match="does not exist"):
+        segment(tmp_path / "missing.png")
+
+
+def test_stego_segments_with_its_cluster_probe(photos, tmp_path):
+    import torch
+
+    from unseg.methods.stego import ClusterProbe, LinearProbe, StegoHead, save_stego
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "stego.ckpt"
+    save_stego(ckpt, StegoHead(432, 8).eval(), ClusterProbe(8, 6), LinearProbe(8, 6),
+               {"backbone": "efficientnet_lite0"})
+    labels = segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", **FAST)
+    assert [lab.shape for lab in labels] == [(360, 480), (360, 480), (290, 200)]
+    assert max(lab.max() for lab in labels) < 6 and len(np.unique(np.concatenate([lab.ravel() for lab in labels]))) > 1
+    assert_links_resolve(tmp_path / "s" / "index.html")
+    with pytest.raises(ValueError, match="checkpoint"):
+        segment(photos, method="stego")
