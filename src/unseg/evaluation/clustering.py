@@ -15,11 +15,11 @@ import torch
 from ..clustering import StandardPCA, kmeans, match, resolve_method
 from ..features.cache import FeatureCache
 from ..features.transforms import upsample_labels
-from .metrics import ConfusionAccumulator, scores_from_confusion
+from .metrics import ConfusionAccumulator, ScoresOverRuns, scores_from_confusion
 
 
 @dataclass
-class ClusteringResult:
+class ClusteringResult(ScoresOverRuns):
     """Scores of one K over several seeds, with the protocol that produced them."""
 
     k: int
@@ -32,21 +32,9 @@ class ClusteringResult:
     labels: np.ndarray | None = field(default=None, repr=False)  # first seed's (N, h, w) cluster maps
     mapping: np.ndarray | None = field(default=None, repr=False)  # first seed's cluster -> class
 
-    @property
-    def miou_mean(self) -> float:
-        return float(np.mean(self.miou))
-
-    @property
-    def miou_std(self) -> float:
-        return float(np.std(self.miou))
-
-    @property
-    def accuracy_mean(self) -> float:
-        return float(np.mean(self.pixel_accuracy))
-
     def summary(self) -> str:
         return (f"K={self.k:<4d} {self.matching:9s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  "
-                f"acc {self.accuracy_mean:5.1f} ± {np.std(self.pixel_accuracy):.1f}  (seeds {self.seeds})")
+                f"acc {self.accuracy_mean:5.1f} ± {self.accuracy_std:.1f}  (seeds {self.seeds})")
 
     def to_dict(self) -> dict[str, Any]:
         scores = {k: v for k, v in asdict(self).items() if k not in ("labels", "mapping")}

@@ -115,3 +115,26 @@ class ConfusionAccumulator:
     def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
         """Add one batch (any shape, as :func:`confusion_matrix`)."""
         self.matrix += confusion_matrix(gt, pred, self.num_classes, self.num_preds, self.ignore_index)
+
+
+class ScoresOverRuns:
+    """Mean and spread of the per-seed (or per-run) ``miou`` and ``pixel_accuracy`` lists of a result."""
+
+    miou: list[float]
+    pixel_accuracy: list[float]
+
+    @property
+    def miou_mean(self) -> float:
+        return float(np.mean(self.miou))
+
+    @property
+    def miou_std(self) -> float:
+        return float(np.std(self.miou))
+
+    @property
+    def accuracy_mean(self) -> float:
+        return float(np.mean(self.pixel_accuracy))
+
+    @property
+    def accuracy_std(self) -> float:
+        return float(np.std(self.pixel_accuracy))

@@ -29,7 +29,7 @@ import torch
 
 from ..clustering import StandardPCA, match
 from ..evaluation.clustering import cluster_labels
-from ..evaluation.metrics import ConfusionAccumulator, SegmentationScores, scores_from_confusion
+from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
 from ..evaluation.protocols import Source, _num_classes
 from ..evaluation.report import class_predictions
 from ..features.cache import FeatureCache, cached_masks
@@ -49,7 +49,7 @@ SEARCH_SEED = 1000  # the authors' TPE sampler seed
 
 
 @dataclass
-class StageResult:
+class StageResult(ScoresOverRuns):
     """One stage's val (or train) scores over seeds, with its first run's predictions for reports."""
 
     stage: str
@@ -61,14 +61,6 @@ class StageResult:
     predictions: np.ndarray | None = field(default=None, repr=False)  # (N, H, W) class ids; C = no class
     confusion: np.ndarray | None = field(default=None, repr=False)  # first run's matched (C, C + 1) confusion
 
-    @property
-    def miou_mean(self) -> float:
-        return float(np.mean(self.miou))
-
-    @property
-    def miou_std(self) -> float:
-        return float(np.std(self.miou))
-
     def add(self, scores: SegmentationScores) -> None:
         self.miou.append(float(scores.miou))
         self.pixel_accuracy.append(float(scores.pixel_accuracy))
@@ -79,7 +71,7 @@ class StageResult:
         what = {"kmeans": f"k-means K={s.get('k')} on all tokens",
                 "cbfe": f"+ CBFE (threshold {s.get('threshold')}), K={s.get('k')} on foreground + background",
                 "cd": f"+ CD, k={s.get('k')} mt={s.get('markov_time')} wt={s.get('weight_threshold')}"}[self.stage]
-        return (f"{what:58s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  acc {np.mean(self.pixel_accuracy):5.1f}"
+        return (f"{what:58s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  acc {self.accuracy_mean:5.1f}"
                 f"  ({self.split}, {len(self.miou)} runs)")
 
     def to_dict(self) -> dict[str, Any]:
