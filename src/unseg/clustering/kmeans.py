@@ -102,9 +102,10 @@ class KMeansResult:
     inertia: float
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.finfo(np.float32).tiny)
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Contiguous float32 rows scaled to unit L2 norm (all-zero rows stay zero): cosine via inner product."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
 
 
 def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +141,7 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5, s
         raise ValueError(f"cannot make k={k} clusters out of {len(x)} points")
     x = np.ascontiguousarray(x, dtype=np.float32)
     if spherical:
-        x = _unit_rows(x)
+        x = unit_rows(x)
     params = {} if max_points_per_centroid is None else {"max_points_per_centroid": max_points_per_centroid}
     km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, spherical=spherical, verbose=False,
                       **params)

@@ -14,8 +14,7 @@ import numpy as np
 
 from ..backbones import Backbone, create_backbone
 from ..datasets import SegmentationDataset, create_dataset
-from ..errors import CacheError
-from ..features import FeatureCache, as_size, extract_features
+from ..features import FeatureCache, as_size, extract_features, require_complete
 from ..features.cache import cached_masks
 from .clustering import ClusteringResult, evaluate_clustering
 from .heads import HeadResult, evaluate_head, head_settings, train_head
@@ -47,20 +46,18 @@ class Source:
         return create_dataset(self.dataset, self.root, split, **self.dataset_options)
 
     def features(self, backbone: Backbone, dataset: SegmentationDataset) -> FeatureCache:
-        cache = extract_features(backbone, dataset, self.input_size, cache_root=self.cache_dir,
-                                 batch_size=self.batch_size, device=self.device, num_workers=self.num_workers,
-                                 skip_corrupt=self.skip_corrupt, progress=self.progress)
-        if cache is None:
-            raise CacheError(f"other ranks are still extracting {dataset.name}/{dataset.split}; "
-                             "run the evaluation once they are done")
-        return cache
+        return require_complete(extract_features(backbone, dataset, self.input_size, cache_root=self.cache_dir,
+                                                 batch_size=self.batch_size, device=self.device,
+                                                 num_workers=self.num_workers, skip_corrupt=self.skip_corrupt,
+                                                 progress=self.progress), dataset)
 
     def describe(self) -> dict[str, Any]:
         return {"backbone": self.backbone, "weights": self.weights or "default", "dataset": self.dataset,
                 "input_size": list(as_size(self.input_size))}
 
 
-def _num_classes(dataset: SegmentationDataset, masks: np.ndarray) -> int:
+def infer_num_classes(dataset: SegmentationDataset, masks: np.ndarray) -> int:
+    """The dataset's class count, or (a folder of masks without one) the largest labelled id + 1."""
     if dataset.num_classes:
         return dataset.num_classes
     labelled = masks[masks != 255]
@@ -75,8 +72,8 @@ def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = 
     dataset = source.build_dataset(split)
     cache = source.features(backbone, dataset)
     masks = cached_masks(cache, dataset, as_size(mask_size))
-    results = evaluate_clustering(cache, masks, _num_classes(dataset, masks), ks=ks, seeds=seeds, pca_dim=pca_dim,
-                                  niter=niter, nredo=nredo, matching=matching)
+    results = evaluate_clustering(cache, masks, infer_num_classes(dataset, masks), ks=ks, seeds=seeds,
+                                  pca_dim=pca_dim, niter=niter, nredo=nredo, matching=matching)
     for r in results:
         r.settings.update(source.describe(), split=split)
     return results
@@ -95,7 +92,7 @@ def head_protocol(source: Source, head: str = "linear", train_split: str = "trai
     emsize = as_size(eval_mask_size) if eval_mask_size is not None else as_size(source.input_size)
     val_cache = source.features(backbone, val)
     val_masks = cached_masks(val_cache, val, emsize)
-    num_classes = _num_classes(val, val_masks)
+    num_classes = infer_num_classes(val, val_masks)
     kwargs: dict[str, Any] = {}
     if not augment:
         train_cache = source.features(backbone, train)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import softmax
 
+from ..clustering.kmeans import unit_rows
 from ..datasets.base import IGNORE_INDEX
 from ..features.cache import FeatureCache, cached_masks
 from ..features.transforms import as_size
@@ -64,18 +65,13 @@ def patch_labels(masks: np.ndarray, grid: tuple[int, int], num_classes: int, mod
     return np.divide(out, total, out=np.zeros_like(out), where=total > 0)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 class MemoryBank:
     """L2-normalised patch features with their labels, searched by inner product (cosine) with faiss."""
 
     def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
         if len(features) != len(labels):
             raise ValueError(f"{len(features)} features but {len(labels)} labels")
-        self.features, self.labels = _unit(features), np.asarray(labels, dtype=np.float32)
+        self.features, self.labels = unit_rows(features), np.asarray(labels, dtype=np.float32)
         self.index = faiss.IndexFlatIP(self.features.shape[1])
         self.index.add(self.features)
 
@@ -99,7 +95,7 @@ class MemoryBank:
 
     def transfer(self, queries: np.ndarray, k: int = NEIGHBOURS, temperature: float = TEMPERATURE) -> np.ndarray:
         """(n, C) label distribution of each query: its k nearest entries' labels, softmax(cos / T)-weighted."""
-        sims, idx = self.index.search(_unit(queries), k)
+        sims, idx = self.index.search(unit_rows(queries), k)
         weights = softmax(sims / temperature, axis=1)
         return np.einsum("nk,nkc->nc", weights, self.labels[idx])
 
@@ -161,7 +157,7 @@ def retrieval_protocol(source: Any, train_split: str = "train", val_split: str =
                        keep_predictions: bool = False) -> RetrievalResult:
     """:func:`dense_retrieval` from names (an :class:`unseg.evaluation.protocols.Source`): train labels at
     the input size, val scored at ``eval_mask_size`` (default: the input size)."""
-    from .protocols import _num_classes
+    from .protocols import infer_num_classes
 
     backbone = source.build_backbone()
     train, val = source.build_dataset(train_split), source.build_dataset(val_split)
@@ -169,7 +165,7 @@ def retrieval_protocol(source: Any, train_split: str = "train", val_split: str =
     size = as_size(source.input_size)
     val_masks = cached_masks(val_cache, val, as_size(eval_mask_size) if eval_mask_size is not None else size)
     train_masks = cached_masks(train_cache, train, size)
-    result = dense_retrieval(train_cache, train_masks, val_cache, val_masks, _num_classes(val, val_masks), k=k,
+    result = dense_retrieval(train_cache, train_masks, val_cache, val_masks, infer_num_classes(val, val_masks), k=k,
                              temperature=temperature, mode=mode, memory_size=memory_size, seed=seed,
                              keep_predictions=keep_predictions)
     result.settings.update(source.describe(), train_split=train_split, val_split=val_split)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import Backbone
 from ..datasets.base import SegmentationDataset
-from ..errors import ImageError
+from ..errors import CacheError, ImageError
 from .cache import FeatureCache, mark_complete, prepare_cache_dir, shard_done, write_shard
 from .transforms import as_size, image_to_tensor
 
@@ -146,6 +146,14 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
                     np.concatenate(sals) if sals else np.zeros((0, *grid), np.float32), ids, skipped)
     bar.close()
     return FeatureCache(root) if mark_complete(root, meta["num_shards"]) else None
+
+
+def require_complete(cache: FeatureCache | None, dataset: SegmentationDataset) -> FeatureCache:
+    """The cache :func:`extract_features` returned, or a CacheError while other ranks still write shards of it."""
+    if cache is None:
+        raise CacheError(f"other ranks are still extracting {dataset.name}/{dataset.split}; "
+                         "run this again once they are done")
+    return cache
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:

@@ -30,7 +30,7 @@ import torch
 from ..clustering import StandardPCA, match
 from ..evaluation.clustering import cluster_labels
 from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
-from ..evaluation.protocols import Source, _num_classes
+from ..evaluation.protocols import Source, infer_num_classes
 from ..evaluation.report import class_predictions
 from ..features.cache import FeatureCache, cached_masks
 from ..features.transforms import as_size, upsample_labels
@@ -174,7 +174,7 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
     if train_cache.grid != val_cache.grid:
         raise ValueError(f"train and val token grids differ: {train_cache.grid} vs {val_cache.grid}")
     train_masks, val_masks = cached_masks(train_cache, train, msize), cached_masks(val_cache, val, msize)
-    num_classes = _num_classes(val, val_masks)
+    num_classes = infer_num_classes(val, val_masks)
     grid, n_train = train_cache.grid, len(train_cache)
     tokens = _project([train_cache, val_cache], pca_dim)
     val_images = slice(n_train, None)

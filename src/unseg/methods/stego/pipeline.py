@@ -16,8 +16,7 @@ import torch
 
 from ...backbones import create_backbone
 from ...datasets import SegmentationDataset, create_dataset
-from ...errors import CacheError
-from ...features import FeatureCache, default_cache_root, extract_features
+from ...features import FeatureCache, default_cache_root, extract_features, require_complete
 from ...features.cache import cached_masks
 from ...io import save_json
 from ..projections import PROJECTIONS, projection_head
@@ -51,9 +50,8 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
                                     crop_ratio=cfg.crop_ratio)
     size = cfg.input_size if training else cfg.val_input_size
     backbone = create_backbone(cfg.backbone, cfg.weights)
-    cache = extract_features(backbone, dataset, size, cache_root=cache_root, device=device, progress=False)
-    if cache is None:
-        raise CacheError(f"other ranks are still extracting {cfg.dataset}/{split}; try again once they are done")
+    cache = require_complete(extract_features(backbone, dataset, size, cache_root=cache_root, device=device,
+                                              progress=False), dataset)
     masks = cached_masks(cache, dataset, (mask_size or (TRAIN_MASK_SIZE if training else size),) * 2)
     return SplitData(dataset, cache, masks)
 
