@@ -304,6 +304,24 @@ def test_cnn_backbone_trains_on_its_saliency_proxy_and_loads_back(tmp_path):
     assert torch.equal(loaded.model.conv_stem.weight, module.model.backbone.model.conv_stem.weight)
 
 
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_affine_parameters(tmp_path, batchnorm):
+    cfg = tiny_config(tmp_path, backbone="efficientnet_lite0", crops=CropConfig(global_size=64, local_size=32),
+                      batchnorm=batchnorm)
+    module = build_module(cfg)
+    bn = module.model.backbone.model.bn1  # the stem's batch norm, in both networks
+    stats = [(n.running_mean.clone(), n.running_var.clone()) for n in (bn, module.teacher.backbone.model.bn1)]
+    multicrop = MultiCrop(cfg.crops, module.model.backbone.mean, module.model.backbone.std, 16)
+    batch = default_collate([multicrop(smooth_image(64, 48)) for _ in range(2)])
+    module.train()
+    module.loss(batch).backward()
+    moved = [not torch.equal(n.running_mean, mean) for n, (mean, _) in
+             zip((bn, module.teacher.backbone.model.bn1), stats)]
+    assert moved == ([False, False] if batchnorm == "frozen" else [True, True])
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0  # affine parameters train either way
+    assert module.model.projection_head.training and module.model.backbone.training
+
+
 # --- bad input and configs ------------------------------------------------------------------------
 
 def test_dataset_smaller_than_one_batch_is_a_clear_error(tmp_path):

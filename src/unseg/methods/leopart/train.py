@@ -22,6 +22,7 @@ import copy
 import logging
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -30,6 +31,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader
 
@@ -121,7 +123,11 @@ class LeopartConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning's: "ddp" for several GPUs (its default), "ddp_spawn", ...
     precision: str = "32-true"
-    sync_batchnorm: bool = False
+    # batch norm (CNN backbones; ViTs have none): "frozen" keeps the pretrained statistics (eval mode, affine
+    # parameters still trained), as detection and segmentation fine-tuning does with small batches; "train" lets
+    # small, colour-jittered crops overwrite the statistics the evaluation at full size uses; "sync" as "train"
+    # with statistics synchronised across processes
+    batchnorm: Literal["frozen", "train", "sync"] = "frozen"
     checkpoint_every_epochs: int = 5
     keep_checkpoints: bool = True  # keep every periodic checkpoint (the authors'), else only the latest
     log_every: int = 50
@@ -164,6 +170,15 @@ class LeopartModule(L.LightningModule):
         self.queue = self._new_queue(1)
         self.save_hyperparameters(dump_config(cfg))
         self.train()  # backbones come in eval mode; both networks train in train mode (the teacher as DINO's)
+
+    def train(self, mode: bool = True) -> LeopartModule:
+        """Train mode, except batch-norm layers when ``cfg.batchnorm`` is "frozen"."""
+        super().train(mode)
+        if self.cfg.batchnorm == "frozen":
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def _new_queue(self, world_size: int) -> EmbeddingQueue | None:
         if not self.cfg.queue_length:
@@ -322,7 +337,7 @@ class OverclusteringValidation(Callback):
         self.dataset.samples = dataset.samples[:cfg.num_images]
 
     def evaluate(self, backbone: Backbone, device: torch.device | str) -> dict[str, float]:
-        was_training = backbone.training
+        modes = {m: m.training for m in backbone.modules()}  # per module: batch norm may be frozen
         self.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix="val-features-") as tmp:
             cache = extract_features(backbone, self.dataset, self.cfg.input_size, cache_root=tmp,
@@ -330,7 +345,8 @@ class OverclusteringValidation(Callback):
                                      rank=0, world_size=1, progress=False)
             masks = cached_masks(cache, self.dataset, (self.cfg.mask_size,) * 2)
             results = evaluate_clustering(cache, masks, self.dataset.num_classes, ks=self.cfg.ks, seeds=self.cfg.seeds)
-        backbone.train(was_training)
+        for m, training in modes.items():
+            m.train(training)
         return {f"val/K={r.k}_miou": r.miou_mean for r in results}
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: LeopartModule) -> None:
@@ -399,12 +415,15 @@ def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resu
         own.append(OverclusteringValidation(cfg.val, val, out, cfg.num_workers))
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-        precision=cfg.precision, sync_batchnorm=cfg.sync_batchnorm, max_epochs=cfg.epochs,
+        precision=cfg.precision, sync_batchnorm=cfg.batchnorm == "sync", max_epochs=cfg.epochs,
         use_distributed_sampler=False, default_root_dir=out, logger=CSVLogger(out, name="logs"),
         log_every_n_steps=cfg.log_every, enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
         callbacks=[*own, *callbacks],
     )
     if trainer.is_global_zero:
         save_config(cfg, out / "config.yaml")
-    trainer.fit(module, datamodule=MultiCropData(crops, cfg.batch_size, cfg.num_workers, cfg.seed), ckpt_path=resume)
+    with warnings.catch_warnings():  # frozen batch norm is in eval mode on purpose
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(module, datamodule=MultiCropData(crops, cfg.batch_size, cfg.num_workers, cfg.seed),
+                    ckpt_path=resume)
     return module
