@@ -221,8 +221,9 @@ def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", ba
 
     with tempfile.TemporaryDirectory(prefix="unseg-segment-") as tmp:
         dataset = SegmentationDataset(tmp, "", [Sample(i.id, i.path) for i in images])
+        # a private cache of this one process, even under torchrun (RANK / WORLD_SIZE set)
         cache = extract_features(model, dataset, size, cache_root=tmp, batch_size=batch_size, device=device,
-                                 num_workers=num_workers, progress=False)
+                                 num_workers=num_workers, rank=0, world_size=1, progress=False)
         if method == "kmeans" and fitted is None:
             fitted = fit_kmeans(cache, k or DEFAULT_K, seed=seed, niter=niter, nredo=nredo, **identity)
         elif method == "cd" and fitted is None:

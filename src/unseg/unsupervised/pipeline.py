@@ -164,7 +164,8 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
     ``background``: class names or ids that are background for CBFE (default: a class named
     "background"; none -> no CBFE). ``hyper_parameters``: CD's ``k``, ``markov_time``,
     ``weight_threshold`` (e.g. ``PUBLISHED["dino_vits16"]``); None -> TPE search with
-    ``trials`` trials on ``train_split``. ``preferred_modules`` defaults to #classes - 1;
+    ``trials`` trials on ``train_split``. ``preferred_modules`` defaults to #classes - 1 with
+    CBFE (background is one more), else #classes;
     ``runs`` Infomap seeds 0.. (Infomap seeds 1..).
     """
     msize = as_size(mask_size)
@@ -178,7 +179,6 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
     grid, n_train = train_cache.grid, len(train_cache)
     tokens = _project([train_cache, val_cache], pca_dim)
     val_images = slice(n_train, None)
-    preferred = preferred_modules or num_classes - 1
     common = {"pca_dim": pca_dim, "niter": niter, "nredo": nredo, "mask_size": list(msize)}
 
     baseline = StageResult("kmeans", val_split, [], [], [], {"k": num_classes, "seeds": list(kmeans_seeds), **common})
@@ -207,6 +207,8 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
             _score_maps(stage, over.maps(val_images), val_masks, num_classes, num_classes)
         stages.append(stage)
 
+    # with CBFE, background is its own community: the others make up the remaining classes
+    preferred = preferred_modules or (num_classes - 1 if fg is not None else num_classes)
     cache: dict[int, Overclustering] = {}
 
     def overclustering(k: int) -> Overclustering:
