@@ -310,13 +310,13 @@ def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_affine_
                       batchnorm=batchnorm)
     module = build_module(cfg)
     bn = module.model.backbone.model.bn1  # the stem's batch norm, in both networks
-    stats = [(n.running_mean.clone(), n.running_var.clone()) for n in (bn, module.teacher.backbone.model.bn1)]
+    norms = (bn, module.teacher.backbone.model.bn1)
+    means = [n.running_mean.clone() for n in norms]
     multicrop = MultiCrop(cfg.crops, module.model.backbone.mean, module.model.backbone.std, 16)
     batch = default_collate([multicrop(smooth_image(64, 48)) for _ in range(2)])
     module.train()
     module.loss(batch).backward()
-    moved = [not torch.equal(n.running_mean, mean) for n, (mean, _) in
-             zip((bn, module.teacher.backbone.model.bn1), stats)]
+    moved = [not torch.equal(n.running_mean, mean) for n, mean in zip(norms, means)]
     assert moved == ([False, False] if batchnorm == "frozen" else [True, True])
     assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0  # affine parameters train either way
     assert module.model.projection_head.training and module.model.backbone.training
