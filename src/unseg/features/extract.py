@@ -19,7 +19,7 @@ from .cache import FeatureCache, mark_complete, prepare_cache_dir, shard_done, w
 from .transforms import as_size, image_to_tensor
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EfficientNet-Lite runs the TensorFlow-padded network its weights belong to
 
 
 def default_cache_root() -> Path:
