@@ -1,13 +1,16 @@
-"""Backbones: every checkpoint layout of SPEC §1 loads into the right weights, files of
-another architecture fail with a clear WeightsError, and features / saliency are exactly
-what the methods define (timm's patch tokens; last-block CLS attention averaged over heads).
+"""Backbones: every checkpoint layout of docs/checkpoints.md loads into the right weights
+(and network), files of another architecture fail with a clear WeightsError, and features /
+saliency are exactly what the methods define (patch tokens with position embeddings
+resampled by the authors' rule, written out here; last-block CLS attention averaged over heads).
 
 Checkpoints are built here from models with random weights and the real key names, so
-no test needs a download; all inputs are tiny (2x3 to 3x5 patches).
+no test needs a download; inputs are tiny, except the position-embedding checks at the
+evaluation sizes, which run one block.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import time
 
@@ -160,8 +163,9 @@ def _leopart_head(prefix: str, seed: int) -> dict[str, torch.Tensor]:
     return {f"{prefix}{k}": torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
-@pytest.mark.parametrize("role,expected", [("auto", "teacher"), ("teacher", "teacher"), ("student", "student")])
+@pytest.mark.parametrize("role,expected", [("auto", "student"), ("teacher", "teacher"), ("student", "student")])
 def test_leopart_lightning_checkpoint(vits16, tmp_path, role, expected):
+    """Leopart's evaluation reads the student (``model.*``): the default here too."""
     teacher, student = vit_state(vits16["teacher"]), vit_state(vits16["student"])
     state = {**{f"model.{k}": v for k, v in student.items()}, **_leopart_head("model.", 1),
              **{f"teacher.{k}": v for k, v in teacher.items()}, **_leopart_head("teacher.", 2)}
@@ -265,19 +269,39 @@ def test_resnet50_in_dino_full_checkpoint(tmp_path, role, expected):
     assert_loads_as(create_backbone("resnet50", weights=path, role=role), nets[expected], nets[other], X16)
 
 
-def test_vit_checkpoint_with_pos_embed_of_another_grid_is_resampled(vits16, tmp_path):
+def test_vit_checkpoint_with_pos_embed_of_another_grid_is_kept_and_resampled_per_input(vits16, tmp_path):
+    """A file made at 448 px (28x28 grid) keeps its grid, as in the authors' models: one
+    resampling per input size, from the file's grid, never a second one at load time."""
     state = vit_state(vits16["student"])
-    pos448 = 0.02 * torch.randn(1, 1 + 28 * 28, 384, generator=torch.Generator().manual_seed(3))
+    pos448 = torch.randn(1, 1 + 28 * 28, 384, generator=torch.Generator().manual_seed(3))
     state["pos_embed"] = pos448
     path = tmp_path / "vits16_448.pth"
     torch.save(state, path)
     loaded = create_backbone("dino_vits16", weights=path)
-    want = resample_abs_pos_embed(pos448, new_size=(14, 14), old_size=(28, 28), num_prefix_tokens=1)
-    assert torch.allclose(loaded.model.pos_embed.detach(), want, **TOL)
-    assert torch.equal(loaded.model.cls_token.detach(), state["cls_token"])
+    assert torch.equal(loaded.model.pos_embed.detach(), pos448)
+    assert torch.equal(loaded.weight_state_dict()["pos_embed"], pos448)
     assert torch.equal(loaded.model.blocks[5].attn.qkv.weight.detach(), state["blocks.5.attn.qkv.weight"])
-    out, sal = loaded.forward_with_saliency(X16)
+    m = loaded.model
+    for size in [(448, 448), (32, 48)]:
+        x = images(*size, b=1)
+        with torch.no_grad():
+            got = loaded.embed(x)
+        assert torch.allclose(got, authors_tokens(m, x, 16, dinov2=False), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        out, sal = loaded.forward_with_saliency(X16)
     assert out.shape == (2, 384, 2, 3) and sal.shape == (2, 2, 3) and torch.isfinite(out).all()
+    copy = create_backbone("dino_vits16", weights="random")
+    copy.load_state_dict(loaded.state_dict())  # e.g. Leopart's teacher from its student: the grid follows
+    assert torch.equal(copy.model.pos_embed, m.pos_embed)
+
+
+def test_vit_pos_embed_that_is_no_square_grid_is_an_error(vits16, tmp_path):
+    state = vit_state(vits16["student"])
+    state["pos_embed"] = torch.zeros(1, 1 + 15, 384)
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    message = _raises_naming(path)
+    assert "pos_embed" in message and "(1, 16, 384)" in message
 
 
 # ------------------------------------------------------- 2. wrong files, clear errors
@@ -386,15 +410,17 @@ def _peaked_vit(name: str, seed: int):
     return backbone
 
 
-def _reference_cls_attention(model, x: torch.Tensor) -> torch.Tensor:
-    """Last block's softmax attention captured from timm's unfused path: CLS row, patches, head mean."""
+def _reference_cls_attention(model, tokens: torch.Tensor) -> torch.Tensor:
+    """Last block's softmax attention captured from timm's unfused path, on the embedded
+    ``tokens``: CLS row, patches, head mean, normalised."""
     attn = model.blocks[-1].attn
     captured = []
     hook = attn.attn_drop.register_forward_hook(lambda mod, inp, out: captured.append(out))
     fused, attn.fused_attn = attn.fused_attn, False
     try:
         with torch.no_grad():
-            model.forward_features(x)
+            for block in model.blocks:
+                tokens = block(tokens)
     finally:
         attn.fused_attn = fused
         hook.remove()
@@ -403,20 +429,73 @@ def _reference_cls_attention(model, x: torch.Tensor) -> torch.Tensor:
     return cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
 
 
-@pytest.mark.parametrize("name", VIT_NAMES)
-def test_vit_features_and_saliency_match_timm(name):
-    backbone = _peaked_vit(name, 0)
-    p = backbone.stride
-    x = images(3 * p, 5 * p)
-    m = backbone.model
+def authors_pos_embed(pos: torch.Tensor, height: int, width: int, patch: int, dinov2: bool) -> torch.Tensor:
+    """DINO's ``interpolate_pos_encoding`` (DINOv2 hub: the same in float32, offset 0.1, no
+    antialias), written out: the rule the backbones must follow at every input size."""
+    n = pos.shape[1] - 1
+    gh, gw = height // patch, width // patch
+    if gh * gw == n and height == width:
+        return pos
+    m = int(math.sqrt(n))
+    grid = pos[:, 1:].float() if dinov2 else pos[:, 1:]
+    grid = F.interpolate(grid.reshape(1, m, m, -1).permute(0, 3, 1, 2), scale_factor=((gh + 0.1) / m, (gw + 0.1) / m),
+                         mode="bicubic")
+    assert grid.shape[-2:] == (gh, gw)
+    return torch.cat([pos[:, :1].to(grid.dtype), grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
+
+
+def authors_tokens(model, x: torch.Tensor, patch: int, dinov2: bool) -> torch.Tensor:
+    """Patch embedding, class token, position embedding by the authors' rule."""
+    patches = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    pos = authors_pos_embed(model.pos_embed, x.shape[-2], x.shape[-1], patch, dinov2)
+    return torch.cat([model.cls_token.expand(len(x), -1, -1), patches], dim=1) + pos.to(patches.dtype)
+
+
+def _one_block_vit(name: str, seed: int):
+    """The registered model with its last block only (the position embedding is applied
+    before the blocks; one keeps every test here to a second or two), peaked, and
+    position embeddings of unit scale, so a resampling difference shows clearly."""
+    backbone = _peaked_vit(name, seed)
+    backbone.model.blocks = backbone.model.blocks[-1:]
+    with torch.no_grad():
+        pos = backbone.model.pos_embed
+        pos.copy_(torch.randn(pos.shape, generator=torch.Generator().manual_seed(seed)))
+    return backbone
+
+
+POS_CASES = [("dino_vits16", s) for s in [(448, 448), (224, 320), (160, 224), (224, 224), (96, 96)]] + \
+            [("dino_vits8", s) for s in [(448, 448), (224, 320), (160, 224)]] + \
+            [("dinov2_vits14", s) for s in [(448, 448), (224, 322), (154, 224), (518, 518)]]
+
+
+@pytest.mark.parametrize("name,size", POS_CASES, ids=[f"{n}-{h}x{w}" for n, (h, w) in POS_CASES])
+def test_vit_features_and_saliency_use_the_authors_pos_embed_rule(name, size):
+    backbone = _one_block_vit(name, 0)
+    m, p, dinov2 = backbone.model, backbone.stride, name.startswith("dinov2")
+    x = images(*size, b=1)
+    gh, gw = size[0] // p, size[1] // p
     with torch.no_grad():
         out, sal = backbone.forward_with_saliency(x)
-        tokens = m.forward_features(x)[:, m.num_prefix_tokens:]
-    assert tokens.shape[1] == 15
-    assert torch.allclose(out, tokens.transpose(1, 2).reshape(2, -1, 3, 5), **TOL)
-    ref = _reference_cls_attention(m, x).reshape(2, 3, 5)
-    assert ref.max() > 3 * ref.min()  # peaked: a formula error would not pass by accident
-    assert torch.allclose(sal, ref, rtol=1e-4, atol=1e-6), (sal - ref).abs().max()
+        tokens = authors_tokens(m, x, p, dinov2)
+        ref = m.norm(m.blocks[0](tokens))[:, 1:].transpose(1, 2).reshape(1, -1, gh, gw)
+    assert out.shape == (1, 384, gh, gw)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-5), (out - ref).abs().max()
+    if gh * gw <= 1600:  # the reference holds the full attention matrix: ~8 s more at 56x56
+        ref_sal = _reference_cls_attention(m, tokens).reshape(1, gh, gw)
+        assert ref_sal.max() > 3 * ref_sal.min()  # peaked: a formula error would not pass by accident
+        assert torch.allclose(sal, ref_sal, rtol=1e-4, atol=1e-6), (sal - ref_sal).abs().max()
+    if (gh, gw) != (int(math.sqrt(m.pos_embed.shape[1] - 1)),) * 2:  # timm's own resampling is another rule
+        timm_pos = resample_abs_pos_embed(m.pos_embed, new_size=(gh, gw), num_prefix_tokens=1)
+        assert (timm_pos - authors_pos_embed(m.pos_embed, *size, p, dinov2)).abs().max() > 1e-2
+
+
+def test_dinov2_resamples_in_float32_and_casts_to_the_input_dtype():
+    backbone = _one_block_vit("dinov2_vits14", 1).to(torch.bfloat16)
+    x = images(154, 224, b=1).to(torch.bfloat16)
+    with torch.no_grad():
+        got = backbone.embed(x)
+        want = authors_tokens(backbone.model, x, 14, dinov2=True)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
 @pytest.mark.parametrize("name", ["dino_vits16", "efficientnet_lite0"])

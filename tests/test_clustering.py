@@ -1,9 +1,13 @@
 """Matching, StandardPCA and k-means against hand-computed values and numpy references."""
+import itertools
+
 import numpy as np
 import pytest
 
 from unseg.clustering import (UNMATCHED, StandardPCA, apply_matching, assign, greedy_match, hungarian_match,
                               kmeans, match, resolve_method)
+from unseg.clustering.matching import CLUSTERING_MATCHING, STEGO_MATCHING, MatchingError, pixel_match
+from unseg.errors import UnsegError
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 
 # --- matching ---------------------------------------------------------------------------
@@ -40,7 +44,7 @@ def test_hungarian_extra_clusters_are_unmatched_and_count_as_errors():
     conf = np.array([[6, 0, 2],
                      [1, 5, 0]])
     # IoU(c0,k0) = 6/9, IoU(c1,k1) = 5/6; cluster 2 is left over
-    mapping, matched = match(conf, "hungarian")
+    mapping, matched = match(conf, "hungarian-iou")
     np.testing.assert_array_equal(mapping, [0, 1, UNMATCHED])
     np.testing.assert_array_equal(matched, [[6, 0, 2], [1, 5, 0]])
     s = scores_from_confusion(matched)
@@ -68,11 +72,68 @@ def test_greedy_many_to_one():
     assert s.pixel_accuracy == pytest.approx(15 / 19 * 100)
 
 
-def test_auto_rule_follows_spec():
-    assert resolve_method("auto", num_classes=21, num_clusters=21) == "hungarian"
-    assert resolve_method("auto", num_classes=21, num_clusters=10) == "hungarian"
+def test_auto_rule_follows_leopart():
+    assert resolve_method("auto", num_classes=21, num_clusters=21) == "hungarian-iou"
+    assert resolve_method("auto", num_classes=21, num_clusters=10) == "hungarian-iou"
     assert resolve_method("auto", num_classes=21, num_clusters=100) == "greedy"
-    assert resolve_method("hungarian", num_classes=21, num_clusters=100) == "hungarian"
+    assert resolve_method("hungarian-pixels", num_classes=21, num_clusters=100) == "hungarian-pixels"
+    assert (CLUSTERING_MATCHING, STEGO_MATCHING) == ("auto", "hungarian-pixels")
+
+
+# The two papers' Hungarian rules on a case where they disagree. Class 0 (15 px) is split 5 / 10
+# over clusters X / Y; class 1 (6 px) is 1 / 5. Class 2 and cluster Z are empty (absent from
+# both ground truth and prediction). Identity: IoUs 5/16, 5/16, 10 matched pixels; swapping
+# X and Y: IoUs 10/20, 1/11, 11 matched pixels. Max-IoU keeps the identity, max-pixels swaps.
+DISAGREE = np.array([[5, 10, 0],
+                     [1, 5, 0],
+                     [0, 0, 0]])
+
+
+def _pair_ious(conf: np.ndarray, perm: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(tp, tp + fp + fn) per class when class c takes cluster perm[c]."""
+    return [(conf[c, k], conf[c].sum() + conf[:, k].sum() - conf[c, k]) for c, k in enumerate(perm)]
+
+
+def _leopart_miou(conf: np.ndarray, perm: tuple[int, ...]) -> float:
+    """PredsmIoU: tp / max(tp + fp + fn, 1e-8) per class, averaged over all classes."""
+    return 100 * float(np.mean([tp / max(u, 1e-8) for tp, u in _pair_ious(conf, perm)]))
+
+
+def _stego_miou(conf: np.ndarray, perm: tuple[int, ...]) -> float:
+    """UnsupervisedMetrics: tp / (tp + fp + fn), classes where it is 0/0 left out."""
+    return 100 * float(np.mean([tp / u for tp, u in _pair_ious(conf, perm) if u > 0]))
+
+
+def test_iou_and_pixel_rules_disagree_and_each_reproduces_its_papers_number():
+    perms = list(itertools.permutations(range(3)))
+    by_iou = max(perms, key=lambda p: sum(tp / u if u else 0.0 for tp, u in _pair_ious(DISAGREE, p)))
+    by_pixels = max(perms, key=lambda p: sum(DISAGREE[c, k] for c, k in enumerate(p)))
+    assert by_iou == (0, 1, 2) and by_pixels == (1, 0, 2)  # brute force: the rules disagree
+    mapping_iou, matched_iou = match(DISAGREE, "hungarian-iou")
+    mapping_px, matched_px = match(DISAGREE, "hungarian-pixels")
+    np.testing.assert_array_equal(mapping_iou, np.argsort(by_iou))  # mapping[k] = class of cluster k
+    np.testing.assert_array_equal(mapping_px, np.argsort(by_pixels))
+    # Leopart: max-IoU, absent class counted as 0 over all 3 classes: (5/16 + 5/16 + 0) / 3
+    leopart = scores_from_confusion(matched_iou, absent="zero")
+    assert leopart.miou == pytest.approx(_leopart_miou(DISAGREE, by_iou)) == pytest.approx(62.5 / 3)
+    # STEGO: max-pixels, absent class left out: (10/20 + 1/11) / 2
+    stego = scores_from_confusion(matched_px, absent="skip")
+    assert stego.miou == pytest.approx(_stego_miou(DISAGREE, by_pixels)) == pytest.approx(50 * (1 / 2 + 1 / 11))
+    assert stego.pixel_accuracy == pytest.approx(100 * 11 / 21)
+    # the other combinations, for the record: each option changes the number
+    assert scores_from_confusion(matched_iou).miou == pytest.approx(31.25)
+    assert scores_from_confusion(matched_px, absent="zero").miou == pytest.approx(100 * (1 / 2 + 1 / 11) / 3)
+
+
+def test_pixel_rule_with_more_or_fewer_clusters_than_classes():
+    conf = np.array([[6, 0, 2],
+                     [1, 5, 0]])
+    assert pixel_match(conf).tolist() == [0, 1, UNMATCHED]  # 11 matched pixels beats every other pairing
+    # class 0 (9 px) is mostly cluster 1; class 1 (4 px) all in cluster 1 too; cluster 0 holds class 2
+    conf = np.array([[0, 9],
+                     [0, 4],
+                     [3, 0]])
+    assert pixel_match(conf).tolist() == [2, 0]  # 3 + 9 matched pixels; class 1 gets no cluster
 
 
 def test_matching_rejects_bad_input():
@@ -81,8 +142,9 @@ def test_matching_rejects_bad_input():
         apply_matching(conf, np.array([0, 5, 1]))
     with pytest.raises(ValueError, match="num_classes"):
         apply_matching(conf, np.array([0, 1, 1]), num_classes=3)
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(MatchingError, match="'nearest' is not one of auto, hungarian-iou") as err:
         match(conf, "nearest")
+    assert isinstance(err.value, UnsegError)
 
 
 # --- StandardPCA ------------------------------------------------------------------------

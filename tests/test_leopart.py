@@ -21,14 +21,13 @@ from torchvision.ops import roi_align
 from unseg.backbones import create_backbone
 from unseg.backbones.base import BACKBONES, BackboneSpec
 from unseg.backbones.vit import ViTBackbone
-from unseg.config import load_config
+from unseg.config import load_config, shipped_configs
 from unseg.errors import ConfigError
 from unseg.methods.leopart import (CropConfig, CropError, EmbeddingQueue, LeopartConfig, MultiCrop, ValConfig,
                                    build_module, cosine_schedule, save_leopart, sinkhorn,
                                    train_leopart)
 from unseg.methods.leopart.crops import intersection_area
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "leopart"
 TINY = "leopart_test_vit"  # timm's test_vit: 64-d, 6 blocks, 2 heads, patch 16
 
 NO_PHOTOMETRIC = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -256,7 +255,8 @@ def test_checkpoints_are_leopart_layout_loaded_by_create_backbone_and_timm(run):
             assert {f"{role}.cls_token", f"{role}.blocks.5.attn.qkv.weight", f"{role}.projection_head.0.weight",
                     f"{role}.projection_head.4.weight", f"{role}.prototypes.weight"} <= state.keys()
         assert not any(".backbone." in k for k in state)
-        for role, prefix in (("auto", "teacher."), ("teacher", "teacher."), ("student", "model.")):
+        # "auto" reads the student, as Leopart's evaluation does
+        for role, prefix in (("auto", "model."), ("teacher", "teacher."), ("student", "model.")):
             loaded = create_backbone(TINY, weights=path, role=role).weight_state_dict()
             for key, value in loaded.items():
                 assert torch.equal(value, state[prefix + key]), (role, key)
@@ -339,11 +339,11 @@ def test_dataset_smaller_than_one_batch_is_a_clear_error(tmp_path):
 ])
 def test_config_errors_name_the_key(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        load_config(LeopartConfig, CONFIGS / "camvid_effnet.yaml", overrides)
+        load_config(LeopartConfig, "leopart/camvid_effnet", overrides)
 
 
 def test_shipped_configs_load_with_the_papers_numbers():
-    configs = {p.stem: load_config(LeopartConfig, p) for p in CONFIGS.glob("*.yaml")}
+    configs = {name.split("/")[1]: load_config(LeopartConfig, name) for name in shipped_configs("leopart")}
     assert set(configs) == {"imagenet100_vits16", "coco_vits16", "voc_trainaug_vits16", "coco_vitb8", "camvid_effnet"}
     for name in ("imagenet100_vits16", "coco_vits16", "voc_trainaug_vits16", "coco_vitb8"):
         cfg = configs[name]

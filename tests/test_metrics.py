@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from unseg.errors import UnsegError
 from unseg.evaluation.metrics import ConfusionAccumulator, confusion_matrix, scores_from_confusion
 
 
@@ -80,6 +81,21 @@ def test_class_absent_everywhere_is_nan_and_excluded():
     d = s.to_dict()
     assert d["iou"][2] is None
     assert json.loads(json.dumps(d))["miou"] == pytest.approx(175 / 3)
+
+
+def test_absent_class_as_zero_averages_over_all_classes():
+    # Leopart's PredsmIoU: the same confusion as above, the absent class 2 counted as IoU 0
+    conf = np.array([[2, 1, 0, 0],
+                     [0, 3, 0, 0],
+                     [0, 0, 0, 0],
+                     [1, 0, 0, 1]])
+    s = scores_from_confusion(conf, absent="zero")
+    np.testing.assert_allclose(s.iou, [50.0, 75.0, 0.0, 50.0])
+    assert s.miou == pytest.approx(175 / 4)
+    assert s.pixel_accuracy == scores_from_confusion(conf).pixel_accuracy
+    assert s.mean_accuracy == scores_from_confusion(conf).mean_accuracy  # recall leaves empty classes out
+    with pytest.raises(UnsegError, match="absent-class rule 'none' is not one of skip, zero"):
+        scores_from_confusion(conf, absent="none")
 
 
 def test_unmatched_column_counts_as_errors():

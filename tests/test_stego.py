@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from unseg.config import config_from_dict, dump_config, load_config
-from unseg.errors import ConfigError, WeightsError
+from unseg.errors import ConfigError, UnsegError, WeightsError
 from unseg.features.cache import FeatureCache, mark_complete, prepare_cache_dir, write_shard
 from unseg.methods.stego import (CachedPairs, ClusterProbe, CorrespondenceConfig, ImagePairs, LinearProbe,
-                                 StegoConfig, StegoHead, StegoModule, derangement, evaluate_stego, load_stego,
-                                 save_stego, stego_codes, train_stego)
+                                 StegoConfig, StegoHead, StegoModule, correspondence_terms, evaluate_stego,
+                                 load_stego, negative_partners, save_stego, stego_codes, train_stego)
 from unseg.methods.stego.loss import correspondence_term, feature_correlation
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "stego"
 
 
 def constant_map(vector: list[float], batch: int = 2, size: int = 3) -> torch.Tensor:
@@ -98,15 +97,149 @@ def test_pointwise_normalisation_by_hand():
     assert torch.allclose(pointwise, torch.tensor([[1.1, 0.1], [0.5, 0.7]]))
 
 
-def test_derangements_have_no_fixed_points():
-    torch.manual_seed(0)
-    for n in range(2, 10):
-        for _ in range(20):
-            perm = derangement(n)
-            assert sorted(perm.tolist()) == list(range(n))
-            assert not (perm == torch.arange(n)).any()
+def test_negative_partners_follow_the_authors_rule():
+    # the rule written out: a seeded randperm, each fixed point moved to the next index mod n
+    seen_repeat = False
+    for n in range(2, 8):
+        for seed in range(30):
+            torch.manual_seed(seed)
+            perm = torch.randperm(n)
+            expected = torch.where(perm == torch.arange(n), perm + 1, perm) % n
+            torch.manual_seed(seed)
+            partners = negative_partners(n)
+            assert torch.equal(partners, expected)
+            assert not (partners == torch.arange(n)).any() and partners.min() >= 0 and partners.max() < n
+            seen_repeat |= len(set(partners.tolist())) < n  # not always a permutation
+    assert seen_repeat
     with pytest.raises(ValueError, match="at least 2"):
-        derangement(1)
+        negative_partners(1)
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def plain_term(fa: torch.Tensor, fb: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor, shift: float,
+               pointwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss written out on sampled vectors (B, P, C): F and S as batched cosine matrices (B, P, Q)."""
+    f = _unit(fa) @ _unit(fb).transpose(1, 2)
+    if pointwise:
+        f = f - f.mean(dim=2, keepdim=True) + f.mean()  # row means removed, global mean put back
+    s = _unit(ca) @ _unit(cb).transpose(1, 2)
+    return (-(s.clamp(min=0) * (f - shift))).mean(), s.mean()
+
+
+def plain_terms(f1, f2, fnegs, c1, c2, cnegs, cfg: CorrespondenceConfig) -> dict[str, torch.Tensor]:
+    """Intra, inter and negative terms from sampled vectors; negatives averaged over the draws."""
+    intra, intra_s = plain_term(f1, f1, c1, c1, cfg.pos_intra_shift, cfg.pointwise)
+    inter, inter_s = plain_term(f1, f2, c1, c2, cfg.pos_inter_shift, cfg.pointwise)
+    negs = [plain_term(f1, fn, c1, cn, cfg.neg_inter_shift, cfg.pointwise) for fn, cn in zip(fnegs, cnegs)]
+    return {"intra": intra, "inter": inter, "neg": sum(n[0] for n in negs) / len(negs),
+            "intra_sim": intra_s, "inter_sim": inter_s, "neg_sim": sum(n[1] for n in negs) / len(negs)}
+
+
+@pytest.mark.parametrize("pointwise", [True, False])
+def test_loss_terms_equal_a_plain_recomputation_at_injected_grid_points(pointwise):
+    # coordinates on exact grid points, so sampling is plain indexing; image b is read at its first
+    # set, its positive and every negative partner at b's second set
+    torch.manual_seed(0)
+    b, d, k, h, w, s = 3, 6, 4, 5, 7, 4
+    feats, feats_pos = torch.randn(b, d, h, w), torch.randn(b, d, h, w)
+    code, code_pos = torch.randn(b, k, h, w), torch.randn(b, k, h, w)
+    ys1, xs1, ys2, xs2 = (torch.randint(0, n, (b, s, s)) for n in (h, w, h, w))
+
+    def coords(ys, xs):
+        return torch.stack([-1 + 2 * xs / (w - 1), -1 + 2 * ys / (h - 1)], dim=-1)
+
+    def at(t, img, ys, xs):  # (B, P, C) vectors of t[img[i]] at positions (ys[i], xs[i])
+        return torch.stack([t[img[i]][:, ys[i].reshape(-1), xs[i].reshape(-1)].T for i in range(len(img))])
+
+    partners = [torch.tensor([1, 0, 0]), torch.tensor([2, 0, 1])]  # the first is not a permutation
+    cfg = CorrespondenceConfig(pointwise=pointwise, feature_samples=s, neg_samples=2)
+    got = correspondence_terms(feats, feats_pos, code, code_pos, cfg, coords=(coords(ys1, xs1), coords(ys2, xs2)),
+                               partners=partners)
+    own = torch.arange(b)
+    want = plain_terms(at(feats, own, ys1, xs1), at(feats_pos, own, ys2, xs2),
+                       [at(feats, p, ys2, xs2) for p in partners], at(code, own, ys1, xs1),
+                       at(code_pos, own, ys2, xs2), [at(code, p, ys2, xs2) for p in partners], cfg)
+    for name, value in want.items():
+        assert getattr(got, name).item() == pytest.approx(value.item(), abs=1e-5), name
+    # sampling the partners at their own first positions (unseg's old rule) gives another number
+    old = plain_terms(at(feats, own, ys1, xs1), at(feats_pos, own, ys2, xs2),
+                      [at(feats, p, ys1[p], xs1[p]) for p in partners], at(code, own, ys1, xs1),
+                      at(code_pos, own, ys2, xs2), [at(code, p, ys1[p], xs1[p]) for p in partners], cfg)
+    assert abs(old["neg"].item() - got.neg.item()) > 1e-3
+    with pytest.raises(ValueError, match="1 partner draws"):
+        correspondence_terms(feats, feats_pos, code, code_pos, cfg, partners=partners[:1])
+
+
+@pytest.mark.parametrize("correlation_dropout", [True, False])
+def test_module_losses_equal_a_plain_recomputation_of_the_authors_draws(correlation_dropout):
+    # same seed, then every random draw redone by hand in the authors' order: the head's two
+    # dropouts and the correlation dropout (image, then positive), coordinates, negative partners
+    torch.manual_seed(0)
+    b, d, h, w, p = 4, 12, 6, 6, 0.3
+    cfg = StegoConfig(n_classes=2, dim=5, dropout=p, correlation_dropout=correlation_dropout,
+                      loss=CorrespondenceConfig(feature_samples=5, neg_samples=3))
+    module = StegoModule(cfg, d).train()
+    batch = {"x": torch.randn(b, d, h, w), "x_pos": torch.randn(b, d, h, w)}
+    torch.manual_seed(7)
+    got = module.losses(batch)
+
+    torch.manual_seed(7)
+    head, s = module.net, cfg.loss.feature_samples
+
+    def drop(t: torch.Tensor) -> torch.Tensor:
+        return F.dropout2d(t, p, training=True)
+
+    def encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = head.cluster1(drop(x)) + head.cluster2(drop(x))
+        return (drop(x) if correlation_dropout else x), code
+
+    with torch.no_grad():
+        signal, code = encode(batch["x"])
+        signal_pos, code_pos = encode(batch["x_pos"])
+        coords1, coords2 = (torch.rand(b, s, s, 2) * 2 - 1 for _ in range(2))
+        partners = []
+        for _ in range(cfg.loss.neg_samples):
+            perm = torch.randperm(b)
+            partners.append(torch.where(perm == torch.arange(b), perm + 1, perm) % b)
+
+        def at(t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # (B, P, C) bilinear samples
+            out = F.grid_sample(t, c, mode="bilinear", padding_mode="border", align_corners=True)
+            return out.flatten(2).transpose(1, 2)
+
+        want = plain_terms(at(signal, coords1), at(signal_pos, coords2), [at(signal[q], coords2) for q in partners],
+                           at(code, coords1), at(code_pos, coords2), [at(code[q], coords2) for q in partners],
+                           cfg.loss)
+    for key, name in (("loss/pos_intra", "intra"), ("loss/pos_inter", "inter"), ("loss/neg_inter", "neg"),
+                      ("cd/pos_intra", "intra_sim"), ("cd/neg_inter", "neg_sim")):
+        assert got[key].item() == pytest.approx(want[name].item(), abs=1e-5), key
+    total = cfg.loss.pos_intra_weight * want["intra"] + cfg.loss.pos_inter_weight * want["inter"] \
+        + cfg.loss.neg_inter_weight * want["neg"]
+    assert got["loss/correspondence"].item() == pytest.approx(total.item(), abs=1e-5)
+    # in eval mode every dropout is off: F reads the raw features
+    module.eval()
+    torch.manual_seed(7)
+    got_eval = module.losses(batch)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        code, code_pos = head(batch["x"]), head(batch["x_pos"])
+        coords1, coords2 = (torch.rand(b, s, s, 2) * 2 - 1 for _ in range(2))
+        perms = [torch.randperm(b) for _ in range(cfg.loss.neg_samples)]
+        partners = [torch.where(q == torch.arange(b), q + 1, q) % b for q in perms]
+        x, xp = batch["x"], batch["x_pos"]
+        want = plain_terms(at(x, coords1), at(xp, coords2), [at(x[q], coords2) for q in partners],
+                           at(code, coords1), at(code_pos, coords2), [at(code[q], coords2) for q in partners],
+                           cfg.loss)
+    assert got_eval["loss/pos_intra"].item() == pytest.approx(want["intra"].item(), abs=1e-5)
+    assert got_eval["loss/neg_inter"].item() == pytest.approx(want["neg"].item(), abs=1e-5)
+
+
+def test_shipped_stego_configs_use_the_correlation_dropout():
+    for name in ("cocostuff27_vitb8", "cityscapes27_vitb8", "potsdam3_vits8", "camvid_effnet"):
+        assert load_config(StegoConfig, f"stego/{name}").correlation_dropout is True
+    assert StegoConfig().correlation_dropout is True
 
 
 # --- probes ---------------------------------------------------------------------------------------
@@ -145,7 +278,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(two_class_cache):
     optimiser = module.configure_optimizers()
 
     def total() -> torch.Tensor:
-        torch.manual_seed(1)  # same sample grid and derangements every time: a fixed objective
+        torch.manual_seed(1)  # same sample grid and negative partners every time: a fixed objective
         return module.losses(batch)["loss/total"]
 
     before = total().item()
@@ -344,20 +477,41 @@ def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path):
     for scores in (result.cluster, result.linear):
         assert scores.miou == pytest.approx(100.0) and scores.pixel_accuracy == pytest.approx(100.0)
     assert sorted(seen) == sorted([(i, (3, 8, 8)) for i in range(5)] * 2)
-    assert "cluster probe" in result.summary()
+    assert "cluster probe" in result.summary() and "hungarian-pixels" in result.summary()
+    assert (result.to_dict()["matching"], result.to_dict()["absent_classes"]) == ("hungarian-pixels", "skip")
+    other = evaluate_stego(head, cluster_probe, linear_probe, cache, masks, 3, batch_size=2, device="cpu",
+                           matching="hungarian-iou", absent="zero")
+    assert (other.matching, other.absent) == ("hungarian-iou", "zero") and other.mapping.tolist() == [2, 0, 1]
+    with pytest.raises(UnsegError, match="matching rule 'best'"):
+        evaluate_stego(head, cluster_probe, linear_probe, cache, masks, 3, device="cpu", matching="best")
+
+
+def test_matching_options_on_the_command_line():
+    from unseg.cli import _scoring, build_parser
+
+    parser = build_parser()
+    stego = ["eval", "stego", "--config", "c.yaml", "--checkpoint", "s.ckpt"]
+    cluster = ["eval", "cluster", "--root", "data"]
+    for base in (stego, cluster):
+        assert _scoring(parser.parse_args(base)) == {}  # the protocol's own default applies
+        args = parser.parse_args([*base, "--matching", "hungarian-iou", "--absent-classes", "zero"])
+        assert _scoring(args) == {"matching": "hungarian-iou", "absent": "zero"}
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--matching", "hungarian"])
 
 
 # --- configs --------------------------------------------------------------------------------------
 
 def test_shipped_configs_load_with_the_released_numbers():
-    cocostuff = load_config(StegoConfig, CONFIGS / "cocostuff27_vitb8.yaml")
+    cocostuff = load_config(StegoConfig, "stego/cocostuff27_vitb8")
     assert (cocostuff.dim, cocostuff.loss.neg_inter_shift, cocostuff.loss.pointwise) == (90, 1.0, True)
     assert cocostuff.lr_head == 5e-4 and cocostuff.lr_probes == 5e-3
-    cityscapes = load_config(StegoConfig, CONFIGS / "cityscapes27_vitb8.yaml")
+    cityscapes = load_config(StegoConfig, "stego/cityscapes27_vitb8")
     assert (cityscapes.dim, cityscapes.loss.pointwise) == (100, False)
-    potsdam = load_config(StegoConfig, CONFIGS / "potsdam3_vits8.yaml")
+    potsdam = load_config(StegoConfig, "stego/potsdam3_vits8")
     assert (potsdam.n_classes, potsdam.dim, potsdam.max_steps, potsdam.batch_size) == (3, 70, 5000, 16)
-    camvid = load_config(StegoConfig, CONFIGS / "camvid_effnet.yaml")
+    assert (potsdam.loss.neg_inter_shift, potsdam.loss.pos_inter_shift, potsdam.loss.pos_intra_shift) == (0.46, 0.02, 0.08)
+    camvid = load_config(StegoConfig, "stego/camvid_effnet")
     assert (camvid.backbone, camvid.n_classes) == ("efficientnet_lite0", 11)
 
 

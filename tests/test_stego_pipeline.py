@@ -16,16 +16,15 @@ from unseg.methods.stego import load_stego
 from unseg.methods.stego.pipeline import fit_stego, split_data
 from unseg.config import load_config
 from unseg.methods.stego.train import StegoConfig
-from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "stego" / "camvid_effnet.yaml"
+CONFIG = "stego/camvid_effnet"  # a shipped config, by name
 TINY = [f"root={sample_root()}", "train_split=val", "val_split=val", "input_size=224", "val_input_size=224",
         "max_steps=4", "batch_size=4", "num_workers=0", "progress_bar=false", "knn_k=10", "checkpoint_every=2"]
 
 
 def test_train_then_eval_a_checkpoint_from_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "stego", "--config", str(CONFIG), *TINY, "--out", str(out),
+    assert main(["train", "stego", "--config", CONFIG, *TINY, "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr().out
     assert "cluster probe: mIoU" in printed and "linear probe" in printed
@@ -36,17 +35,17 @@ def test_train_then_eval_a_checkpoint_from_the_cli(tmp_path, capsys):
     (knn_file,) = (tmp_path / "cache").glob("*/knn-10.npy")
     knn = np.load(knn_file)
     assert knn.shape == (20, 10) and (knn[:, 0] == np.arange(20)).all()
-    assert main(["stego", "knn", "--config", str(CONFIG), *TINY, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert main(["stego", "knn", "--config", CONFIG, *TINY, "--cache-dir", str(tmp_path / "cache")]) == 0
     assert np.array_equal(np.load(knn_file), knn)
 
     capsys.readouterr()
     report = tmp_path / "scores.json"
-    assert main(["eval", "stego", "--config", str(CONFIG), *TINY, "--checkpoint", str(out / "stego.ckpt"),
+    assert main(["eval", "stego", "--config", CONFIG, *TINY, "--checkpoint", str(out / "stego.ckpt"),
                  "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]) == 0
     scores = json.loads(report.read_text())
     assert 0 < scores["cluster"]["miou"] < 100 and sorted(scores["mapping"]) == list(range(11))
     # evaluating with another number of classes than the checkpoint's is refused by name
-    assert main(["eval", "stego", "--config", str(CONFIG), *TINY, "n_classes=5", "--checkpoint",
+    assert main(["eval", "stego", "--config", CONFIG, *TINY, "n_classes=5", "--checkpoint",
                  str(out / "stego.ckpt"), "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "11" in capsys.readouterr().err
 
@@ -63,7 +62,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 
 def test_sweep_writes_table_and_plot_with_every_method(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["stego", "sweep", "--config", str(CONFIG), *TINY, "max_steps=2", "--dims", "4", "8",
+    assert main(["stego", "sweep", "--config", CONFIG, *TINY, "max_steps=2", "--dims", "4", "8",
                  "--methods", "stego", "pca", "random", "raw", "--out", str(out),
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))

@@ -11,12 +11,19 @@ from typing import Sequence
 from .errors import UnsegError
 
 
+_ROLE_HELP = ("which network of a teacher/student checkpoint; auto = what the authors' evaluation reads: "
+              "the student (model.*) of a Leopart checkpoint, the teacher of a DINO training checkpoint")
+_TRUST_HELP = ("unpickle the --weights / --checkpoint file fully, which runs any code it holds: only for files "
+               "you trust (default: a safe loader that runs nothing; docs/checkpoints.md)")
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone and data")
     g.add_argument("--backbone", default="efficientnet_lite0", help="registered backbone (see `unseg backbones`)")
     g.add_argument("--weights", help="local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt")
     g.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"],
-                   help="which network of a teacher/student checkpoint (auto = teacher)")
+                   help=_ROLE_HELP)
+    g.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     g.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
     g.add_argument("--dataset", default="camvid", help="registered dataset (see `unseg datasets`)")
     g.add_argument("--root", required=True, help="dataset folder")
@@ -37,6 +44,7 @@ def _source(args: argparse.Namespace):
 
     size = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size[:2])
     return Source(backbone=args.backbone, weights=args.weights, download=args.download, role=args.weights_role,
+                  trust_checkpoint=args.trust_checkpoint,
                   dataset=args.dataset, root=args.root, input_size=size,
                   dataset_options={k: v for k, v in {"masks": args.masks, "num_classes": args.num_classes}.items()
                                    if v is not None}, cache_dir=args.cache_dir,
@@ -52,12 +60,69 @@ def _write_json(path: Path | None, payload: object) -> None:
         print(f"results written to {path}")
 
 
+def _add_scoring(p: argparse.ArgumentParser, matching_default: str) -> None:
+    """``--matching`` and ``--absent-classes``; the defaults shown are the protocol's, defined in the API."""
+    from .clustering.matching import METHODS
+    from .evaluation.metrics import ABSENT_RULES, DEFAULT_ABSENT
+
+    p.add_argument("--matching", choices=METHODS,
+                   help=f"cluster-to-class rule (default {matching_default}): hungarian-iou maximises IoU "
+                        "(Leopart), hungarian-pixels maximises matched pixels (STEGO), greedy is many-to-one by "
+                        "precision, auto is hungarian-iou when K <= #classes else greedy (docs/evaluation.md)")
+    p.add_argument("--absent-classes", choices=ABSENT_RULES,
+                   help=f"a class in neither ground truth nor prediction: skip = left out of the mIoU (STEGO), "
+                        f"zero = IoU 0 averaged over all classes (Leopart's PredsmIoU) (default {DEFAULT_ABSENT})")
+
+
+def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str = "none",
+                  meaning: str = "token labels, nearest-upsampled") -> None:
+    """Feature upsampling before clustering / probes (docs/upsampling.md); ``target`` None: the
+    command upsamples to a fixed size (no --upsample-size / --upsample-factor)."""
+    from .features.upsample import UPSAMPLERS
+
+    g = p.add_argument_group("feature upsampling (docs/upsampling.md)")
+    g.add_argument("--upsample", default=default, choices=UPSAMPLERS,
+                   help=f"assign labels on upsampled features: bilinear, or guided = joint bilateral upsampling "
+                        f"that follows the image's edges (default {default}: {meaning})")
+    if target is not None:
+        g.add_argument("--upsample-size", type=int, nargs="+", metavar="PX",
+                       help=f"target grid: one value (square) or H W (default {target})")
+        g.add_argument("--upsample-factor", type=float, help="target grid = this factor x the token grid")
+    g.add_argument("--guide-radius", type=int, default=2, help="guided: window radius in tokens")
+    g.add_argument("--guide-sigma-spatial", type=float, default=1.0, help="guided: spatial sigma in tokens")
+    g.add_argument("--guide-sigma-range", type=float, default=0.1, help="guided: colour sigma (RGB in 0..1)")
+
+
+def _upsampling(args: argparse.Namespace):
+    from .features import as_size
+    from .features.upsample import Upsampling
+
+    size = _size(getattr(args, "upsample_size", None))
+    return Upsampling(args.upsample, as_size(size) if size is not None else None,
+                      getattr(args, "upsample_factor", None), args.guide_radius, args.guide_sigma_spatial,
+                      args.guide_sigma_range)
+
+
+def _scoring(args: argparse.Namespace) -> dict[str, str]:
+    """The scoring options the user gave; the rest keep the protocol's defaults."""
+    return {k: v for k, v in {"matching": args.matching, "absent": args.absent_classes}.items() if v is not None}
+
+
 def cmd_backbones(args: argparse.Namespace) -> None:
     from .backbones import list_backbones
 
     print(f"{'name':16s} {'dim':>5s} {'stride':>6s}  weights")
     for spec in list_backbones():
         print(f"{spec.name:16s} {spec.embed_dim:5d} {spec.stride:6d}  {spec.weights}")
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    from .config import config_description, shipped_configs
+
+    configs = shipped_configs()
+    width = max(map(len, configs), default=0)
+    for name, file in configs.items():
+        print(f"{name:{width}s}  {config_description(file)}")
 
 
 def cmd_datasets(args: argparse.Namespace) -> None:
@@ -94,12 +159,14 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 
     source = _source(args)
     results = clustering_protocol(source, split=args.split, ks=args.k, seeds=range(args.seeds),
-                                  mask_size=args.mask_size, pca_dim=args.pca_dim or None, niter=args.niter,
-                                  nredo=args.nredo, matching=args.matching)
+                                  mask_size=_size(args.mask_size), pca_dim=args.pca_dim or None, niter=args.niter,
+                                  nredo=args.nredo, upsample=_upsampling(args), **_scoring(args))
     s = results[0].settings
+    labels = (f"labels on {s['upsample']}-upsampled features at {s['label_size'][0]}x{s['label_size'][1]}, "
+              if s["upsample"] != "none" else "")
     print(f"clustering on {s['dataset']}/{args.split} ({s['num_images']} images), {s['backbone']} "
-          f"[{s['weights']}], input {s['input_size'][0]}x{s['input_size'][1]}, tokens {s['grid'][0]}x{s['grid'][1]} "
-          f"nearest-upsampled to {args.mask_size}x{args.mask_size} masks, StandardScaler + PCA {args.pca_dim}, "
+          f"[{s['weights']}], input {s['input_size'][0]}x{s['input_size'][1]}, tokens {s['grid'][0]}x{s['grid'][1]}, "
+          f"{labels}nearest-upsampled to {s['mask_size'][0]}x{s['mask_size'][1]} masks, StandardScaler + PCA {args.pca_dim}, "
           f"faiss k-means niter {args.niter} nredo {args.nredo}, {args.seeds} seeds, mean ± std:")
     for r in results:
         print("  " + r.summary())
@@ -111,7 +178,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
         from .features import upsample_labels
 
         for r in results:
-            maps = upsample_labels(torch.from_numpy(r.labels), (args.mask_size, args.mask_size)).numpy()
+            maps = upsample_labels(torch.from_numpy(r.labels), tuple(s['mask_size'])).numpy()
             _write_report(args.report / f"k{r.k}", source, args.split,
                           class_predictions(maps, r.mapping, r.settings["num_classes"]), r.to_dict(),
                           f"k-means K={r.k} ({r.matching}), {s['dataset']}/{args.split}")
@@ -148,36 +215,47 @@ def _stego_config(args: argparse.Namespace):
     from .config import load_config
     from .methods.stego.train import StegoConfig
 
-    return load_config(StegoConfig, args.config, args.overrides)
+    return load_config(StegoConfig, args.config, args.overrides, method="stego")
 
 
 def _add_stego(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, type=Path, help="YAML config (see configs/stego/)")
+    p.add_argument("--config", required=True, help="shipped config name (`unseg configs`, e.g. camvid_effnet) "
+                                                   "or a YAML file")
     p.add_argument("overrides", nargs="*", help="key=value settings over the config, e.g. root=DATA max_steps=500")
     p.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features)")
+
+
+def _check_run(cfg, args: argparse.Namespace) -> None:
+    """What a training run would find out only after its data preparation: the device and --resume."""
+    from .config import require_accelerator
+    from .io import resume_checkpoint
+
+    require_accelerator(cfg.accelerator)
+    resume_checkpoint(args.resume, args.out)
 
 
 def cmd_train_stego(args: argparse.Namespace) -> None:
     from .methods.stego.pipeline import evaluate_run, fit_stego, split_data
 
     cfg = _stego_config(args)
+    _check_run(cfg, args)
     module = fit_stego(cfg, args.out, args.cache_dir, resume=args.resume)
     print(f"STEGO head written to {Path(args.out) / 'stego.ckpt'} (STEGO's checkpoint layout)")
     if not args.no_eval:
         scores = evaluate_run(module, split_data(cfg, cfg.val_split, args.cache_dir), cfg.n_classes)
-        print(f"{cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA, Hungarian-matched cluster probe: "
-              + scores.summary())
+        print(f"{cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA: " + scores.summary())
 
 
 def cmd_train_leopart(args: argparse.Namespace) -> None:
     from .config import load_config
     from .methods.leopart import LeopartConfig, train_leopart
 
-    cfg = load_config(LeopartConfig, args.config, args.overrides)
+    cfg = load_config(LeopartConfig, args.config, args.overrides, method="leopart")
+    _check_run(cfg, args)
     module = train_leopart(cfg, args.out, resume=args.resume)
     if module.trainer.is_global_zero:
         print(f"Leopart weights written to {Path(args.out) / 'leopart.ckpt'} (Leopart's layout: --weights loads "
-              f"the teacher, --weights-role student the student)")
+              f"the student, as Leopart's evaluation does; --weights-role teacher the teacher)")
 
 
 def cmd_eval_stego(args: argparse.Namespace) -> None:
@@ -186,9 +264,10 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
     cfg = _stego_config(args)
     val = split_data(cfg, cfg.val_split, args.cache_dir)
     scores = evaluate_run(args.checkpoint, val, cfg.n_classes, crf=args.crf, processes=args.processes,
-                          keep_predictions=args.report is not None)
-    print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA"
-          f"{', dense CRF' if args.crf else ''}, Hungarian-matched cluster probe: " + scores.summary())
+                          trust_checkpoint=args.trust_checkpoint, upsample=_upsampling(args),
+                          keep_predictions=args.report is not None, **_scoring(args))
+    print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA, "
+          f"{args.upsample} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary())
     _write_json(args.json, scores.to_dict())
     if args.report:
         from .evaluation.report import dataset_report
@@ -246,8 +325,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
                      out_dir=args.out, crf=args.crf, clustering=args.clustering, save_clustering=args.save_clustering,
                      checkpoint=args.checkpoint, input_size=_size(args.input_size), cd=cd,
                      skip_invalid=args.skip_invalid, seed=args.seed, download=args.download, role=args.weights_role,
+                     trust_checkpoint=args.trust_checkpoint,
                      device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-                     processes=args.processes)
+                     processes=args.processes, upsample=_upsampling(args))
     print(f"segmented {len(labels)} images ({args.method}{', dense CRF' if args.crf else ''}): "
           f"{Path(args.out) / 'labels'}/, {Path(args.out) / 'overlays'}/, open {Path(args.out) / 'index.html'}")
     if args.save_clustering:
@@ -317,12 +397,20 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .clustering.matching import CLUSTERING_MATCHING, STEGO_MATCHING
+
     parser = argparse.ArgumentParser(prog="unseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="busy threads for torch, faiss, BLAS and parallel k-means (default: $UNSEG_THREADS, "
+                             "else $OMP_NUM_THREADS, else all cores; never more than the cores)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("backbones", help="list backbones: feature dim, stride, weight source")
     p.set_defaults(func=cmd_backbones)
+
+    p = sub.add_parser("configs", help="list the shipped configs (names for --config) with a summary of each")
+    p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("datasets", help="list datasets and splits")
     p.add_argument("--layout", action="store_true", help="also print each expected folder layout")
@@ -343,12 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--k", type=int, nargs="+", default=[100], help="cluster counts")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
-    p.add_argument("--mask-size", type=int, default=100)
+    p.add_argument("--mask-size", type=int, nargs="+", default=[100], metavar="PX",
+                   help="label resolution: one value (square) or H W (default 100)")
     p.add_argument("--pca-dim", type=int, default=50, help="0 = no PCA")
     p.add_argument("--niter", type=int, default=100)
     p.add_argument("--nredo", type=int, default=5)
-    p.add_argument("--matching", default="auto", choices=["auto", "hungarian", "greedy"],
-                   help="auto: Hungarian when K <= #classes, else greedy many-to-one by precision")
+    _add_scoring(p, CLUSTERING_MATCHING)
+    _add_upsample(p, "the mask size")
     _add_report(p)
     p.set_defaults(func=cmd_cluster)
     for head in ("linear", "fcn"):
@@ -369,9 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("stego", help="score a STEGO checkpoint's cluster and linear probes")
     _add_stego(p)
     p.add_argument("--checkpoint", required=True, type=Path, help="ours or a released STEGO .ckpt")
+    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
     p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
     p.add_argument("--json", type=Path)
+    _add_scoring(p, STEGO_MATCHING)
+    _add_upsample(p, None, "bilinear", "STEGO's, codes to the masks' size")
     _add_report(p)
     p.set_defaults(func=cmd_eval_stego)
 
@@ -412,15 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = train.add_parser("stego", help="train a STEGO head on cached features of a frozen backbone")
     _add_stego(p)
     p.add_argument("--out", default="runs/stego", help="run folder: config, logs, checkpoints, stego.ckpt")
-    p.add_argument("--resume", help="checkpoint to resume from, or 'last'")
+    p.add_argument("--resume", help="continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; "
+                                    "one that is missing or not a training checkpoint is an error, never a silent "
+                                    "fresh start")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
     p.set_defaults(func=cmd_train_stego)
 
     p = train.add_parser("leopart", help="fine-tune a backbone with the Leopart loss (dense self-supervision)")
-    p.add_argument("--config", required=True, type=Path, help="YAML config (see configs/leopart/)")
+    p.add_argument("--config", required=True, help="shipped config name (`unseg configs`, e.g. camvid_effnet) "
+                                                   "or a YAML file")
     p.add_argument("overrides", nargs="*", help="key=value settings over the config, e.g. root=DATA epochs=10")
     p.add_argument("--out", default="runs/leopart", help="run folder: config, logs, checkpoints, leopart.ckpt")
-    p.add_argument("--resume", help="checkpoint to resume from, or 'last'")
+    p.add_argument("--resume", help="continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; "
+                                    "one that is missing or not a training checkpoint is an error, never a silent "
+                                    "fresh start")
     p.set_defaults(func=cmd_train_leopart)
 
     stego = sub.add_parser("stego", help="STEGO tools").add_subparsers(dest="tool", required=True)
@@ -443,9 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="segments: k-means clusters or preferred communities (default 8)")
     p.add_argument("--backbone", help="registered backbone (default: the clustering's, else efficientnet_lite0)")
     p.add_argument("--weights", help="local checkpoint of the backbone")
-    p.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"])
+    p.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"], help=_ROLE_HELP)
     p.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
     p.add_argument("--checkpoint", help="--method stego: a STEGO .ckpt (head and cluster probe)")
+    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
     p.add_argument("--clustering", metavar="FILE", help="apply a clustering saved with --save-clustering")
     p.add_argument("--save-clustering", metavar="FILE", help="save the fitted clustering (kmeans, cd) for reuse")
@@ -463,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
+    _add_upsample(p, "the input size")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")
@@ -473,10 +572,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The folders a command writes to must be writable before it computes anything."""
+    from .io import require_writable
+
+    for name in ("out", "report"):
+        if getattr(args, name, None) is not None:
+            require_writable(getattr(args, name), f"--{name} folder")
+    if getattr(args, "json", None) is not None:
+        require_writable(Path(args.json).parent, "folder of the --json file")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("unseg.backbones").setLevel(logging.INFO)  # always say which network a file gave
     try:
+        from .threads import set_threads
+
+        set_threads(args.threads)
+        _check_outputs(args)
         args.func(args)
     except UnsegError as exc:
         print(f"unseg: error: {exc}", file=sys.stderr)

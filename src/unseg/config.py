@@ -1,7 +1,7 @@
 """The project's one config mechanism: dataclasses filled from a YAML file and ``key=value`` overrides.
 
 A method declares its settings as a dataclass with defaults (nested dataclasses group
-related settings); ``load_config(StegoConfig, "configs/stego/cocostuff27_vitb8.yaml",
+related settings); ``load_config(StegoConfig, "stego/cocostuff27_vitb8",
 ["lr_head=1e-4", "loss.pointwise=false"])`` reads the file, applies the overrides in
 order and checks every value against its field's type. An unknown key or a value of the
 wrong type raises :class:`~unseg.errors.ConfigError` naming the key, where it came from
@@ -9,21 +9,32 @@ and the expected type: a typo never silently falls back to a default.
 
 Override values are read as YAML (``true``, ``null``, ``[1, 2]``, ``{a: 1}``); a group
 given partially keeps the defaults of the keys it does not name.
+
+The papers' runs ship inside the package (``unseg/configs/<method>/<name>.yaml``), so they
+are found by name after a plain ``pip install``: ``"stego/cocostuff27_vitb8"``, or
+``"cocostuff27_vitb8"`` where the method is known and the name is unambiguous. A path to
+a YAML file works wherever a name does.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 import types
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin,
+                    get_type_hints)
 
 import yaml
 
 from .errors import ConfigError
 from .io import atomic_path
 
-__all__ = ["load_config", "config_from_dict", "parse_override", "dump_config", "save_config"]
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+__all__ = ["load_config", "config_from_dict", "parse_override", "dump_config", "save_config", "shipped_configs",
+           "config_description", "resolve_config", "require_accelerator"]
 
 T = TypeVar("T")
 Where = Callable[[str], str]
@@ -33,8 +44,56 @@ _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 _KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """An instance of dataclass ``cls``: its defaults, updated by the YAML file ``path``, then by ``overrides``."""
+def shipped_configs(method: str | None = None) -> dict[str, Traversable]:
+    """The configs installed with unseg, ``"<method>/<name>"`` -> file, sorted; only ``method``'s if given."""
+    root = resources.files("unseg") / "configs"
+    found = {}
+    for folder in root.iterdir():
+        if folder.is_dir() and (method is None or folder.name == method):
+            for file in folder.iterdir():
+                if file.is_file() and file.name.endswith(".yaml"):
+                    found[f"{folder.name}/{file.name[:-len('.yaml')]}"] = file
+    return dict(sorted(found.items()))
+
+
+def config_description(file: Traversable | Path) -> str:
+    """A config's one-line summary: the first line of its leading comment."""
+    for line in file.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def resolve_config(ref: str | Path, method: str | None = None) -> Traversable | Path:
+    """The file of config ``ref``: an existing YAML path, else a shipped config's name.
+
+    Names are ``"<method>/<name>"`` or a bare ``"<name>"`` found in one method's folder
+    (``method`` restricts the search to that folder); a trailing ``.yaml`` is allowed.
+    """
+    if Path(ref).is_file():
+        return Path(ref)
+    shipped = shipped_configs(method)
+    name = str(ref).removesuffix(".yaml")
+    if name in shipped:
+        return shipped[name]
+    matches = [n for n in shipped if n.split("/", 1)[1] == name]
+    if len(matches) == 1:
+        return shipped[matches[0]]
+    if matches:
+        raise ConfigError(f"config name {str(ref)!r} is ambiguous: it is {' and '.join(matches)}; give the full name")
+    scope = f"shipped {method} configs" if method else "shipped configs"
+    raise ConfigError(f"config {str(ref)!r} is neither a YAML file nor a shipped config name; {scope}: "
+                      f"{', '.join(shipped) or 'none'} (`unseg configs` describes them)")
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
+                method: str | None = None) -> T:
+    """An instance of dataclass ``cls``: its defaults, updated by the YAML file or shipped config ``path``
+    (see :func:`resolve_config`; ``method`` narrows the names), then by ``overrides``."""
+    if path is not None:
+        path = resolve_config(path, method)
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     origins: dict[str, str] = {}
     for item in overrides:
@@ -58,8 +117,8 @@ def config_from_dict(cls: type[T], data: Mapping[str, Any], source: str = "confi
     return _build(cls, data, "", lambda _: source, None)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
+    path = Path(path) if isinstance(path, str) else path
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -118,6 +177,7 @@ def _build(cls: type[T], data: Any, prefix: str, where: Where, base: T | None) -
         if name not in fields:
             raise ConfigError(f"{where(key)}: unknown key {key!r}; {cls.__name__} has {', '.join(fields)}")
         kwargs[name] = _convert(hints[name], value, key, where, _field_default(fields[name]))
+        _check_value(name, kwargs[name], key, where)
     if base is not None:
         return dataclasses.replace(base, **kwargs)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
@@ -126,6 +186,40 @@ def _build(cls: type[T], data: Any, prefix: str, where: Where, base: T | None) -
         raise ConfigError(f"{where(prefix)}: required key(s) {', '.join(_join(prefix, m) for m in missing)} "
                           f"not set")
     return cls(**kwargs)
+
+
+# Keys every method's config uses with one meaning (Lightning Trainer and DataLoader settings, counts
+# and sizes), with their allowed values: a value of the right type but out of range fails when the
+# config is read, naming the key, where it came from and what is allowed (docs/reliability.md).
+PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
+              "transformer-engine", "transformer-engine-float16")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+_CHOICES = {"precision": PRECISIONS, "accelerator": ACCELERATORS}
+_AT_LEAST = {"batch_size": 1, "num_workers": 0, "devices": 1, "num_nodes": 1, "max_steps": 1, "epochs": 1,
+             "checkpoint_every": 1, "checkpoint_every_epochs": 1, "every_epochs": 1, "log_every": 1,
+             "knn_k": 1, "num_neighbors": 1, "n_classes": 1, "extra_clusters": 0, "dim": 1, "num_prototypes": 1,
+             "input_size": 1, "val_input_size": 1, "mask_size": 1, "num_images": 1, "queue_length": 0}
+
+
+def _check_value(name: str, value: Any, key: str, where: Where) -> None:
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ConfigError(f"{where(key)}: key {key!r} = {value!r} is not one of {', '.join(_CHOICES[name])}")
+    if name in _AT_LEAST and isinstance(value, int) and value < _AT_LEAST[name]:
+        raise ConfigError(f"{where(key)}: key {key!r} = {value} is not allowed; it must be at least "
+                          f"{_AT_LEAST[name]}")
+
+
+def require_accelerator(accelerator: str) -> None:
+    """Fail before training when the config asks for an accelerator this machine does not have
+    (checked when a run starts, not when a config is read: evaluating a GPU run's config on a
+    laptop is fine)."""
+    import torch
+
+    missing = ((accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
+               or (accelerator == "mps" and not torch.backends.mps.is_available()))
+    if missing:
+        raise ConfigError(f"key 'accelerator' = {accelerator!r}, but torch finds no such device on this machine; "
+                          "use accelerator=cpu, or accelerator=auto to take a GPU when there is one")
 
 
 def _type_name(tp: Any) -> str:

@@ -4,6 +4,15 @@
 class UnsegError(Exception):
     """Base class: the CLI prints these as one clear line instead of a traceback."""
 
+    def __str__(self) -> str:
+        # torch re-raises a data-loader worker's exception as the same class with the worker's
+        # whole traceback as its message; the user needs only the original message at its end
+        text = super().__str__()
+        marker = f"{type(self).__module__}.{type(self).__qualname__}: "
+        if text.startswith("Caught ") and "\nOriginal Traceback" in text and marker in text:
+            return text[text.rindex(marker) + len(marker):].rstrip("\n")
+        return text
+
 
 class RegistryError(UnsegError, KeyError):
     """An unknown backbone, dataset or method name."""
@@ -33,4 +42,12 @@ class MissingExtraError(UnsegError, ImportError):
 
 
 class ConfigError(UnsegError, ValueError):
-    """A config file or override with an unknown key or a value of the wrong type."""
+    """A config file or override with an unknown key, a value of the wrong type or outside its allowed values."""
+
+
+class SettingError(UnsegError, ValueError):
+    """An argument outside its allowed values (a size, a count, a path to resume from); the message says which are."""
+
+
+class OutputError(UnsegError, OSError):
+    """A folder that results, caches or checkpoints must be written to but cannot be."""

@@ -26,9 +26,10 @@ from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, create_backbone
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
-from .errors import ImageError, LayoutError
+from .errors import ImageError, LayoutError, SettingError
 from .features import FeatureCache, as_size, extract_features, resolve_device, upsample_labels, weights_fingerprint
-from .io import atomic_path
+from .features.upsample import Upsampling, guide_tensor
+from .io import atomic_path, require_writable
 from .unsupervised.fitted import CDSettings, FittedSegmenter, fit_cd, fit_kmeans
 from .visualisation import overlay, palette
 from .visualisation.gallery import GalleryItem, write_gallery
@@ -101,10 +102,17 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
 
 @torch.no_grad()
 def _coarse_labels(cache: FeatureCache, fitted: FittedSegmenter | None, stego: tuple | None,
-                   size: tuple[int, int], crf: bool, device: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                   size: tuple[int, int], crf: bool, device: str, images: Sequence[InputImage] = (),
+                   upsample: Upsampling | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per image: segment ids on the token grid (STEGO: at the input size, as its evaluation) and,
-    for a CRF, (segments, h, w) log-probabilities on the token grid."""
+    for a CRF, (segments, h, w) log-probabilities on the token grid. With ``upsample`` both are
+    on the upsampled grid (default the input size; guided: by the image ``images[i]``), one
+    image at a time: k-means / CD assign every upsampled feature, STEGO's probe reads upsampled codes."""
     from .methods.stego import stego_codes
+    from .methods.stego.evaluate import upsample_codes
+
+    upsample = upsample or Upsampling()
+    paths = {i.id: i.path for i in images}
 
     dev = resolve_device(device)
     if stego is not None:
@@ -112,13 +120,18 @@ def _coarse_labels(cache: FeatureCache, fitted: FittedSegmenter | None, stego: t
     labels, logits = [], []
     for i in range(len(cache)):
         feats = cache.features(i)
+        target = upsample.target(feats.shape[1:], size)
+        guide = guide_tensor(read_image(paths[cache.ids[i]]), target) if upsample.guided else None
         if stego is not None:
             code = stego_codes(head, torch.from_numpy(feats)[None].to(dev))
-            up = F.interpolate(code, size=size, mode="bilinear", align_corners=False)
+            up = (upsample_codes(code, target, upsample, iter([guide])) if upsample.active
+                  else F.interpolate(code, size=size, mode="bilinear", align_corners=False))
             labels.append(probe.log_probs(up)[0].argmax(0).cpu().numpy())
             if crf:
                 logits.append(probe.log_probs(code)[0].cpu().numpy())
         else:
+            if upsample.active:
+                feats = upsample.apply(torch.from_numpy(feats), target, guide).numpy()
             tokens = feats.reshape(len(feats), -1).T
             labels.append(fitted.labels(tokens).reshape(feats.shape[1:]))
             if crf:
@@ -172,7 +185,8 @@ def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", ba
             checkpoint: str | Path | None = None, input_size: int | Sequence[int] | None = None,
             cd: CDSettings | None = None, skip_invalid: bool = False, seed: int = 0, download: bool = False,
             role: str = "auto", device: str = "auto", batch_size: int = 16, num_workers: int = 2,
-            processes: int | None = None, niter: int = 100, nredo: int = 5) -> list[np.ndarray]:
+            processes: int | None = None, niter: int = 100, nredo: int = 5,
+            trust_checkpoint: bool = False, upsample: Upsampling | None = None) -> list[np.ndarray]:
     """Segment images (files or folders) without labels; returns one (H, W) segment-id array per image.
 
     ``k``: segments (k-means clusters; CD's preferred number of communities; default 8).
@@ -180,10 +194,17 @@ def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", ba
     weights and input size, else an error naming both). ``checkpoint``: STEGO's. ``cd``: CD
     settings. ``out_dir``: also write label PNGs, overlays and an ``index.html`` gallery.
     ``crf``: refine with a dense CRF (extra ``unseg[crf]``). ``niter``, ``nredo``: faiss k-means
-    iterations and restarts when fitting (the protocol's 100 and 5).
+    iterations and restarts when fitting (the protocol's 100 and 5). ``trust_checkpoint``:
+    unpickle ``weights`` / ``checkpoint`` fully, which runs any code they hold (trusted files only).
+    ``upsample``: segment upsampled features (docs/upsampling.md), e.g. ``Upsampling("guided")``
+    for masks that follow the image's edges at the input size (memory: one image's features at a time).
     """
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    if k is not None and k < 1:
+        raise SettingError(f"k = {k} segments is not allowed; k must be at least 1 (default {DEFAULT_K})")
+    if out_dir is not None:  # before any compute: a run never finds out at the end that it cannot save
+        require_writable(out_dir, "output folder")
     if isinstance(paths, (str, Path)):
         paths = [paths]
     fitted = FittedSegmenter.load(clustering) if clustering is not None else None
@@ -196,7 +217,7 @@ def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", ba
                              "clustering / save_clustering are for kmeans and cd")
         from .methods.stego import load_stego
 
-        head, probe, _, meta = load_stego(checkpoint)
+        head, probe, _, meta = load_stego(checkpoint, trust_checkpoint=trust_checkpoint)
         if k is not None and k != probe.n_clusters:
             raise ValueError(f"STEGO checkpoint {checkpoint} has {probe.n_clusters} clusters, not k={k}")
         stego = (head, probe)
@@ -213,7 +234,12 @@ def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", ba
     name = backbone or DEFAULT_BACKBONE
     size = as_size(input_size or DEFAULT_INPUT_SIZE)
     images = collect_images(paths, skip_invalid)
-    model = create_backbone(name, weights, download=download, role=role)
+    model = create_backbone(name, weights, download=download, role=role, trust_checkpoint=trust_checkpoint)
+    tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
+    if method == "kmeans" and fitted is None and (k or DEFAULT_K) > tokens:
+        raise SettingError(f"k = {k or DEFAULT_K} segments is more than the {tokens} feature tokens of "
+                           f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
+                           f"use k <= {tokens}")
     fingerprint = weights_fingerprint(model)
     if fitted is not None:
         fitted.check(name, fingerprint, size, clustering)
@@ -229,7 +255,7 @@ def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", ba
         elif method == "cd" and fitted is None:
             fitted = fit_cd(cache, k or DEFAULT_K, cd or CDSettings(), seed=seed, niter=niter, nredo=nredo,
                             **identity)
-        coarse, logits = _coarse_labels(cache, fitted, stego, size, crf, device)
+        coarse, logits = _coarse_labels(cache, fitted, stego, size, crf, device, images, upsample)
     num_labels = stego[1].n_clusters if stego is not None else fitted.num_labels
     labels = _full_size(coarse, logits, images, _label_dtype(num_labels), processes)
     if save_clustering is not None:

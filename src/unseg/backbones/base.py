@@ -38,11 +38,12 @@ class Backbone(nn.Module):
     def saliency(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_saliency(x)[1]
 
-    def load_weights(self, path: str | Path, role: str = "auto") -> None:
-        """Load a local checkpoint of any format of SPEC §1 (see :mod:`unseg.backbones.weights`)."""
+    def load_weights(self, path: str | Path, role: str = "auto", trust_checkpoint: bool = False) -> str:
+        """Load a local checkpoint of any supported layout (see :mod:`unseg.backbones.weights`);
+        returns the line saying which network was loaded."""
         from .weights import load_backbone_weights
 
-        load_backbone_weights(self, path, role=role)
+        return load_backbone_weights(self, path, role=role, trust_checkpoint=trust_checkpoint)
 
     def weight_state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters in the layout the original checkpoints use (DINO's keys for ViTs)."""

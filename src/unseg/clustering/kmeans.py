@@ -1,18 +1,30 @@
-"""Standardise + PCA and faiss k-means (SPEC §3): the project's only clustering code.
+"""Standardise + PCA and faiss k-means: the project's only clustering code.
 
 Leopart's overclustering is StandardScaler -> PCA(50) -> faiss k-means (niter 100, nredo 5);
 :class:`StandardPCA` fits the first two from a stream of chunks, so token sets larger than
-memory can be read from a memory map.
+memory can be read from a memory map. :func:`fit_centroids` runs faiss's k-means with
+every restart of every (K, seed) as its own job, spread over the cores by the thread
+policy (:mod:`unseg.threads`), and gives the centroids faiss's own ``nredo`` loop gives;
+:func:`assign` labels points block by block, so memory does not grow with the points.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 
-__all__ = ["StandardPCA", "KMeansResult", "kmeans", "assign"]
+from ..threads import parallel_map
+
+__all__ = ["StandardPCA", "KMeansResult", "kmeans", "fit_centroids", "assign"]
+
+log = logging.getLogger(__name__)
+GRAM_ROWS = 512  # rows per float32 product in StandardPCA.fit: short float32 sums, merged in float64
+ASSIGN_ROWS = 1 << 20  # points per assignment block (a multiple of faiss's 4096-query blocks)
+FAISS_BLAS_MIN_ROWS = 20  # faiss computes distances without BLAS below this many queries (other rounding)
+REDO_SEED_STRIDE = 15486557  # faiss Clustering: restart r starts from rand_perm(n, seed + 1 + r * stride)
 
 
 class StandardPCA:
@@ -22,37 +34,46 @@ class StandardPCA:
     are fixed (largest-magnitude loading positive), so a fit is reproducible.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, dtype: type = np.float64) -> None:
         if dim < 1:
             raise ValueError(f"PCA dim must be >= 1, got {dim}")
-        self.dim = dim
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"PCA dtype must be float32 or float64, got {dtype}")
+        self.dim, self.dtype = dim, dtype
         self.mean_: np.ndarray | None = None
         self.scale_: np.ndarray | None = None
         self.components_: np.ndarray | None = None  # (dim, D); None when only standardising
         self.explained_variance_: np.ndarray | None = None
 
     def fit(self, chunks: Iterable[np.ndarray]) -> StandardPCA:
-        """One pass over (n_i, D) chunks; per-chunk centred moments are merged (Chan et al.)
-        in float64, which stays exact for features far from zero, unlike sum / sum of squares."""
+        """One pass over (n_i, D) chunks; per-part centred moments are merged (Chan et al.) in float64.
+
+        Centring each part keeps the precision for features far from zero, unlike sum / sum of
+        squares. ``dtype`` float64: each chunk is one part, products in float64. float32
+        (four times faster): parts of at most ``GRAM_ROWS`` rows, so every float32 product is
+        a short sum; the components then agree with float64 to ~1e-7 and projections to ~1e-5,
+        but k-means can still move a few boundary points, so float64 is the default.
+        """
         n, mean, scatter = 0, None, None
         for chunk in chunks:
-            x = np.asarray(chunk, dtype=np.float64)
+            x = np.asarray(chunk)
             if x.ndim != 2 or (mean is not None and x.shape[1] != mean.shape[0]):
                 expected = "(n, D)" if mean is None else f"(n, {mean.shape[0]})"
                 raise ValueError(f"PCA chunk of shape {x.shape} is not {expected}")
-            if len(x) == 0:
-                continue
-            m = x.mean(axis=0)
-            xc = x - m
-            s = xc.T @ xc
-            if mean is None:
-                n, mean, scatter = len(x), m, s
-                continue
-            total = n + len(x)
-            delta = m - mean
-            scatter = scatter + s + np.outer(delta, delta) * (n * len(x) / total)
-            mean = mean + delta * (len(x) / total)
-            n = total
+            step = max(len(x), 1) if self.dtype == np.float64 else GRAM_ROWS
+            for start in range(0, len(x), step):
+                part = np.asarray(x[start:start + step], dtype=self.dtype)
+                m = part.mean(axis=0, dtype=np.float64)
+                xc = part - m.astype(self.dtype)
+                s = np.asarray(xc.T @ xc, dtype=np.float64)
+                if mean is None:
+                    n, mean, scatter = len(part), m, s
+                    continue
+                total = n + len(part)
+                delta = m - mean
+                scatter = scatter + s + np.outer(delta, delta) * (n * len(part) / total)
+                mean = mean + delta * (len(part) / total)
+                n = total
         if mean is None:
             raise ValueError("PCA was given no data to fit")
         var = np.diag(scatter) / n
@@ -108,45 +129,131 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(np.float32).tiny)
 
 
-def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, score): squared L2 distance, or inner product when spherical."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def _blocks(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) blocks of ``size`` rows; a last block too short for faiss's BLAS path joins the one before."""
+    bounds = list(range(0, n, size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < FAISS_BLAS_MIN_ROWS:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool,
+            block: int = ASSIGN_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, score) of (n, D) rows, ``block`` rows at a time: squared L2 distance, or inner product when spherical."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
         raise ValueError(f"points of shape {x.shape} and centroids of shape {centroids.shape} do not fit")
     index = faiss.IndexFlatIP(x.shape[1]) if spherical else faiss.IndexFlatL2(x.shape[1])
     index.add(centroids)
-    score, labels = index.search(x, 1)
-    return labels[:, 0].astype(np.int64), score[:, 0]
+    labels, score = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
+    for start, stop in _blocks(len(x), block):
+        s, i = index.search(np.ascontiguousarray(x[start:stop], dtype=np.float32), 1)
+        labels[start:stop], score[start:stop] = i[:, 0], s[:, 0]
+    return labels, score
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, spherical: bool = False) -> np.ndarray:
-    """int64 label of each row's nearest centroid (largest inner product when spherical)."""
-    return _search(x, centroids, spherical)[0]
+def assign(x: np.ndarray, centroids: np.ndarray, spherical: bool = False, block: int = ASSIGN_ROWS) -> np.ndarray:
+    """int64 label of each row's nearest centroid (largest inner product when spherical), ``block`` rows at a time."""
+    return _search(np.asarray(x), centroids, spherical, block)[0]
+
+
+def _rand_perm(n: int, seed: int) -> np.ndarray:
+    """faiss's own permutation of range(n) for ``seed`` (what its sampling and initialisation use)."""
+    perm = np.empty(n, dtype=np.int32)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+    return perm
+
+
+@dataclass(frozen=True, eq=False)
+class _Restart:
+    x: np.ndarray  # the training set (faiss's sample)
+    k: int
+    init_seed: int
+    niter: int
+    spherical: bool
+
+
+def _run_restart(job: _Restart) -> tuple[float, np.ndarray]:
+    """One faiss k-means restart: (final objective, centroids), started where faiss's restart would start."""
+    d = job.x.shape[1]
+    if len(job.x) == job.k:  # faiss's corner case: the training points are the centroids
+        return 0.0, job.x.copy()
+    cp = faiss.ClusteringParameters()
+    cp.niter, cp.nredo, cp.spherical, cp.verbose = job.niter, 1, job.spherical, False
+    cp.max_points_per_centroid = len(job.x)  # already sampled
+    cp.min_points_per_centroid = 0  # warned once by fit_centroids
+    clus = faiss.Clustering(d, job.k, cp)
+    start = job.x[_rand_perm(len(job.x), job.init_seed)[:job.k]]
+    faiss.copy_array_to_vector(np.ascontiguousarray(start).ravel(), clus.centroids)
+    index = faiss.IndexFlatIP(d) if job.spherical else faiss.IndexFlatL2(d)
+    clus.train(job.x, index)
+    obj = clus.iteration_stats.at(clus.iteration_stats.size() - 1).obj
+    return obj, faiss.vector_float_to_array(clus.centroids).reshape(job.k, d)
+
+
+def _training_set(x: np.ndarray, k: int, seed: int, max_points_per_centroid: int) -> np.ndarray:
+    """faiss's training sample: the first k * max_points_per_centroid of its seeded permutation, when more."""
+    if len(x) <= k * max_points_per_centroid:
+        return x
+    keep = _rand_perm(len(x), seed)[:k * max_points_per_centroid]
+    return np.ascontiguousarray(x[keep], dtype=np.float32)
+
+
+def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 100, nredo: int = 5,
+                  spherical: bool = False, max_points_per_centroid: int | None = None,
+                  threads: int | None = None) -> list[np.ndarray]:
+    """float32 (k, D) centroids of faiss k-means for each (k, seed) in ``runs``, restarts run in parallel.
+
+    Each centroid set equals ``faiss.Kmeans(D, k, niter=niter, nredo=nredo, seed=seed, ...)``
+    trained on ``x``: the same seeded sample of k * ``max_points_per_centroid`` points
+    (None: faiss's default, 256, as in Leopart), each restart from the same seeded start,
+    the best final objective kept (the first on ties). Rows of ``x`` must already be
+    unit-norm when ``spherical``. ``threads``: see :func:`unseg.threads.parallel_map`.
+    """
+    if niter < 1 or nredo < 1:
+        raise ValueError(f"k-means needs niter >= 1 and nredo >= 1, got niter={niter}, nredo={nredo}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    mppc = faiss.ClusteringParameters().max_points_per_centroid if max_points_per_centroid is None \
+        else max_points_per_centroid
+    min_points = faiss.ClusteringParameters().min_points_per_centroid
+    jobs, samples = [], {}
+    for k, seed in runs:
+        if not 1 <= k <= len(x):
+            raise ValueError(f"cannot make k={k} clusters out of {len(x)} points")
+        if (k, seed) not in samples:
+            samples[k, seed] = _training_set(x, k, seed, mppc)
+        if len(samples[k, seed]) < k * min_points:
+            log.warning("clustering %d points into %d centroids: faiss advises at least %d points",
+                        len(samples[k, seed]), k, k * min_points)
+        jobs += [_Restart(samples[k, seed], k, seed + 1 + r * REDO_SEED_STRIDE, niter, spherical) for r in range(nredo)]
+    order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j].x) * jobs[j].k)  # longest first: even finish
+    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads)))
+    better = (lambda a, b: a > b) if spherical else (lambda a, b: a < b)
+    out = []
+    for i in range(len(runs)):
+        best_obj, best = None, None
+        for obj, centroids in (done[i * nredo + r] for r in range(nredo)):
+            if best is None or better(obj, best_obj):
+                best_obj, best = obj, centroids
+        out.append(best)
+    return out
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5, spherical: bool = False,
-           max_points_per_centroid: int | None = None) -> KMeansResult:
+           max_points_per_centroid: int | None = None, threads: int | None = None) -> KMeansResult:
     """faiss k-means (CPU), deterministic given ``seed``; the best of ``nredo`` runs is kept.
 
     ``spherical``: cosine k-means — rows are L2-normalised, centroids kept on the unit sphere
     and points assigned by inner product. faiss trains on a seeded sample of
     k * ``max_points_per_centroid`` points when there are more (None: faiss's default, 256,
-    as in Leopart); labels are always computed for every point.
+    as in Leopart); labels are always computed for every point. The restarts run in
+    parallel (:func:`fit_centroids`) with the result of faiss's sequential ``nredo``.
     """
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"k-means input must be (n, D), got shape {x.shape}")
-    if not 1 <= k <= len(x):
-        raise ValueError(f"cannot make k={k} clusters out of {len(x)} points")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if spherical:
-        x = unit_rows(x)
-    params = {} if max_points_per_centroid is None else {"max_points_per_centroid": max_points_per_centroid}
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, nredo=nredo, seed=seed, spherical=spherical, verbose=False,
-                      **params)
-    km.train(x)
-    centroids = km.centroids.copy()
+    x = unit_rows(x) if spherical else np.ascontiguousarray(x, dtype=np.float32)
+    centroids = fit_centroids(x, [(k, seed)], niter, nredo, spherical, max_points_per_centroid, threads)[0]
     labels, score = _search(x, centroids, spherical)
     if spherical:  # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c
         inertia = float((x.astype(np.float64) ** 2).sum() + (centroids.astype(np.float64) ** 2).sum(1)[labels].sum()

@@ -1,4 +1,9 @@
-"""Cluster-to-class matching (SPEC §3): the project's only matching code.
+"""Cluster-to-class matching: the project's only matching code (rules: docs/evaluation.md).
+
+Two one-to-one Hungarian rules, because the papers differ: ``hungarian-iou`` maximises the
+summed IoU of matched pairs (Leopart's clustering protocol), ``hungarian-pixels`` the
+number of matched pixels (STEGO's cluster probe). ``greedy`` is Leopart's many-to-one
+overclustering rule; ``auto`` picks ``hungarian-iou`` for K <= C, else ``greedy``.
 
 A mapping is an int64 array of length K (clusters): ``mapping[k]`` is the class of cluster
 k, or :data:`UNMATCHED` (-1) for a cluster that no class took (Hungarian with K > C) or
@@ -11,11 +16,20 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["UNMATCHED", "iou_matrix", "hungarian_match", "greedy_match", "apply_matching", "resolve_method",
-           "match"]
+from ..errors import UnsegError
+
+__all__ = ["UNMATCHED", "METHODS", "CLUSTERING_MATCHING", "STEGO_MATCHING", "MatchingError", "iou_matrix",
+           "hungarian_match", "pixel_match", "greedy_match", "apply_matching", "resolve_method", "match"]
 
 UNMATCHED = -1
-METHODS = ("auto", "hungarian", "greedy")
+METHODS = ("auto", "hungarian-iou", "hungarian-pixels", "greedy")
+# each protocol's default rule, defined once (the CLI shows these)
+CLUSTERING_MATCHING = "auto"  # Leopart's clustering protocol: hungarian-iou for K <= C, else greedy
+STEGO_MATCHING = "hungarian-pixels"  # STEGO's cluster probe (its UnsupervisedMetrics)
+
+
+class MatchingError(UnsegError, ValueError):
+    """An unknown matching rule name."""
 
 
 def _as_confusion(conf: np.ndarray) -> np.ndarray:
@@ -33,14 +47,34 @@ def iou_matrix(conf: np.ndarray) -> np.ndarray:
 
 
 def hungarian_match(conf: np.ndarray) -> np.ndarray:
-    """One-to-one cluster -> class mapping maximising the summed IoU (any K, C).
+    """One-to-one cluster -> class mapping maximising the summed IoU (any K, C): Leopart's rule.
 
     With K > C the K - C clusters left over map to UNMATCHED; with K < C some classes
-    get no cluster (their IoU is then 0 where they occur).
+    get no cluster (their IoU is then 0 where they occur). Solved as Leopart does, by
+    minimising 1 - IoU, so ties between equal optima resolve the same way.
     """
     iou = iou_matrix(conf)
-    classes, clusters = linear_sum_assignment(iou, maximize=True)
+    classes, clusters = linear_sum_assignment(1 - iou)
     mapping = np.full(iou.shape[1], UNMATCHED, dtype=np.int64)
+    mapping[clusters] = classes
+    return mapping
+
+
+def pixel_match(conf: np.ndarray) -> np.ndarray:
+    """One-to-one cluster -> class mapping maximising the matched pixels (any K, C): STEGO's rule.
+
+    The assignment maximises the summed confusion counts of matched pairs (the pixel
+    accuracy), not their IoU, so a large class can take the cluster a small class fits
+    best. Solved on the (clusters, classes) histogram when K = C, as STEGO does, so ties
+    resolve the same way; unmatched clusters as in :func:`hungarian_match`.
+    """
+    conf = _as_confusion(conf)
+    c, k = conf.shape
+    if k == c:
+        clusters, classes = linear_sum_assignment(conf.T, maximize=True)
+    else:
+        classes, clusters = linear_sum_assignment(conf, maximize=True)
+    mapping = np.full(k, UNMATCHED, dtype=np.int64)
     mapping[clusters] = classes
     return mapping
 
@@ -81,17 +115,19 @@ def apply_matching(conf: np.ndarray, mapping: np.ndarray, num_classes: int | Non
 
 
 def resolve_method(method: str, num_classes: int, num_clusters: int) -> str:
-    """``hungarian`` or ``greedy``; ``auto`` is Hungarian if K <= C, else greedy (SPEC §3)."""
+    """The rule that runs: ``auto`` is ``hungarian-iou`` if K <= C, else ``greedy`` (Leopart's protocol)."""
     if method not in METHODS:
-        raise ValueError(f"matching method {method!r} is not one of {', '.join(METHODS)}")
+        raise MatchingError(f"matching rule {method!r} is not one of {', '.join(METHODS)}")
     if method == "auto":
-        return "hungarian" if num_clusters <= num_classes else "greedy"
+        return "hungarian-iou" if num_clusters <= num_classes else "greedy"
     return method
+
+
+_RULES = {"hungarian-iou": hungarian_match, "hungarian-pixels": pixel_match, "greedy": greedy_match}
 
 
 def match(conf: np.ndarray, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(mapping, matched (C, C + 1) confusion) by :func:`resolve_method`'s rule."""
     conf = _as_confusion(conf)
-    method = resolve_method(method, *conf.shape)
-    mapping = hungarian_match(conf) if method == "hungarian" else greedy_match(conf)
+    mapping = _RULES[resolve_method(method, *conf.shape)](conf)
     return mapping, apply_matching(conf, mapping)

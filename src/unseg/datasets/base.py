@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError, LayoutError
 from ..registry import Registry
@@ -100,15 +100,34 @@ class SegmentationDataset:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode an image file to RGB, or fail naming the file."""
+    """Decode an image file to RGB as a viewer shows it, or fail naming the file.
+
+    The one place image files are opened (docs/reliability.md): EXIF orientation is applied,
+    16- and 32-bit grey levels are scaled to 8 bits (a plain conversion would clip them to
+    white), and every other mode (grey, palette, RGBA, CMYK, ...) goes through PIL's RGB conversion.
+    """
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image {path} is corrupt or not an image ({exc})") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of a decoded image; high-bit-depth grey (modes I;16*, I, F) is scaled by its type's range."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        peak = float(values.max(initial=0))
+        if image.mode == "F":  # floats: [0, 1], else their own range
+            top = max(peak, 1.0)
+        else:  # 16-bit (PNG, TIFF), unless the values need more
+            top = max(peak, 65535.0)
+        grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")
 
 
 def read_label_map(path: Path, modes: Sequence[str] = LABEL_MAP_MODES) -> np.ndarray:

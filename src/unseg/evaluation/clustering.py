@@ -1,21 +1,26 @@
-"""Clustering evaluation (SPEC §3): standardise + PCA + k-means on frozen tokens, matched to labels.
+"""Clustering evaluation: standardise + PCA + k-means on frozen tokens, matched to labels.
 
-K == #classes with Hungarian matching is the fully unsupervised protocol; K > #classes
-with greedy many-to-one matching by precision is overclustering. Both are this one
-function with another K: the matching follows from K unless given.
+K == #classes with Hungarian matching maximising IoU is the fully unsupervised protocol;
+K > #classes with greedy many-to-one matching by precision is overclustering (Leopart's
+rules, docs/evaluation.md). Both are this one function with another K: the matching
+follows from K unless given.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..clustering import StandardPCA, kmeans, match, resolve_method
+from ..clustering import StandardPCA, assign, kmeans, match, resolve_method
+from ..clustering.kmeans import fit_centroids, unit_rows
+from ..clustering.matching import CLUSTERING_MATCHING
+from ..errors import SettingError
 from ..features.cache import FeatureCache
 from ..features.transforms import upsample_labels
-from .metrics import ConfusionAccumulator, ScoresOverRuns, scores_from_confusion
+from ..features.upsample import Upsampling
+from .metrics import DEFAULT_ABSENT, ConfusionAccumulator, ScoresOverRuns, check_absent, scores_from_confusion
 
 
 @dataclass
@@ -33,7 +38,7 @@ class ClusteringResult(ScoresOverRuns):
     mapping: np.ndarray | None = field(default=None, repr=False)  # first seed's cluster -> class
 
     def summary(self) -> str:
-        return (f"K={self.k:<4d} {self.matching:9s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  "
+        return (f"K={self.k:<4d} {self.matching:16s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  "
                 f"acc {self.accuracy_mean:5.1f} ± {self.accuracy_std:.1f}  (seeds {self.seeds})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,10 +46,27 @@ class ClusteringResult(ScoresOverRuns):
         return {**scores, "miou_mean": self.miou_mean, "miou_std": self.miou_std, "accuracy_mean": self.accuracy_mean}
 
 
-def project_tokens(cache: FeatureCache, pca_dim: int | None = 50) -> np.ndarray:
-    """All cached tokens standardised and PCA-reduced: (N*h*w, pca_dim) float32, streamed from disk."""
-    pca = StandardPCA(pca_dim if pca_dim else cache.dim).fit(cache.iter_tokens())
-    return np.concatenate([pca.transform(t) for t in cache.iter_tokens()])
+KEEP_BYTES = 1 << 30  # float32 tokens up to this size are read once and kept for the projection
+
+
+def project_tokens(cache: FeatureCache, pca_dim: int | None = 50, keep_bytes: int = KEEP_BYTES) -> np.ndarray:
+    """All cached tokens standardised and PCA-reduced: (N*h*w, pca_dim) float32, streamed from disk.
+
+    The cache is read once when its float32 tokens fit in ``keep_bytes`` (PCA fitted in
+    float64: the numbers of earlier versions, bit for bit), else twice (fit, then project)
+    one block at a time, with the PCA fitted in float32 (projections equal to ~1e-5, four
+    times faster): memory is then the output plus one block.
+    """
+    total = len(cache) * cache.grid[0] * cache.grid[1]
+    blocks = list(cache.iter_tokens()) if total * cache.dim * 4 <= keep_bytes else None
+    pca = StandardPCA(pca_dim if pca_dim else cache.dim, np.float64 if blocks is not None else np.float32)
+    pca.fit(blocks if blocks is not None else cache.iter_tokens())
+    out = np.empty((total, pca.out_dim), dtype=np.float32)
+    start = 0
+    for block in blocks if blocks is not None else cache.iter_tokens():
+        out[start:start + len(block)] = pca.transform(block)
+        start += len(block)
+    return out
 
 
 def cluster_labels(tokens: np.ndarray, grid: tuple[int, int], k: int, seed: int, niter: int = 100,
@@ -55,7 +77,7 @@ def cluster_labels(tokens: np.ndarray, grid: tuple[int, int], k: int, seed: int,
 
 
 def score_labels(labels: np.ndarray, masks: np.ndarray, num_classes: int, k: int,
-                 matching: str = "auto") -> tuple[Any, np.ndarray]:
+                 matching: str = CLUSTERING_MATCHING, absent: str = DEFAULT_ABSENT) -> tuple[Any, np.ndarray]:
     """Nearest-upsample (N, h, w) cluster maps to the masks' size, match, score.
 
     Returns (SegmentationScores, cluster -> class mapping).
@@ -66,27 +88,101 @@ def score_labels(labels: np.ndarray, masks: np.ndarray, num_classes: int, k: int
         up = upsample_labels(torch.from_numpy(labels[start:start + 64]), size).numpy()
         acc.update(masks[start:start + 64], up)
     mapping, matched = match(acc.matrix, matching)
-    return scores_from_confusion(matched), mapping
+    return scores_from_confusion(matched, absent), mapping
+
+
+def dense_confusions(tokens: np.ndarray, grid: tuple[int, int], centroids: dict[tuple[int, int], np.ndarray],
+                      spherical: bool, upsample: Upsampling, masks: np.ndarray, num_classes: int,
+                      guides: Iterable[torch.Tensor] | None = None) -> dict[tuple[int, int], tuple[Any, Any]]:
+    """Each (K, seed) run's (first-seed label maps or None, confusion) from upsampled projected tokens.
+
+    Image by image (bounded memory): its projected token map is upsampled to the target grid
+    (``upsample.target``, default the masks' size), every pixel goes to its nearest centroid
+    of each run, and the maps (nearest-resized to the masks if the sizes differ) are counted.
+    Projection and upsampling commute (both affine, weights sum to one), so upsampling the
+    PCA-space tokens equals projecting upsampled features. ``guides``: (3, H, W) images in
+    cache order at the target size, for the guided upsampler.
+    """
+    h, w = grid
+    size = upsample.target(grid, masks.shape[-2:])
+    maps = tokens.reshape(len(masks), h, w, -1)
+    guide_iter = iter(guides) if upsample.guided and guides is not None else None
+    first: dict[int, int] = {}
+    for k, seed in centroids:  # runs in order: the first seed of each K keeps its maps
+        first.setdefault(k, seed)
+    conf = {run: ConfusionAccumulator(num_classes, run[0]) for run in centroids}
+    kept: dict[tuple[int, int], list[np.ndarray]] = {(k, s): [] for k, s in first.items()}
+    for i in range(len(masks)):
+        z = torch.from_numpy(np.ascontiguousarray(maps[i].transpose(2, 0, 1)))
+        rows = upsample.apply(z, size, next(guide_iter) if guide_iter is not None else None).flatten(1).T
+        rows = np.ascontiguousarray(rows.numpy())
+        for run, c in centroids.items():
+            labels = assign(rows, c, spherical).reshape(1, *size)
+            if run in kept:
+                kept[run].append(labels[0].astype(np.int32))
+            if size != masks.shape[-2:]:
+                labels = upsample_labels(torch.from_numpy(labels), masks.shape[-2:]).numpy()
+            conf[run].update(masks[i:i + 1], labels)
+    return {run: (np.stack(kept[run]) if run in kept else None, conf[run].matrix) for run in centroids}
+
+
+def check_cluster_counts(ks: Sequence[int], seeds: Sequence[int], num_tokens: int) -> None:
+    """Every K in 1..num_tokens and at least one seed, or a SettingError saying so (before any clustering)."""
+    for k in ks:
+        if not 1 <= k <= num_tokens:
+            raise SettingError(f"K = {k} clusters is not allowed: K must be between 1 and the number of feature "
+                               f"tokens, {num_tokens} (--k)")
+    if not len(seeds):
+        raise SettingError("no k-means seeds: give at least one (--seeds N with N >= 1)")
 
 
 def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int,
                         ks: Sequence[int] = (100,), seeds: Sequence[int] = range(5), pca_dim: int | None = 50,
-                        niter: int = 100, nredo: int = 5, matching: str = "auto",
-                        spherical: bool = False) -> list[ClusteringResult]:
-    """Cluster the cached tokens for every K and seed; score against ``masks`` (N, H, W), 255 = ignore."""
+                        niter: int = 100, nredo: int = 5, matching: str = CLUSTERING_MATCHING,
+                        spherical: bool = False, absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None,
+                        guides: Iterable[torch.Tensor] | None = None) -> list[ClusteringResult]:
+    """Cluster the cached tokens for every K and seed; score against ``masks`` (N, H, W), 255 = ignore.
+
+    ``upsample`` (default none: token maps nearest-upsampled to the masks): k-means is fitted
+    on the tokens as always, then every pixel of the upsampled feature maps is assigned
+    (:func:`dense_confusions`; docs/upsampling.md); ``guides`` feeds the guided upsampler.
+
+    ``matching``: a rule of :data:`unseg.clustering.matching.METHODS`; ``absent``: one of
+    :data:`unseg.evaluation.metrics.ABSENT_RULES`. Each result names the rule that ran.
+    """
     if len(masks) != len(cache):
         raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
+    check_cluster_counts(ks, seeds, len(cache) * cache.grid[0] * cache.grid[1])
+    check_absent(absent)
+    methods = [resolve_method(matching, num_classes, k) for k in ks]  # a bad rule fails before any clustering
     tokens = project_tokens(cache, pca_dim)
+    if spherical:
+        tokens = unit_rows(tokens)
+    # every restart of every (K, seed) trains in parallel; labelling and scoring are cheap and run in turn
+    runs = [(k, seed) for k in ks for seed in seeds]
+    centroids = dict(zip(runs, fit_centroids(tokens, runs, niter, nredo, spherical)))
+    upsample = upsample or Upsampling()
+    if upsample.guided and guides is None:
+        raise SettingError("the guided upsampler needs the images as guides (guides=...)")
+    dense = (dense_confusions(tokens, cache.grid, centroids, spherical, upsample, masks, num_classes, guides)
+             if upsample.active else None)
     results = []
-    for k in ks:
-        method = resolve_method(matching, num_classes, k)
+    for k, method in zip(ks, methods):
         settings = {"input_size": cache.meta["input_size"], "grid": list(cache.grid), "mask_size": list(masks.shape[-2:]),
                     "pca_dim": pca_dim, "niter": niter, "nredo": nredo, "spherical": spherical,
-                    "num_images": len(cache), "num_classes": num_classes, "ignore_index": 255}
+                    "num_images": len(cache), "num_classes": num_classes, "ignore_index": 255,
+                    "absent_classes": absent, **upsample.describe()}
+        if upsample.active:
+            settings["label_size"] = list(upsample.target(cache.grid, masks.shape[-2:]))
         result = ClusteringResult(k, method, list(seeds), [], [], [], settings)
         for seed in seeds:
-            labels = cluster_labels(tokens, cache.grid, k, seed, niter, nredo, spherical)
-            scores, mapping = score_labels(labels, masks, num_classes, k, method)
+            if dense is None:
+                labels = assign(tokens, centroids[k, seed], spherical).reshape(-1, *cache.grid)
+                scores, mapping = score_labels(labels, masks, num_classes, k, method, absent)
+            else:
+                labels, confusion = dense[k, seed]
+                mapping, matched = match(confusion, method)
+                scores = scores_from_confusion(matched, absent)
             if result.labels is None:
                 result.labels, result.mapping = labels, mapping
             result.miou.append(scores.miou)

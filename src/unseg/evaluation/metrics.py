@@ -1,12 +1,13 @@
-"""Confusion matrices and the scores read from them (SPEC §3): the project's only metric code.
+"""Confusion matrices and the scores read from them: the project's only metric code (docs/evaluation.md).
 
 Conventions:
 
 - a confusion has rows = ground-truth class, columns = predicted id; pixels whose
   ground truth is ``ignore_index`` are not counted;
 - scores are percentages; the IoU of a class absent from both ground truth and prediction
-  is NaN and left out of the mIoU, while a class present in the ground truth but never
-  predicted has IoU 0 and counts;
+  is NaN and left out of the mIoU (``absent="skip"``, STEGO's rule), or 0 and averaged
+  over all classes (``absent="zero"``, Leopart's); a class present in the ground truth but
+  never predicted has IoU 0 and counts either way;
 - a matched confusion (see :func:`unseg.clustering.matching.apply_matching`) may carry one
   extra column of pixels predicted as no class: they count against the recall of their
   ground-truth class and against pixel accuracy, and as no class's false positive.
@@ -19,7 +20,25 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["confusion_matrix", "SegmentationScores", "scores_from_confusion", "ConfusionAccumulator"]
+from ..errors import UnsegError
+
+__all__ = ["confusion_matrix", "SegmentationScores", "scores_from_confusion", "ConfusionAccumulator", "ABSENT_RULES",
+           "DEFAULT_ABSENT", "MetricError", "check_absent"]
+
+ABSENT_RULES = ("skip", "zero")  # a class in neither ground truth nor prediction: left out of the mIoU, or IoU 0
+# every protocol's default: STEGO's rule; "zero" gives Leopart's PredsmIoU average (docs/evaluation.md)
+DEFAULT_ABSENT = "skip"
+
+
+class MetricError(UnsegError, ValueError):
+    """An unknown scoring option."""
+
+
+def check_absent(absent: str) -> str:
+    """``absent`` if it names a rule of :data:`ABSENT_RULES` (checked before a long evaluation starts)."""
+    if absent not in ABSENT_RULES:
+        raise MetricError(f"absent-class rule {absent!r} is not one of {', '.join(ABSENT_RULES)}")
+    return absent
 
 
 def _check_ids(ids: np.ndarray, upper: int, what: str, extra: str = "") -> None:
@@ -59,7 +78,8 @@ def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, num_pre
 
 @dataclass
 class SegmentationScores:
-    """Percentages; ``iou`` per class, NaN where a class is in neither ground truth nor prediction."""
+    """Percentages; ``iou`` per class, NaN (or 0 under ``absent="zero"``) where a class is in neither
+    ground truth nor prediction."""
 
     miou: float
     pixel_accuracy: float
@@ -80,11 +100,14 @@ def _nanmean(values: np.ndarray) -> float:
     return float(defined.mean()) if defined.size else math.nan
 
 
-def scores_from_confusion(conf: np.ndarray) -> SegmentationScores:
+def scores_from_confusion(conf: np.ndarray, absent: str = DEFAULT_ABSENT) -> SegmentationScores:
     """mIoU, pixel accuracy and mean class accuracy of a (C, C) or matched (C, C + 1) confusion.
 
     Column C of a (C, C + 1) confusion holds pixels predicted as no class (unmatched clusters).
+    ``absent``: how a class in neither ground truth nor prediction enters the mIoU, one of
+    :data:`ABSENT_RULES` (the mean class accuracy always leaves classes without pixels out).
     """
+    check_absent(absent)
     conf = np.asarray(conf)
     c = conf.shape[0]
     if conf.ndim != 2 or conf.shape[1] not in (c, c + 1):
@@ -95,7 +118,7 @@ def scores_from_confusion(conf: np.ndarray) -> SegmentationScores:
     pred_total = conf[:, :c].sum(axis=0)
     union = gt_total + pred_total - tp
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan) * 100
+        iou = np.where(union > 0, tp / union, 0.0 if absent == "zero" else np.nan) * 100
         recall = np.where(gt_total > 0, tp / gt_total, np.nan) * 100
     total = conf.sum()
     pixel_accuracy = float(tp.sum() / total * 100) if total > 0 else math.nan

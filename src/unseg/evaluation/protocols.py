@@ -16,7 +16,10 @@ from ..backbones import Backbone, create_backbone
 from ..datasets import SegmentationDataset, create_dataset
 from ..features import FeatureCache, as_size, extract_features, require_complete
 from ..features.cache import cached_masks
+from ..features.upsample import Upsampling, iter_guides
+from ..clustering.matching import CLUSTERING_MATCHING
 from .clustering import ClusteringResult, evaluate_clustering
+from .metrics import DEFAULT_ABSENT
 from .heads import HeadResult, evaluate_head, head_settings, train_head
 
 
@@ -28,6 +31,7 @@ class Source:
     weights: str | None = None
     download: bool = False
     role: str = "auto"
+    trust_checkpoint: bool = False  # unpickle ``weights`` fully (runs code in the file): trusted files only
     dataset: str = "camvid"
     root: str | Path = "."
     dataset_options: dict[str, Any] = field(default_factory=dict)  # e.g. the folder dataset's masks, num_classes
@@ -40,7 +44,8 @@ class Source:
     progress: bool = True
 
     def build_backbone(self) -> Backbone:
-        return create_backbone(self.backbone, self.weights, download=self.download, role=self.role)
+        return create_backbone(self.backbone, self.weights, download=self.download, role=self.role,
+                               trust_checkpoint=self.trust_checkpoint)
 
     def build_dataset(self, split: str) -> SegmentationDataset:
         return create_dataset(self.dataset, self.root, split, **self.dataset_options)
@@ -66,14 +71,23 @@ def infer_num_classes(dataset: SegmentationDataset, masks: np.ndarray) -> int:
 
 def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = (100,), seeds: Sequence[int] = range(5),
                         mask_size: int | Sequence[int] = 100, pca_dim: int | None = 50, niter: int = 100,
-                        nredo: int = 5, matching: str = "auto") -> list[ClusteringResult]:
-    """Overclustering (K > #classes, greedy matching) and K = #classes (Hungarian) on a frozen backbone."""
+                        nredo: int = 5, matching: str = CLUSTERING_MATCHING,
+                        absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None) -> list[ClusteringResult]:
+    """Overclustering (K > #classes, greedy matching) and K = #classes (Hungarian) on a frozen backbone.
+
+    ``upsample``: assign clusters on upsampled features (docs/upsampling.md); the guided
+    upsampler reads the split's images, resized to the target grid, one at a time.
+    """
     backbone = source.build_backbone()
     dataset = source.build_dataset(split)
     cache = source.features(backbone, dataset)
     masks = cached_masks(cache, dataset, as_size(mask_size))
+    guides = None
+    if upsample is not None and upsample.guided:
+        guides = iter_guides(dataset, cache.ids, upsample.target(cache.grid, masks.shape[-2:]))
     results = evaluate_clustering(cache, masks, infer_num_classes(dataset, masks), ks=ks, seeds=seeds,
-                                  pca_dim=pca_dim, niter=niter, nredo=nredo, matching=matching)
+                                  pca_dim=pca_dim, niter=niter, nredo=nredo, matching=matching, absent=absent,
+                                  upsample=upsample, guides=guides)
     for r in results:
         r.settings.update(source.describe(), split=split)
     return results

@@ -2,28 +2,41 @@
 
 Layout of one cache folder::
 
-    meta.json                 what was extracted (backbone fingerprint, dataset, split, size)
+    meta.json                 what was extracted: backbone fingerprint, dataset, split, size and
+                              the identity of every image file (path, size, modification time)
     shard-00000.feats.npy     (n, D, h, w) features of dataset indices [0, shard_size)
     shard-00000.sal.npy       (n, h, w) saliency maps
     shard-00000.json          ids of those n images (+ skipped ones); written last = shard done
     ...
     COMPLETE                  every shard done
+    masks-HxW.npy (+ .json)   label maps at HxW, with the identity of the mask files they came from
 
 Every file is written to a temporary name and renamed, so a killed extraction leaves
 only whole shards; it resumes from the first missing one. Ranks of a multi-GPU run
 write disjoint shards (shard i belongs to rank i % world_size).
+
+A cache answers only for the files it was built from (docs/reliability.md): the image files'
+identity is part of its folder name, so changed images get a new cache, and saved masks are
+reused only while their files, folder and decoding settings are the same.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from ..errors import CacheError
 from ..io import atomic_path, save_json
+
+log = logging.getLogger(__name__)
+# settings of how a cache is stored, not of what it holds: a cache of any of them answers for the others
+STORAGE_KEYS = ("shard_size", "num_shards", "dtype")
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ class FeatureCache:
         """(n, D, h, w) float32 blocks in order, at most ``batch`` images each (bounded memory)."""
         for feats in self._feats:
             for start in range(0, len(feats), batch):
-                yield np.array(feats[start:start + batch], dtype=np.float32)
+                yield read_rows(feats, start, min(start + batch, len(feats))).astype(np.float32, copy=False)
 
     def iter_tokens(self, batch: int = 64) -> Iterator[np.ndarray]:
         """(n*h*w, D) token rows in image-major, row-major order."""
@@ -89,6 +102,21 @@ class FeatureCache:
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.root)!r}, n={len(self)}, dim={self.dim}, grid={self.grid})"
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of a memory-mapped .npy array, read from its file.
+
+    Slicing the map would leave every page read mapped into this process, so streaming a
+    cache larger than memory would grow resident memory to the cache's size; a plain
+    read keeps it at one block.
+    """
+    if not isinstance(array, np.memmap) or not array.flags.c_contiguous:
+        return np.array(array[start:stop])
+    row = array.shape[1:]
+    with open(array.filename, "rb") as fh:
+        fh.seek(array.offset + start * array.itemsize * int(np.prod(row)))
+        return np.fromfile(fh, dtype=array.dtype, count=(stop - start) * int(np.prod(row))).reshape(stop - start, *row)
 
 
 def shard_path(root: Path, index: int, suffix: str) -> Path:
@@ -118,17 +146,43 @@ def write_shard(root: Path, index: int, feats: np.ndarray, saliency: np.ndarray,
     save_json({"ids": ids, "skipped": skipped}, shard_path(root, index, "json"))
 
 
-def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> None:
-    """Create ``root`` with ``meta``; an existing folder must have been made with the same settings."""
+def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Create ``root`` with ``meta``, or return the meta of the partial cache already there.
+
+    An existing folder must hold the same contents; its storage settings (shard size, dtype)
+    are kept, since its finished shards were cut by them.
+    """
     meta_path = root / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        if old != meta:
-            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
+        diff = sorted(k for k in set(old) | set(meta) if k not in STORAGE_KEYS and old.get(k) != meta.get(k))
+        if diff:
             raise CacheError(f"feature cache {root} was made with other settings ({', '.join(diff)}); "
                              "remove it or use another --cache-dir")
-        return
+        if any(old.get(k) != meta.get(k) for k in STORAGE_KEYS):
+            log.info("resuming feature cache %s with its own shard size %s and dtype %s", root,
+                     old.get("shard_size"), old.get("dtype"))
+        return old
     save_json(meta, meta_path)
+    return meta
+
+
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """(path, size, modification time in ns) of a file; (path, -1, -1) when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return str(path), -1, -1
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def files_digest(items: Iterable[Any]) -> str:
+    """A short hash of JSON-able items (ids, file identities, settings): what a cached result was made from."""
+    digest = hashlib.sha1()
+    for item in items:
+        digest.update(json.dumps(item).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
 
 
 def mark_complete(root: Path, num_shards: int) -> bool:
@@ -139,23 +193,55 @@ def mark_complete(root: Path, num_shards: int) -> bool:
     return False
 
 
-def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) uint8 label maps of the cached images, nearest-resized; saved beside the features."""
-    from .transforms import resize_mask
-
-    path = cache.root / f"masks-{size[0]}x{size[1]}.npy"
-    if path.exists():
-        masks = np.load(path)
-        if len(masks) == len(cache):
-            return masks
+def masks_digest(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> str:
+    """What label maps at ``size`` are made from: the cached ids, each one's image and mask file
+    identity (which includes the masks folder) and the dataset's decoding (class, number of classes)."""
     index = {s.id: s for s in dataset.samples}
     missing = [i for i in cache.ids if i not in index or index[i].mask is None]
     if missing:
         raise CacheError(f"dataset {dataset.name}/{dataset.split} has no mask for cached image(s) "
                          f"{', '.join(missing[:5])}")
+    head = [type(dataset).__module__, type(dataset).__qualname__, dataset.num_classes, list(size)]
+    return files_digest([head] + [[i, file_identity(index[i].image), file_identity(Path(index[i].mask))]
+                                  for i in cache.ids])
+
+
+def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8 label maps of the cached images, nearest-resized; saved beside the features.
+
+    Saved maps are reused only when :func:`masks_digest` still matches (a fixed mask, another
+    masks folder or another number of classes remakes them). A read-only cache is not an
+    error: the maps are then made and not saved.
+    """
+    from .transforms import resize_mask
+
+    path = cache.root / f"masks-{size[0]}x{size[1]}.npy"
+    stamp = path.with_suffix(".json")
+    digest = masks_digest(cache, dataset, size)
+    def stamped() -> bool:
+        try:
+            return json.loads(stamp.read_text()).get("digest") == digest
+        except (OSError, ValueError):
+            return False
+
+    if stamped():
+        try:
+            masks = np.load(path)
+        except (OSError, ValueError):
+            masks = None
+        # the stamp read again: a writer removes it before replacing the maps, so both reads
+        # agreeing means the maps loaded are the stamped ones
+        if masks is not None and masks.shape == (len(cache), *size) and stamped():
+            return masks
+    index = {s.id: s for s in dataset.samples}
     masks = np.stack([resize_mask(dataset.load_mask(index[i], dataset.load_image(index[i]).size), size)
                       for i in cache.ids])
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, masks)
+    try:
+        stamp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, masks)
+        save_json({"digest": digest}, stamp)  # last: the maps count as saved only once it is there
+    except OSError as exc:
+        log.info("label maps not saved in the feature cache %s (%s); they are remade next time", cache.root, exc)
     return masks

@@ -1,4 +1,9 @@
-"""Dense feature extraction into a :class:`FeatureCache`, once per (weights, dataset, split, size)."""
+"""Dense feature extraction into a :class:`FeatureCache`, once per (weights, image files, split, size).
+
+The cache folder's name hashes everything the features depend on, the image files' identity
+included, and nothing they do not (shard size, storage dtype): a cache made by
+``unseg extract --shard-size 64 --dtype float16`` is the one every evaluation then finds.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -14,12 +19,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import Backbone
 from ..datasets.base import SegmentationDataset
-from ..errors import CacheError, ImageError
-from .cache import FeatureCache, mark_complete, prepare_cache_dir, shard_done, write_shard
+from ..errors import CacheError, ImageError, SettingError
+from ..io import require_writable
+from .cache import (STORAGE_KEYS, FeatureCache, file_identity, files_digest, mark_complete, prepare_cache_dir,
+                    read_shard_info, shard_done, write_shard)
 from .transforms import as_size, image_to_tensor
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: EfficientNet-Lite runs the TensorFlow-padded network its weights belong to
+# 2: EfficientNet-Lite runs the TensorFlow-padded network its weights belong to;
+# 3: the image files' identity is part of the key, shard size and dtype are not
+CACHE_VERSION = 3
 
 
 def default_cache_root() -> Path:
@@ -41,20 +50,34 @@ def weights_fingerprint(backbone: Backbone) -> str:
     return digest.hexdigest()[:16]
 
 
+def images_digest(dataset: SegmentationDataset) -> str:
+    """Identity of the dataset's image files: id, path relative to the root, size and modification
+    time of each. A repaired, replaced, added or removed image changes it (and so the cache)."""
+    def relative(path: Path) -> str:
+        try:
+            return str(Path(path).relative_to(dataset.root))
+        except ValueError:
+            return str(path)
+
+    return files_digest([s.id, relative(s.image), *file_identity(s.image)[1:]] for s in dataset.samples)
+
+
 def cache_meta(backbone: Backbone, dataset: SegmentationDataset, size: tuple[int, int],
                shard_size: int, dtype: str) -> dict[str, Any]:
     grid = (size[0] // backbone.stride, size[1] // backbone.stride)
     return {
         "version": CACHE_VERSION, "backbone": type(backbone).__name__, "weights": weights_fingerprint(backbone),
         "dataset": dataset.name, "root": str(dataset.root.resolve()), "split": dataset.split,
-        "num_images": len(dataset), "input_size": list(size), "dim": backbone.embed_dim, "grid": list(grid),
-        "stride": backbone.stride, "shard_size": shard_size, "num_shards": math.ceil(len(dataset) / shard_size),
-        "dtype": dtype,
+        "num_images": len(dataset), "images": images_digest(dataset), "input_size": list(size),
+        "dim": backbone.embed_dim, "grid": list(grid), "stride": backbone.stride, "shard_size": shard_size,
+        "num_shards": math.ceil(len(dataset) / shard_size), "dtype": dtype,
     }
 
 
 def cache_dir_for(meta: dict[str, Any], cache_root: str | Path) -> Path:
-    key = hashlib.sha1(repr(sorted(meta.items())).encode()).hexdigest()[:12]
+    """``cache_root/<dataset>-<split>-<backbone>-<HxW>-<hash of the contents' settings>``."""
+    contents = sorted((k, v) for k, v in meta.items() if k not in STORAGE_KEYS)
+    key = hashlib.sha1(repr(contents).encode()).hexdigest()[:12]
     h, w = meta["input_size"]
     return Path(cache_root) / f"{meta['dataset']}-{meta['split']}-{meta['backbone']}-{h}x{w}-{key}"
 
@@ -101,23 +124,38 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
                      skip_corrupt: bool = False, progress: bool = True) -> FeatureCache | None:
     """Extract (or reuse) dense features of ``dataset`` and return the complete cache.
 
-    Resumes a partial cache shard by shard. With ``world_size > 1`` (torchrun sets it) this
-    rank writes shards ``rank, rank + world_size, ...``; it returns the cache if it was the
-    last to finish, else None (read it once every rank is done).
+    Resumes a partial cache shard by shard (with that cache's own ``shard_size`` and ``dtype``);
+    a complete one is only read, so a read-only cache serves. With ``world_size > 1`` (torchrun
+    sets it) this rank writes shards ``rank, rank + world_size, ...``; it returns the cache if it
+    was the last to finish, else None (read it once every rank is done). A cache that left out
+    unreadable images answers only for ``skip_corrupt`` runs.
     """
     size = as_size(input_size)
-    if size[0] % backbone.stride or size[1] % backbone.stride:
-        raise ValueError(f"input size {size} is not a multiple of the backbone stride {backbone.stride}")
+    stride = backbone.stride
+    if min(size) <= 0 or size[0] % stride or size[1] % stride:
+        shown = size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}"
+        raise SettingError(f"input size {shown} is not a positive multiple of the backbone stride {stride} "
+                           f"(e.g. {max(1, round(max(size) / stride)) * stride})")
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype {dtype!r} is not one of float32, float16")
+        raise SettingError(f"dtype {dtype!r} is not one of float32, float16")
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if value < 1:
+            raise SettingError(f"{name} {value} is not allowed; it must be at least 1")
     env_rank, env_world = distributed_rank()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
     meta = cache_meta(backbone, dataset, size, shard_size, dtype)
     root = cache_dir_for(meta, cache_root or default_cache_root())
     if (root / "COMPLETE").exists():
-        return FeatureCache(root)
-    prepare_cache_dir(root, meta)
+        cache = FeatureCache(root)
+        _check_skipped(cache.skipped, dataset, root, skip_corrupt)
+        return cache
+    require_writable(root, "feature cache folder (--cache-dir, $UNSEG_CACHE)")
+    meta = prepare_cache_dir(root, meta)
+    shard_size, dtype = meta["shard_size"], meta["dtype"]
+    if not skip_corrupt:
+        _check_skipped([i for s in range(meta["num_shards"]) if shard_done(root, s)
+                        for i in read_shard_info(root, s).skipped], dataset, root, skip_corrupt)
     dev = resolve_device(device)
     if dev.type == "cuda" and world_size > 1 and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
@@ -146,6 +184,15 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
                     np.concatenate(sals) if sals else np.zeros((0, *grid), np.float32), ids, skipped)
     bar.close()
     return FeatureCache(root) if mark_complete(root, meta["num_shards"]) else None
+
+
+def _check_skipped(skipped: list[str], dataset: SegmentationDataset, root: Path, skip_corrupt: bool) -> None:
+    """A cache that left images out answers only for runs that allow it (``skip_corrupt``)."""
+    if skipped and not skip_corrupt:
+        paths = {s.id: s.image for s in dataset.samples}
+        names = ", ".join(str(paths.get(i, i)) for i in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        raise ImageError(f"feature cache {root} left out {len(skipped)} unreadable image(s) ({names}); repair "
+                         "them (a changed image file gets a new cache) or pass --skip-corrupt to use it without them")
 
 
 def require_complete(cache: FeatureCache | None, dataset: SegmentationDataset) -> FeatureCache:

@@ -118,7 +118,7 @@ def _score_maps(stage: StageResult, maps: np.ndarray, masks: np.ndarray, num_cla
     """Hungarian-match (N, H, W) id maps to classes, add the scores; keep the first run's predictions."""
     acc = ConfusionAccumulator(num_classes, num_ids)
     acc.update(masks, maps)
-    mapping, matched = match(acc.matrix, "hungarian")
+    mapping, matched = match(acc.matrix, "hungarian-iou")
     stage.add(scores_from_confusion(matched))
     if stage.predictions is None:
         stage.predictions, stage.confusion = class_predictions(maps, mapping, num_classes), matched
@@ -229,7 +229,7 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
                                                       **common})
         for seed in range(runs):
             communities = over.communities(params["markov_time"], params["weight_threshold"], preferred, seed)
-            mapping, matched = match(merge_confusion(conf, communities), "hungarian")
+            mapping, matched = match(merge_confusion(conf, communities), "hungarian-iou")
             stage.add(scores_from_confusion(matched))
             stage.settings["communities"].append(int(communities.max()) + 1)
             if keep_predictions and stage.predictions is None:

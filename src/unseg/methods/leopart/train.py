@@ -9,8 +9,8 @@ before this step's update).
 
 Checkpoints are Leopart's Lightning layout (``state_dict``: ``model.*`` student and
 ``teacher.*``, each the backbone's keys plus ``projection_head.*`` and
-``prototypes.weight``), so ``create_backbone(name, weights=ckpt)`` loads them (the teacher
-unless ``role="student"``). Lightning keeps the optimiser, the lr schedule and the step;
+``prototypes.weight``), so ``create_backbone(name, weights=ckpt)`` loads them (the student,
+as Leopart's evaluation does, unless ``role="teacher"``). Lightning keeps the optimiser, the lr schedule and the step;
 the weight-decay and momentum schedules are functions of the step; the queue is saved
 from every process. Randomness is seeded per (seed, epoch, index) for the crops and per
 (seed, step, rank) for the step (drop-path, queue sampling), so resuming from an epoch's
@@ -36,13 +36,13 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import DataLoader
 
 from ...backbones import Backbone, create_backbone
-from ...config import dump_config, save_config
+from ...config import dump_config, require_accelerator, save_config
 from ...datasets import SegmentationDataset, create_dataset
 from ...errors import ConfigError
 from ...evaluation.clustering import evaluate_clustering
 from ...features import extract_features
 from ...features.cache import cached_masks
-from ...io import save_torch
+from ...io import resume_checkpoint, save_torch
 from .crops import CropConfig, EpochSampler, MultiCrop, MultiCropDataset, derived_seed
 from ...features.saliency import foreground_mask
 from .model import LeopartNet, NetOutput, cosine_schedule, freeze_unused, leopart_loss, param_groups
@@ -391,11 +391,14 @@ def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resu
     ``out_dir`` receives ``config.yaml``, CSV logs under ``logs/``, Lightning checkpoints
     every ``cfg.checkpoint_every_epochs`` epochs under ``checkpoints/`` (``last.ckpt`` links
     the newest; all in Leopart's layout) and, at the end, ``leopart.ckpt`` (weights only).
-    ``resume``: a checkpoint path, or ``"last"``. ``callbacks``: extra Lightning callbacks.
+    ``resume``: a checkpoint path, or ``"last"``; it must exist (:func:`unseg.io.resume_checkpoint`).
+    ``callbacks``: extra Lightning callbacks.
     """
     if cfg.root is None:
         raise ConfigError("key 'root' is not set: pass root=PATH, the training dataset's folder")
     _check(cfg)
+    resume = resume_checkpoint(resume, out_dir)
+    require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed)
     dataset = create_dataset(cfg.dataset, cfg.root, cfg.split)
     processes = cfg.devices * cfg.num_nodes

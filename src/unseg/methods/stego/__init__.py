@@ -6,10 +6,10 @@ flip averaging), ``knn`` (positive pairs) and ``fivecrop`` (preprocessing).
 """
 from .checkpoint import load_stego, save_stego
 from .evaluate import StegoScores, evaluate_stego, stego_codes
-from .loss import CorrespondenceConfig, CorrespondenceTerms, correspondence_terms, derangement
+from .loss import CorrespondenceConfig, CorrespondenceTerms, correspondence_terms, negative_partners
 from .model import ClusterProbe, LinearProbe, StegoHead
 from .train import CachedPairs, ImagePairs, StegoConfig, StegoModule, train_stego
 
 __all__ = ["StegoHead", "ClusterProbe", "LinearProbe", "CorrespondenceConfig", "CorrespondenceTerms",
-           "correspondence_terms", "derangement", "StegoConfig", "StegoModule", "CachedPairs", "ImagePairs",
+           "correspondence_terms", "negative_partners", "StegoConfig", "StegoModule", "CachedPairs", "ImagePairs",
            "train_stego", "save_stego", "load_stego", "stego_codes", "evaluate_stego", "StegoScores"]

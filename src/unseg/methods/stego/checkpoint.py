@@ -18,7 +18,7 @@ the same file, by ``unseg.create_backbone(name, weights=path)``.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...backbones import Backbone
-from ...backbones.weights import read_checkpoint
+from ...backbones.weights import read_checkpoint, to_plain
 from ...config import dump_config
 from ...errors import WeightsError
 from ...io import save_torch
@@ -63,22 +63,17 @@ def save_stego(path: str | Path, head: StegoHead, cluster_probe: ClusterProbe, l
                 "hyper_parameters": hparams}, path)
 
 
-def load_stego(path: str | Path, n_classes: int | None = None, dim: int | None = None
-               ) -> tuple[StegoHead, ClusterProbe, LinearProbe, dict[str, Any]]:
+def load_stego(path: str | Path, n_classes: int | None = None, dim: int | None = None,
+               trust_checkpoint: bool = False) -> tuple[StegoHead, ClusterProbe, LinearProbe, dict[str, Any]]:
     """(head, cluster probe, linear probe, meta) of a STEGO checkpoint, in eval mode.
 
     ``n_classes`` / ``dim``, when given, must be those of the checkpoint. ``meta`` holds
     ``n_classes``, ``dim``, ``feat_dim``, ``n_clusters``, ``extra_clusters``, ``config`` (a
     plain dict) and ``has_backbone``. Released checkpoints pickle their config with
-    omegaconf, which must then be installed.
+    omegaconf: the safe loader reads it without omegaconf and without running code from the
+    file; ``trust_checkpoint`` unpickles fully instead (then omegaconf must be installed).
     """
-    try:
-        ckpt = read_checkpoint(path)
-    except WeightsError as exc:
-        if "omegaconf" in str(exc):
-            raise WeightsError(f"{exc}. Released STEGO checkpoints store their config as an omegaconf object: "
-                               "pip install omegaconf") from None
-        raise
+    ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
     state = ckpt.get("state_dict")
     if not isinstance(state, Mapping):
         raise WeightsError(f"STEGO checkpoint {path} has no 'state_dict' (keys: {', '.join(map(str, ckpt))[:200]})")
@@ -86,7 +81,8 @@ def load_stego(path: str | Path, n_classes: int | None = None, dim: int | None =
     sizes = {"dim": head_w.shape[0], "feat_dim": head_w.shape[1],
              "n_classes": _tensor(state, "linear_probe.weight", path).shape[0],
              "n_clusters": _tensor(state, "cluster_probe.clusters", path).shape[0]}
-    hparams = _plain(ckpt.get("hyper_parameters") or {})
+    hparams = to_plain(ckpt.get("hyper_parameters") or {})
+    hparams = hparams if isinstance(hparams, dict) else {}
     config = hparams.get("cfg") if isinstance(hparams.get("cfg"), dict) else {}
     stored = {"n_classes": hparams.get("n_classes"), "dim": hparams.get("dim", config.get("dim"))}
     for key, value in stored.items():
@@ -125,12 +121,3 @@ def _load_part(module: nn.Module, state: Mapping[str, Any], prefix: str, path: s
         module.load_state_dict(own, strict=True)
     except RuntimeError as exc:
         raise WeightsError(f"STEGO checkpoint {path}: the {_PARTS[prefix]} does not fit ({exc})") from None
-
-
-def _plain(obj: Any) -> Any:
-    """Mappings and sequences (omegaconf's included) as plain dicts and lists."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, Sequence) and not isinstance(obj, (str, bytes)):
-        return [_plain(v) for v in obj]
-    return obj

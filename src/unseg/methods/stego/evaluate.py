@@ -1,13 +1,14 @@
-"""STEGO's evaluation (SPEC §4): flip-averaged codes, upsampled to the labels, read by both probes.
+"""STEGO's evaluation: flip-averaged codes, upsampled to the labels, read by both probes.
 
-The cluster probe is unsupervised: its clusters are matched one-to-one to classes by
-Hungarian matching on the dataset-level confusion. The linear probe is read as it is.
-Scores (x100) come from the project's one metric and matching code.
+The cluster probe is unsupervised: its clusters are matched one-to-one to classes on the
+dataset-level confusion, by default with STEGO's rule (the assignment that maximises
+matched pixels; docs/evaluation.md). The linear probe is read as it is. Scores (x100)
+come from the project's one metric and matching code.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,11 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...backbones import Backbone
-from ...clustering import match
-from ...evaluation.metrics import ConfusionAccumulator, SegmentationScores, scores_from_confusion
+from ...clustering import match, resolve_method
+from ...clustering.matching import STEGO_MATCHING
+from ...evaluation.metrics import (DEFAULT_ABSENT, ConfusionAccumulator, SegmentationScores, check_absent,
+                                   scores_from_confusion)
 from ...evaluation.report import class_predictions
+from ...errors import SettingError
 from ...features.cache import FeatureCache
 from ...features.extract import resolve_device
+from ...features.upsample import Upsampling
 from .model import ClusterProbe, LinearProbe, StegoHead
 
 __all__ = ["stego_codes", "evaluate_stego", "StegoScores", "Refine"]
@@ -31,19 +36,23 @@ Refine = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 @dataclass
 class StegoScores:
-    """Cluster probe (after Hungarian matching; ``mapping[k]`` = class of cluster k) and linear probe."""
+    """Cluster probe (after matching by rule ``matching``; ``mapping[k]`` = class of cluster k) and linear probe."""
 
     cluster: SegmentationScores
     linear: SegmentationScores
     mapping: np.ndarray
     predictions: np.ndarray | None = None  # (N, H, W) matched cluster-probe classes when kept; C = no class
+    matching: str = STEGO_MATCHING
+    absent: str = DEFAULT_ABSENT
 
     def summary(self) -> str:
-        return (f"cluster probe: mIoU {self.cluster.miou:5.1f}  acc {self.cluster.pixel_accuracy:5.1f} | "
+        return (f"cluster probe: mIoU {self.cluster.miou:5.1f}  acc {self.cluster.pixel_accuracy:5.1f} "
+                f"({self.matching}) | "
                 f"linear probe: mIoU {self.linear.miou:5.1f}  acc {self.linear.pixel_accuracy:5.1f}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cluster": self.cluster.to_dict(), "linear": self.linear.to_dict(), "mapping": self.mapping.tolist()}
+        return {"cluster": self.cluster.to_dict(), "linear": self.linear.to_dict(), "mapping": self.mapping.tolist(),
+                "matching": self.matching, "absent_classes": self.absent}
 
 
 @torch.no_grad()
@@ -64,27 +73,47 @@ def stego_codes(head: StegoHead, x: torch.Tensor, flip_tta: bool = True, backbon
     return out
 
 
+def upsample_codes(code: torch.Tensor, size: tuple[int, int], upsample: Upsampling | None = None,
+                   guides: Iterator[torch.Tensor] | None = None) -> torch.Tensor:
+    """(B, C, h, w) codes -> (B, C, H, W): bilinear (STEGO's evaluation) unless ``upsample`` says
+    otherwise; the guided upsampler takes the next B guides (3, H, W) of ``guides``, image by image."""
+    if upsample is None or upsample.method == "bilinear":
+        return F.interpolate(code, size=tuple(size), mode="bilinear", align_corners=False)
+    if upsample.guided and guides is None:
+        raise SettingError("the guided upsampler needs the images as guides")
+    return torch.stack([upsample.apply(c, tuple(size), next(guides).to(c.device) if upsample.guided else None)
+                        for c in code])
+
+
 @torch.no_grad()
 def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: LinearProbe, cache: FeatureCache,
                    masks: np.ndarray, n_classes: int, refine: Refine | None = None, flip_tta: bool = True,
-                   batch_size: int = 8, device: str = "auto", keep_predictions: bool = False) -> StegoScores:
+                   batch_size: int = 8, device: str = "auto", keep_predictions: bool = False,
+                   matching: str = STEGO_MATCHING, absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None,
+                   guides: Iterable[torch.Tensor] | None = None) -> StegoScores:
     """Score both probes on cached features against ``masks`` ((N, H, W), cache order, 255 = ignore).
 
-    Codes are bilinearly upsampled to the masks' size before the probes; ``refine`` (e.g.
+    Codes are upsampled to the masks' size before the probes: bilinearly, or by ``upsample``
+    (e.g. guided by ``guides``, the images in cache order at the masks' size; docs/upsampling.md). ``refine`` (e.g.
     a dense CRF) post-processes each image's probe outputs before the argmax. ``keep_predictions``
-    keeps the cluster probe's matched per-image predictions (for reports).
+    keeps the cluster probe's matched per-image predictions (for reports). ``matching``
+    (a rule of :data:`unseg.clustering.matching.METHODS`) maps clusters to classes;
+    ``absent`` (:data:`unseg.evaluation.metrics.ABSENT_RULES`) applies to both probes' mIoU.
     """
     if len(masks) != len(cache):
         raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
+    method = resolve_method(matching, n_classes, cluster_probe.n_clusters)
+    check_absent(absent)
     dev = resolve_device(device)
     head, cluster_probe, linear_probe = (m.to(dev).eval() for m in (head, cluster_probe, linear_probe))
     clusters = ConfusionAccumulator(n_classes, cluster_probe.n_clusters)
     linear = ConfusionAccumulator(n_classes)
     kept = []
     start = 0
+    guide_iter = iter(guides) if guides is not None else None
     for block in cache.iter_chunks(batch_size):
         code = stego_codes(head, torch.from_numpy(block).to(dev), flip_tta)
-        code = F.interpolate(code, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+        code = upsample_codes(code, masks.shape[-2:], upsample, guide_iter)
         gt = masks[start:start + len(block)]
         for acc, scores in ((clusters, cluster_probe.log_probs(code)), (linear, linear_probe(code).log_softmax(1))):
             if refine is not None:
@@ -94,6 +123,7 @@ def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: L
             if keep_predictions and acc is clusters:
                 kept.append(pred.astype(np.int16))
         start += len(block)
-    mapping, matched = match(clusters.matrix, "hungarian")
+    mapping, matched = match(clusters.matrix, method)
     predictions = class_predictions(np.concatenate(kept), mapping, n_classes) if kept else None
-    return StegoScores(scores_from_confusion(matched), scores_from_confusion(linear.matrix), mapping, predictions)
+    return StegoScores(scores_from_confusion(matched, absent), scores_from_confusion(linear.matrix, absent), mapping,
+                       predictions, method, absent)

@@ -10,6 +10,8 @@ no second extraction is needed.
 The table is stored beside the features as ``knn-{k}.npy`` and reused. Memory stays
 O(N*k + N*D): descriptors are streamed out of the memory-mapped cache, and faiss
 searches the flat index one query block at a time, so no N x N matrix ever exists.
+Exact search costs N^2 (about 34 s at 100k images on 2 cores); above ``EXACT_MAX``
+images an approximate HNSW index takes over (:func:`nearest_neighbours`).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ...errors import CacheError
+from ...errors import CacheError, SettingError
 from ...features.cache import FeatureCache
 from ...io import atomic_path
 
@@ -36,16 +38,31 @@ def global_descriptors(cache: FeatureCache, batch: int = 256) -> np.ndarray:
     return desc
 
 
-def nearest_neighbours(descriptors: np.ndarray, k: int, batch: int = 4096) -> np.ndarray:
+EXACT_MAX = 200_000  # "auto" searches exactly up to this many images: exact costs N^2, HNSW about N log N
+KNN_METHODS = ("auto", "exact", "hnsw")
+
+
+def nearest_neighbours(descriptors: np.ndarray, k: int, batch: int = 4096, method: str = "auto",
+                       hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128) -> np.ndarray:
     """(N, k) int64 indices of each row's top-k rows by inner product, itself first.
 
     Rows must be unit-norm for this to be cosine similarity. Self is put first even when
-    a duplicate row ties with it (or float rounding ranks one above it).
+    a duplicate row ties with it (or float rounding ranks one above it). ``method``: "exact"
+    (a flat index), "hnsw" (faiss's approximate graph index with ``hnsw_m`` links per node;
+    a larger ``ef_search`` finds more of the true neighbours, and ``ef_search`` >= N on a
+    small set finds them all), or "auto": exact up to :data:`EXACT_MAX` images, else HNSW
+    (recall against exact: ``benchmarks/bench_knn.py``).
     """
+    if method not in KNN_METHODS:
+        raise SettingError(f"kNN method {method!r} is not one of {', '.join(KNN_METHODS)}")
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
     if not 1 <= k <= len(x):
         raise ValueError(f"k = {k} neighbours needs 1 <= k <= {len(x)} (the number of images)")
-    index = faiss.IndexFlatIP(x.shape[1])
+    if method == "exact" or (method == "auto" and len(x) <= EXACT_MAX):
+        index = faiss.IndexFlatIP(x.shape[1])
+    else:
+        index = faiss.IndexHNSWFlat(x.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, max(ef_search, k)
     index.add(x)
     out = np.empty((len(x), k), dtype=np.int64)
     for start in range(0, len(x), batch):
@@ -72,6 +89,9 @@ def _read_knn(cache: FeatureCache, k: int) -> np.ndarray | None:
 
 def knn_indices(cache: FeatureCache, k: int = 30, batch: int = 4096) -> np.ndarray:
     """(N, k) int64 kNN table of the cached images (in ``cache.ids`` order), built once and reused."""
+    if not 1 <= k <= len(cache):
+        raise SettingError(f"knn_k = {k} nearest neighbours is not allowed for the {len(cache)} training images of "
+                           f"{cache.root}: knn_k must be between 1 and {len(cache)} (config key knn_k)")
     table = _read_knn(cache, k)
     if table is None:
         table = nearest_neighbours(global_descriptors(cache), k, batch)

@@ -1,4 +1,4 @@
-"""STEGO's feature-correspondence loss (SPEC §4).
+"""STEGO's feature-correspondence loss (docs/methods.md#correspondence-loss).
 
 The frozen backbone says which pairs of positions belong together: F, the cosine
 similarity of their features, minus a shift b. The head's codes are pulled together
@@ -6,25 +6,32 @@ where F > b and pushed apart where F < b, through S, the cosine similarity of th
 ``loss = -clamp(S, min=0) * (F - b)``. The clamp stops pushing once two codes are
 orthogonal; anti-aligned codes cost nothing (negative pairs need not be opposite).
 
-Pairs are drawn on an ``feature_samples`` x ``feature_samples`` grid of random
+Pairs are drawn on a ``feature_samples`` x ``feature_samples`` grid of random
 continuous positions per image (bilinear ``grid_sample``, border padding,
 ``align_corners=True``) between an image and itself (intra), its kNN positive (inter) and
-other images of the batch (negatives: ``neg_samples`` derangements of the batch).
+another image of the batch (negatives, ``neg_samples`` draws). As in the authors' code, an
+image's samples are taken at a first set of positions and every partner's (positive or
+negative) at a second set; see docs/evaluation.md for the negative-partner rule.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["CorrespondenceConfig", "CorrespondenceTerms", "correspondence_terms", "correspondence_term",
-           "feature_correlation", "code_correlation", "sample_grid", "random_coords", "derangement"]
+           "feature_correlation", "code_correlation", "sample_grid", "random_coords", "negative_partners"]
 
 
 @dataclass
 class CorrespondenceConfig:
-    """Weights and shifts of the three pair types. Defaults: the authors' ``train_config.yml`` (ViT-S/8)."""
+    """Weights and shifts of the three pair types. Defaults: the authors' ``train_config.yml`` (ViT-S/8).
+
+    A shift may be ``"auto"``: training on cached features sets it from the features'
+    similarity statistics (:mod:`unseg.methods.stego.shifts`, docs/upsampling.md) before the first step.
+    """
 
     pointwise: bool = True
     feature_samples: int = 11
@@ -32,9 +39,9 @@ class CorrespondenceConfig:
     neg_inter_weight: float = 0.63
     pos_inter_weight: float = 0.25
     pos_intra_weight: float = 0.67
-    neg_inter_shift: float = 0.46
-    pos_inter_shift: float = 0.12
-    pos_intra_shift: float = 0.18
+    neg_inter_shift: float | Literal["auto"] = 0.46
+    pos_inter_shift: float | Literal["auto"] = 0.12
+    pos_intra_shift: float | Literal["auto"] = 0.18
 
 
 @dataclass
@@ -92,36 +99,52 @@ def correspondence_term(f1: torch.Tensor, f2: torch.Tensor, c1: torch.Tensor, c2
     return -(cd.clamp(min=0) * (fd - shift)).mean(), cd.detach().mean()
 
 
-def derangement(n: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """A random permutation of 0..n-1 with no fixed point: one cycle through a shuffled order."""
+def negative_partners(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Partner index of every image for one negative draw: the authors' rule, kept for fidelity.
+
+    A random permutation whose fixed points are each moved to the next index (mod n): every
+    image gets another image, but two images may share a partner (it is not always a
+    permutation). Drawn with ``torch.randperm`` on ``device``, as the authors do.
+    """
     if n < 2:
         raise ValueError(f"negative pairs need a batch of at least 2 images, got {n}")
-    order = torch.randperm(n)
-    perm = torch.empty_like(order)
-    perm[order] = order.roll(-1)
-    return perm.to(device)
+    perm = torch.randperm(n, device=device)
+    perm[perm == torch.arange(n, device=perm.device)] += 1
+    return perm % n
 
 
 def correspondence_terms(feats: torch.Tensor, feats_pos: torch.Tensor, code: torch.Tensor, code_pos: torch.Tensor,
-                         cfg: CorrespondenceConfig) -> CorrespondenceTerms:
+                         cfg: CorrespondenceConfig, coords: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         partners: list[torch.Tensor] | None = None) -> CorrespondenceTerms:
     """The intra, inter (kNN positive) and negative terms for a batch of feature maps and their codes.
 
-    Negatives pair image b's samples with those of image perm[b], for ``neg_samples``
-    derangements of the batch. The authors resample the permuted maps at the positives'
-    coordinates instead; both draw the other image's positions uniformly and independently.
+    ``feats`` / ``feats_pos`` are what the feature correlation F reads (during training the
+    authors' dropped-out features, see :class:`~unseg.methods.stego.train.StegoModule`).
+    Image b is sampled at ``coords[0][b]``; its positive, and the partner ``partners[i][b]``
+    of each negative draw i, at ``coords[1][b]``. Both are drawn here unless given (tests
+    inject them), in the authors' order: the two coordinate sets, then the partners.
     """
     if cfg.neg_samples < 1:
         raise ValueError(f"neg_samples must be >= 1 (set neg_inter_weight=0 to drop negatives), got {cfg.neg_samples}")
+    auto = [k for k in ("pos_intra_shift", "pos_inter_shift", "neg_inter_shift") if getattr(cfg, k) == "auto"]
+    if auto:
+        raise ValueError(f"shift(s) {', '.join(auto)} are still 'auto': resolve them first "
+                         "(unseg.methods.stego.shifts.resolve_shifts)")
+    if partners is not None and len(partners) != cfg.neg_samples:
+        raise ValueError(f"{len(partners)} partner draws given for neg_samples={cfg.neg_samples}")
     batch = feats.shape[0]
-    coords1 = random_coords(batch, cfg.feature_samples, feats.device)
-    coords2 = random_coords(batch, cfg.feature_samples, feats.device)
+    if coords is None:
+        coords = (random_coords(batch, cfg.feature_samples, feats.device),
+                  random_coords(batch, cfg.feature_samples, feats.device))
+    coords1, coords2 = coords
     f1, c1 = sample_grid(feats, coords1), sample_grid(code, coords1)
     f2, c2 = sample_grid(feats_pos, coords2), sample_grid(code_pos, coords2)
     intra, intra_sim = correspondence_term(f1, f1, c1, c1, cfg.pos_intra_shift, cfg.pointwise)
     inter, inter_sim = correspondence_term(f1, f2, c1, c2, cfg.pos_inter_shift, cfg.pointwise)
     negs = []
-    for _ in range(cfg.neg_samples):
-        perm = derangement(feats.shape[0], feats.device)
-        negs.append(correspondence_term(f1, f1[perm], c1, c1[perm], cfg.neg_inter_shift, cfg.pointwise))
+    for i in range(cfg.neg_samples):
+        perm = partners[i] if partners is not None else negative_partners(batch, feats.device)
+        f_neg, c_neg = sample_grid(feats[perm], coords2), sample_grid(code[perm], coords2)
+        negs.append(correspondence_term(f1, f_neg, c1, c_neg, cfg.neg_inter_shift, cfg.pointwise))
     neg, neg_sim = (torch.stack(v).mean() for v in zip(*negs))
     return CorrespondenceTerms(intra, inter, neg, intra_sim, inter_sim, neg_sim)

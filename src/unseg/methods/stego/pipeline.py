@@ -18,9 +18,12 @@ from ...backbones import create_backbone
 from ...datasets import SegmentationDataset, create_dataset
 from ...features import FeatureCache, default_cache_root, extract_features, require_complete
 from ...features.cache import cached_masks
+from ...features.upsample import Upsampling, iter_guides
 from ...io import save_json
 from ..projections import PROJECTIONS, projection_head
 from .checkpoint import load_stego
+from ...clustering.matching import STEGO_MATCHING
+from ...evaluation.metrics import DEFAULT_ABSENT
 from .evaluate import Refine, StegoScores, evaluate_stego
 from .fivecrop import five_crop_dataset
 from .knn import knn_indices
@@ -83,15 +86,23 @@ def crf_refine(data: SplitData, processes: int | None = None) -> Refine:
 
 
 def evaluate_run(module_or_path: Any, val: SplitData, n_classes: int, crf: bool = False,
-                 processes: int | None = None, keep_predictions: bool = False) -> StegoScores:
-    """Both probes of a trained module or a STEGO checkpoint on ``val``, optionally CRF-refined."""
+                 processes: int | None = None, keep_predictions: bool = False, matching: str = STEGO_MATCHING,
+                 absent: str = DEFAULT_ABSENT, trust_checkpoint: bool = False,
+                 upsample: Upsampling | None = None) -> StegoScores:
+    """Both probes of a trained module or a STEGO checkpoint on ``val``, optionally CRF-refined
+    (``trust_checkpoint``: unpickle the checkpoint fully, which runs code in it). ``upsample``:
+    how codes reach the masks' size (default bilinear, STEGO's; guided reads the val images)."""
     if isinstance(module_or_path, (str, Path)):
-        head, cluster_probe, linear_probe, _ = load_stego(module_or_path, n_classes=n_classes)
+        head, cluster_probe, linear_probe, _ = load_stego(module_or_path, n_classes=n_classes,
+                                                          trust_checkpoint=trust_checkpoint)
     else:
         head, cluster_probe, linear_probe = module_or_path.net, module_or_path.cluster_probe, module_or_path.linear_probe
     refine = crf_refine(val, processes) if crf else None
+    guides = (iter_guides(val.dataset, val.cache.ids, val.masks.shape[-2:])
+              if upsample is not None and upsample.guided else None)
     return evaluate_stego(head, cluster_probe, linear_probe, val.cache, val.masks, n_classes, refine=refine,
-                          keep_predictions=keep_predictions)
+                          keep_predictions=keep_predictions, matching=matching, absent=absent, upsample=upsample,
+                          guides=guides)
 
 
 def dimension_sweep(cfg: StegoConfig, dims: Sequence[int], methods: Sequence[str] = ("stego", "pca", "random"),
@@ -132,7 +143,7 @@ def write_sweep(rows: list[dict[str, Any]], out: Path, cfg: StegoConfig) -> None
     save_json({"protocol": {"dataset": cfg.dataset, "backbone": cfg.backbone, "train_split": cfg.train_split,
                             "val_split": cfg.val_split, "input_size": cfg.input_size,
                             "val_input_size": cfg.val_input_size, "max_steps": cfg.max_steps,
-                            "batch_size": cfg.batch_size, "matching": "hungarian (cluster probe)",
+                            "batch_size": cfg.batch_size, "matching": f"{STEGO_MATCHING} (cluster probe)",
                             "flip_tta": True}, "rows": rows}, out / "results.json")
     import matplotlib
 

@@ -12,9 +12,10 @@ Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (SPEC §1)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import lightning as L
 import numpy as np
@@ -24,18 +25,22 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import functional as TF
 
 from ...backbones import Backbone, create_backbone
-from ...config import save_config
+from ...config import require_accelerator, save_config
 from ...datasets.base import IGNORE_INDEX, SegmentationDataset
+from ...errors import ConfigError, SettingError
 from ...features.cache import FeatureCache
+from ...io import resume_checkpoint, save_json
+from ..leopart.crops import derived_seed
 from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
 from .loss import CorrespondenceConfig, correspondence_terms
+from .shifts import auto_shifts, resolve_shifts
 from .model import ClusterProbe, LinearProbe, StegoHead
 
-__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "train_stego"]
+__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampler", "PairsData", "train_stego"]
 
 
 @dataclass
@@ -60,6 +65,9 @@ class StegoConfig:
     extra_clusters: int = 0
     dim: int = 70
     dropout: float = 0.1
+    # training only: F (the feature correlation) reads Dropout2d(dropout) of the backbone features,
+    # a draw separate from the head's own two, as in the authors' featurizer (docs/evaluation.md)
+    correlation_dropout: bool = True
     loss: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     knn_k: int = 30
     num_neighbors: int = 7  # a positive is drawn from kNN neighbours 1..num_neighbors
@@ -97,8 +105,62 @@ class _Pairs(Dataset):
     def __len__(self) -> int:
         return len(self.knn)
 
-    def positive(self, i: int) -> int:
-        return int(self.knn[i, int(torch.randint(1, self.num_neighbors + 1, ()))])
+    def positive(self, i: int, seed: int | None = None) -> int:
+        """A neighbour of i drawn from ``seed`` (a :class:`StepSampler` key's: the same in a resumed
+        run and in any worker), or from torch's global generator when indexed by i alone."""
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return int(self.knn[i, int(torch.randint(1, self.num_neighbors + 1, (), generator=generator))])
+
+
+def _split_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """(index, positive's seed) of a dataset key: an index, or a :class:`StepSampler` ``(index, seed)``."""
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
+
+
+class StepSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(index, seed)`` keys whose every draw is a function of (seed, epoch), not of a generator's state.
+
+    An epoch is a seeded permutation (rank r of ``world_size`` takes every world_size-th
+    image; the rest of a batch is dropped), each key carries the seed of its positive's draw,
+    and an epoch's iteration starts at the batch of step ``position()`` (the trainer's global
+    step). So a run resumed from a checkpoint in the middle of an epoch draws exactly the
+    batches the uninterrupted run drew from that step on, as Leopart's sampler does per epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int], rank: int = 0,
+                 world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
+        self.rank, self.world_size = rank, world_size
+        self.per_epoch = n // (batch_size * world_size)
+        if self.per_epoch == 0:
+            raise SettingError(f"{n} training images do not fill one batch of batch_size={batch_size} on each of "
+                               f"{world_size} process(es); lower batch_size")
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __iter__(self):
+        epoch, start = divmod(self.position(), self.per_epoch)
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(derived_seed(self.seed, epoch)))
+        mine = order[: self.per_epoch * self.batch_size * self.world_size][self.rank::self.world_size].tolist()
+        size = self.batch_size
+        return iter([[(i, derived_seed(self.seed, epoch, i)) for i in mine[b * size:(b + 1) * size]]
+                     for b in range(start, self.per_epoch)])
+
+
+class PairsData(L.LightningDataModule):
+    """Training batches in :class:`StepSampler` order, sharded by rank (Lightning's distributed sampler is off)."""
+
+    def __init__(self, pairs: Dataset, batch_size: int, num_workers: int, seed: int) -> None:
+        super().__init__()
+        self.pairs, self.batch_size, self.num_workers, self.seed = pairs, batch_size, num_workers, seed
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        sampler = StepSampler(len(self.pairs), self.batch_size, self.seed, lambda: trainer.global_step,
+                              trainer.global_rank, trainer.world_size)
+        return DataLoader(self.pairs, batch_sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
 class CachedPairs(_Pairs):
@@ -111,9 +173,10 @@ class CachedPairs(_Pairs):
             raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
         self.cache, self.masks = cache, masks
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, seed = _split_key(key)
         item = {"x": torch.from_numpy(self.cache.features(i)),
-                "x_pos": torch.from_numpy(self.cache.features(self.positive(i)))}
+                "x_pos": torch.from_numpy(self.cache.features(self.positive(i, seed)))}
         if self.masks is not None:
             item["label"] = torch.from_numpy(self.masks[i].astype(np.int64))
         return item
@@ -132,9 +195,10 @@ class ImagePairs(_Pairs):
         crop = TF.center_crop(TF.resize(image, self.size), self.size)
         return image, TF.normalize(TF.to_tensor(crop), self.mean, self.std)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, seed = _split_key(key)
         image, x = self._image(i)
-        item = {"x": x, "x_pos": self._image(self.positive(i))[1]}
+        item = {"x": x, "x_pos": self._image(self.positive(i, seed))[1]}
         sample = self.dataset.samples[i]
         if sample.mask is not None:
             mask = Image.fromarray(self.dataset.load_mask(sample, image.size))
@@ -165,6 +229,8 @@ class StegoModule(L.LightningModule):
         self.cluster_probe = ClusterProbe(dim, cfg.n_classes + cfg.extra_clusters)
         self.linear_probe = LinearProbe(dim, cfg.n_classes)
         self.backbone = backbone.eval().requires_grad_(False) if backbone is not None else None
+        # no parameters: the checkpoint layout is unchanged; off in eval mode like any dropout
+        self.correlation_dropout = nn.Dropout2d(cfg.dropout) if cfg.correlation_dropout else nn.Identity()
         self.save_hyperparameters(stego_hparams(cfg.n_classes, dim, feat_dim, cfg))
 
     def train(self, mode: bool = True) -> StegoModule:
@@ -182,14 +248,21 @@ class StegoModule(L.LightningModule):
             return self.backbone(x)
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Every loss term and code similarity of a batch; ``loss/total`` is what is minimised."""
+        """Every loss term and code similarity of a batch; ``loss/total`` is what is minimised.
+
+        Random draws in the authors' order: per image set, the head's two dropouts then the
+        correlation dropout (image, then positive), then the loss's coordinates and partners.
+        """
         feats = self.encode(batch["x"])
         code = self.net(feats)
         out: dict[str, torch.Tensor] = {}
         total = code.new_zeros(())
         if not self.fixed_head:
+            signal = self.correlation_dropout(feats)
             feats_pos = self.encode(batch["x_pos"])
-            terms = correspondence_terms(feats, feats_pos, code, self.net(feats_pos), self.cfg.loss)
+            code_pos = self.net(feats_pos)
+            signal_pos = self.correlation_dropout(feats_pos)
+            terms = correspondence_terms(signal, signal_pos, code, code_pos, self.cfg.loss)
             total = terms.total(self.cfg.loss)
             out = {"loss/pos_intra": terms.intra, "loss/pos_inter": terms.inter, "loss/neg_inter": terms.neg,
                    "cd/pos_intra": terms.intra_sim, "cd/pos_inter": terms.inter_sim, "cd/neg_inter": terms.neg_sim,
@@ -206,6 +279,11 @@ class StegoModule(L.LightningModule):
             total = total + out["loss/linear"]
         out["loss/total"] = total
         return out
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The step's draws (dropout, the loss's coordinates and partners) are seeded by (seed, step,
+        rank), as Leopart's: a run resumed at a checkpoint makes the uninterrupted run's draws."""
+        torch.manual_seed(derived_seed(self.cfg.seed, self.global_step, self.global_rank))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.losses(batch)
@@ -246,8 +324,9 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     the image itself (:func:`unseg.methods.stego.knn.knn_indices`). ``out_dir`` receives
     ``config.yaml``, CSV logs under ``logs/``, ``checkpoints/last.ckpt`` every
     ``cfg.checkpoint_every`` steps, and ``stego.ckpt`` (with the backbone on the images
-    path). ``resume``: a checkpoint path, or ``"last"``, to continue a run. ``head``: a fixed
-    1x1 conv (:func:`unseg.methods.projections.projection_head`) whose codes only the probes
+    path). ``resume``: a checkpoint path, or ``"last"``, to continue a run; it must exist
+    (:func:`unseg.io.resume_checkpoint`), and the resumed run ends equal to an uninterrupted
+    one. ``head``: a fixed 1x1 conv (:func:`unseg.methods.projections.projection_head`) whose codes only the probes
     learn; no ``stego.ckpt`` is written for it.
     """
     source = "cache" if isinstance(data, FeatureCache) else "images"
@@ -256,6 +335,9 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
                          f"{type(data).__name__} ({source})")
     if masks is not None and source == "images":
         raise ValueError("masks go with cached features; on the images path the dataset's own masks are used")
+    out = Path(out_dir)
+    resume = resume_checkpoint(resume, out)
+    require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed, workers=True)
     if isinstance(data, FeatureCache):
         pairs: _Pairs = CachedPairs(data, knn, cfg.num_neighbors, masks)
@@ -266,15 +348,19 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         feat_dim = backbone.embed_dim
     if len(pairs) < cfg.batch_size:
         raise ValueError(f"{len(pairs)} training images do not fill one batch of {cfg.batch_size}")
+    shift_record: dict[str, Any] = {}
+    if auto_shifts(cfg.loss) and head is None:  # a fixed head never reads the loss
+        if not isinstance(data, FeatureCache):
+            raise ConfigError(f"shift(s) {', '.join(auto_shifts(cfg.loss))} set to 'auto' are measured on cached "
+                              "features: use data_source: cache, or give numbers")
+        loss, shift_record = resolve_shifts(cfg.loss, data, knn, cfg.num_neighbors, cfg.batch_size, seed=cfg.seed)
+        cfg = replace(cfg, loss=loss)
     module = StegoModule(cfg, feat_dim, backbone, head)
-    loader = DataLoader(pairs, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
-                        persistent_workers=cfg.num_workers > 0, pin_memory=torch.cuda.is_available())
-    out = Path(out_dir)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if cfg.devices > 1 else "auto",
         precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1, default_root_dir=out,
         logger=CSVLogger(out, name="logs"), log_every_n_steps=cfg.log_every, enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False,
+        enable_model_summary=False, use_distributed_sampler=False,
         callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint_every,
                                    save_top_k=0, save_last=True)],
         # "warn": grid_sample's CUDA backward has no deterministic kernel; everything else is
@@ -282,7 +368,11 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     )
     if trainer.is_global_zero:
         save_config(cfg, out / "config.yaml")
-    trainer.fit(module, loader, ckpt_path=resume)
+        if shift_record:
+            save_json(shift_record, out / "shifts.json")
+    with warnings.catch_warnings():  # StepSampler does resume mid-epoch, which Lightning cannot see
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(module, datamodule=PairsData(pairs, cfg.batch_size, cfg.num_workers, cfg.seed), ckpt_path=resume)
     if trainer.is_global_zero and head is None:
         save_stego(out / "stego.ckpt", module.net, module.cluster_probe, module.linear_probe, cfg, module.backbone)
     return module
