@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test test-fast install install-dev bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,17 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q
 
+test-fast: install-dev  # everything but the slow end-to-end runs: about a minute
+	$(PY) -m pytest -q -m "not slow"
+
 bench: install
 	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_clustering.py
+	$(PY) benchmarks/bench_knn.py
+	$(PY) benchmarks/bench_scale.py
+	$(PY) benchmarks/bench_stego_data.py
+	$(PY) benchmarks/bench_stego_train.py
+	$(PY) benchmarks/bench_leopart.py
 
 clean:
 	rm -rf demo_out .pytest_cache build dist

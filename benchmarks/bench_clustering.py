@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--niter", type=int, default=100)
     p.add_argument("--nredo", type=int, default=5)
     p.add_argument("--threads", type=int, help="default: UNSEG_THREADS, OMP_NUM_THREADS or all cores")
+    p.add_argument("--reference-threads", type=int,
+                   help="faiss threads of the reference (default: --threads, as the old code used them all)")
     args = p.parse_args()
     set_threads(args.threads)
     dataset = create_dataset("camvid", args.root, "val")
@@ -109,10 +111,13 @@ def main() -> None:
         seeds = list(range(args.seeds))
         n = len(cache) * cache.grid[0] * cache.grid[1]
         print(f"# clustering protocol on camvid/val: {n} tokens x {cache.dim}, PCA 50, K {args.ks}, "
-              f"{len(seeds)} seeds, niter {args.niter}, nredo {args.nredo}, {get_threads()} threads, "
+              f"{len(seeds)} seeds, niter {args.niter}, nredo {args.nredo}, {get_threads()} threads "
+              f"(reference: {args.reference_threads or get_threads()}), "
               f"{platform.processor() or platform.machine()}")
+        faiss.omp_set_num_threads(args.reference_threads or get_threads())
         ref_miou, ref_times = reference_protocol(cache, masks, dataset.num_classes, args.ks, seeds, args.niter,
                                                  args.nredo)
+        faiss.omp_set_num_threads(get_threads())
         start = time.perf_counter()
         project_tokens(cache, 50)
         new_pca = time.perf_counter() - start

@@ -17,7 +17,6 @@ from unseg.errors import CacheError, ImageError
 from unseg.features import FeatureCache, extract_features
 from unseg.features.cache import cached_masks
 
-from helpers import make_image_folder, tiny_vit
 
 SIZE = (32, 48)
 
@@ -43,8 +42,8 @@ def extract(backbone, dataset, root, **kw):
                             shard_size=2, progress=False, **kw)
 
 
-def test_cache_contents_match_the_backbone_and_are_reused(tmp_path):
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 5), "")
+def test_cache_contents_match_the_backbone_and_are_reused(tmp_path, image_folder, tiny_vit):
+    dataset = create_dataset("folder", image_folder(tmp_path / "imgs", 5), "")
     backbone = tiny_vit()
     counter = CountingBackbone(backbone)
     cache = extract(backbone, dataset, tmp_path / "cache")
@@ -69,8 +68,8 @@ def test_cache_contents_match_the_backbone_and_are_reused(tmp_path):
     assert other.root != cache.root
 
 
-def test_interrupted_extraction_is_not_complete_and_resumes(tmp_path):
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 7), "")
+def test_interrupted_extraction_is_not_complete_and_resumes(tmp_path, image_folder, tiny_vit):
+    dataset = create_dataset("folder", image_folder(tmp_path / "imgs", 7), "")
     reference = extract(tiny_vit(), dataset, tmp_path / "ref")
 
     backbone = tiny_vit()
@@ -92,9 +91,10 @@ def test_interrupted_extraction_is_not_complete_and_resumes(tmp_path):
         np.testing.assert_allclose(cache.features(i), reference.features(i), rtol=1e-5, atol=1e-5)
 
 
-def test_killed_process_leaves_a_resumable_cache(tmp_path):
+@pytest.mark.slow
+def test_killed_process_leaves_a_resumable_cache(tmp_path, image_folder, tiny_vit):
     """SIGKILL in the middle of writing: the survivors are whole shards, and a rerun completes."""
-    make_image_folder(tmp_path / "imgs", 12, size=(64, 48))
+    image_folder(tmp_path / "imgs", 12, size=(64, 48))
     script = textwrap.dedent(f"""
         import sys, time, torch
         sys.path.insert(0, {str(tmp_path)!r})
@@ -140,8 +140,8 @@ def test_killed_process_leaves_a_resumable_cache(tmp_path):
         np.testing.assert_allclose(resumed.features(11), counter.inner(x)[0][0].numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_corrupt_image_is_reported_and_cached_shards_survive(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs", 6)
+def test_corrupt_image_is_reported_and_cached_shards_survive(tmp_path, image_folder, tiny_vit):
+    folder = image_folder(tmp_path / "imgs", 6)
     (folder / "img04.png").write_bytes(b"not a png at all")
     dataset = create_dataset("folder", folder, "")
     backbone = tiny_vit()
@@ -153,8 +153,8 @@ def test_corrupt_image_is_reported_and_cached_shards_survive(tmp_path):
     assert cache.skipped == ["img04"] and "img04" not in cache.ids and len(cache) == 5
 
 
-def test_cache_with_other_settings_in_same_folder_is_refused(tmp_path):
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 2), "")
+def test_cache_with_other_settings_in_same_folder_is_refused(tmp_path, image_folder, tiny_vit):
+    dataset = create_dataset("folder", image_folder(tmp_path / "imgs", 2), "")
     cache = extract(tiny_vit(), dataset, tmp_path / "cache")
     meta = cache.root / "meta.json"
     meta.write_text(meta.read_text().replace('"dim": 384', '"dim": 12'))
@@ -163,10 +163,10 @@ def test_cache_with_other_settings_in_same_folder_is_refused(tmp_path):
         extract(tiny_vit(), dataset, tmp_path / "cache")
 
 
-def test_cached_masks_follow_cache_order_and_size(tmp_path):
+def test_cached_masks_follow_cache_order_and_size(tmp_path, image_folder, tiny_vit):
     from PIL import Image
 
-    folder = make_image_folder(tmp_path / "imgs", 3, size=(8, 6))
+    folder = image_folder(tmp_path / "imgs", 3, size=(8, 6))
     masks = tmp_path / "masks"
     masks.mkdir()
     expected = []
@@ -184,8 +184,8 @@ def test_cached_masks_follow_cache_order_and_size(tmp_path):
     assert (cache.root / "masks-3x4.npy").exists()
 
 
-def test_ranks_write_disjoint_shards_and_the_last_completes_the_cache(tmp_path):
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 7), "")
+def test_ranks_write_disjoint_shards_and_the_last_completes_the_cache(tmp_path, image_folder, tiny_vit):
+    dataset = create_dataset("folder", image_folder(tmp_path / "imgs", 7), "")
     single = extract(tiny_vit(), dataset, tmp_path / "single")
     backbone = tiny_vit()
     counter = CountingBackbone(backbone)

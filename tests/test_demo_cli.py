@@ -11,6 +11,7 @@ from unseg.cli import main
 from unseg.demo import run_demo, sample_root
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     report = run_demo(out=tmp_path, seeds=range(1), progress=False)
     printed = capsys.readouterr().out

@@ -164,10 +164,9 @@ def test_five_crop_names_a_corrupt_source_image(tmp_path):
     assert not any(name.startswith(".") for name in os.listdir(tmp_path / "crops" / "images"))
 
 
-def test_five_crop_of_unlabelled_images(tmp_path):
-    from helpers import make_image_folder
+def test_five_crop_of_unlabelled_images(tmp_path, image_folder):
 
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "src", 3, size=(W, H)), "")
+    dataset = create_dataset("folder", image_folder(tmp_path / "src", 3, size=(W, H)), "")
     cropped = five_crop_dataset(dataset, tmp_path / "crops")
     assert len(cropped) == 15 and not cropped.has_masks and cropped[4]["image"].size == (6, 4)
     assert not (tmp_path / "crops" / "masks").exists()

@@ -1,13 +1,14 @@
 """Leopart under DDP: 2 CPU processes (gloo, Lightning's ddp_spawn) match one process on the same global batches."""
 from __future__ import annotations
 
+import pytest
 import torch
-from test_leopart import image_folder, tiny_config, tiny_setting  # noqa: F401  (tiny_setting: autouse fixture)
 
 from unseg.methods.leopart import train_leopart
 
 
-def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, monkeypatch, tiny_leopart):
     """8 images, global batch 4 (2 x 2 per process), 2 epochs = 4 steps; mask 'all' (a masked mean would be
     normalised per process, as in the authors' code). Each image's 3x3 global-crop tokens are all pushed to
     the queue (at most 10 per image), so the union of the two per-process queues (36 each) is the one-process
@@ -15,10 +16,11 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, monk
     index) and the sampler hands out the same global batches, so the runs differ only by floating-point
     summation order (all-reduced Sinkhorn sums and gradients). No drop-path: its draws depend on the rank."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the spawned processes' torch
-    images = image_folder(tmp_path / "images", 8)
+    images = tiny_leopart.images(tmp_path / "images", 8)
     common = dict(mask="all", queue_length=72, drop_path_rate=0.0)
-    train_leopart(tiny_config(images, batch_size=4, **common), tmp_path / "one")
-    train_leopart(tiny_config(images, batch_size=2, devices=2, strategy="ddp_spawn", **common), tmp_path / "two")
+    train_leopart(tiny_leopart.config(images, batch_size=4, **common), tmp_path / "one")
+    train_leopart(tiny_leopart.config(images, batch_size=2, devices=2, strategy="ddp_spawn", **common),
+                  tmp_path / "two")
     one = torch.load(tmp_path / "one" / "leopart.ckpt", weights_only=True)
     two = torch.load(tmp_path / "two" / "leopart.ckpt", weights_only=True)
     assert one["global_step"] == two["global_step"] == 4

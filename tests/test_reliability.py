@@ -15,10 +15,8 @@ from PIL import Image
 from unseg.cli import main
 from unseg.datasets import create_dataset
 from unseg.errors import ConfigError, ImageError, SettingError, UnsegError, WeightsError
-from unseg.features import FeatureCache, extract_features
-from unseg.features.cache import cached_masks, mark_complete, prepare_cache_dir, write_shard
-
-from helpers import make_image_folder, tiny_vit
+from unseg.features import extract_features
+from unseg.features.cache import cached_masks
 
 SIZE = (32, 48)
 
@@ -65,8 +63,8 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 # --- a cache answers for what it was built from ------------------------------------------------------
 
-def test_fixed_mask_other_masks_folder_or_num_classes_remake_the_cached_masks(tmp_path):
-    images = make_image_folder(tmp_path / "imgs", 3)
+def test_fixed_mask_other_masks_folder_or_num_classes_remake_the_cached_masks(tmp_path, image_folder, tiny_vit):
+    images = image_folder(tmp_path / "imgs", 3)
     masks = write_masks(tmp_path / "masks", 3)
     dataset = create_dataset("folder", images, "", masks=masks, num_classes=2)
     cache = extract(tiny_vit(), dataset, tmp_path / "cache")
@@ -89,8 +87,9 @@ def test_fixed_mask_other_masks_folder_or_num_classes_remake_the_cached_masks(tm
     assert (got == 255).any()
 
 
-def test_a_skipping_cache_does_not_answer_without_skip_corrupt_and_a_repaired_image_is_extracted(tmp_path):
-    folder = make_image_folder(tmp_path / "imgs", 5)
+def test_a_skipping_cache_does_not_answer_without_skip_corrupt_and_a_repaired_image_is_extracted(tmp_path, image_folder,
+                                                                                                  tiny_vit):
+    folder = image_folder(tmp_path / "imgs", 5)
     good = (folder / "img03.png").read_bytes()
     (folder / "img03.png").write_bytes(b"not a png")
     backbone = tiny_vit()
@@ -107,8 +106,8 @@ def test_a_skipping_cache_does_not_answer_without_skip_corrupt_and_a_repaired_im
         np.testing.assert_array_equal(repaired.features(i), fresh.features(i))
 
 
-def test_a_float16_cache_with_its_own_shard_size_is_the_one_a_default_run_finds(tmp_path):
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 5), "")
+def test_a_float16_cache_with_its_own_shard_size_is_the_one_a_default_run_finds(tmp_path, image_folder, tiny_vit):
+    dataset = create_dataset("folder", image_folder(tmp_path / "imgs", 5), "")
     backbone = tiny_vit()
     reference = extract(backbone, dataset, tmp_path / "ref")
     half = extract(backbone, dataset, tmp_path / "cache", shard_size=2, dtype="float16")
@@ -122,8 +121,8 @@ def test_a_float16_cache_with_its_own_shard_size_is_the_one_a_default_run_finds(
         np.testing.assert_allclose(found.features(i), reference.features(i), rtol=1e-2, atol=1e-2)
 
 
-def test_a_read_only_complete_cache_serves_an_evaluation(tmp_path, monkeypatch, capsys):
-    images = make_image_folder(tmp_path / "imgs", 4)
+def test_a_read_only_complete_cache_serves_an_evaluation(tmp_path, monkeypatch, capsys, image_folder):
+    images = image_folder(tmp_path / "imgs", 4)
     masks = write_masks(tmp_path / "masks", 4)
     source = ["--root", images, "--dataset", "folder", "--masks", masks, "--num-classes", "2", "--input-size", "32",
               "--cache-dir", tmp_path / "cache", "--workers", "0"]
@@ -146,9 +145,9 @@ def test_a_read_only_complete_cache_serves_an_evaluation(tmp_path, monkeypatch, 
 # --- one line, exit status 2 -----------------------------------------------------------------------------
 
 @pytest.fixture
-def labelled(tmp_path) -> list:
+def labelled(tmp_path, image_folder) -> list:
     """CLI source options of 4 labelled 40x30 images with the offline backbone at 32 px."""
-    images = make_image_folder(tmp_path / "imgs", 4)
+    images = image_folder(tmp_path / "imgs", 4)
     masks = write_masks(tmp_path / "masks", 4)
     return ["--root", images, "--dataset", "folder", "--masks", masks, "--num-classes", "2", "--input-size", "32",
             "--cache-dir", tmp_path / "cache", "--split", ""]
@@ -189,8 +188,8 @@ def test_bad_clustering_values_are_one_line(labelled, capsys, argv, needles):
     assert_one_line_error(code, err, *needles)
 
 
-def test_segment_k_zero_or_more_than_the_tokens_is_one_line(tmp_path, capsys):
-    images = make_image_folder(tmp_path / "imgs", 2)
+def test_segment_k_zero_or_more_than_the_tokens_is_one_line(tmp_path, capsys, image_folder):
+    images = image_folder(tmp_path / "imgs", 2)
     code, err = run_cli(["segment", images, "--out", tmp_path / "out", "--k", "0", "--input-size", "32"], capsys)
     assert_one_line_error(code, err, "k = 0", "at least 1")
     code, err = run_cli(["segment", images, "--out", tmp_path / "out", "--k", "9", "--input-size", "32",
@@ -224,9 +223,9 @@ def test_gpu_accelerator_without_a_gpu_is_one_line(stego_yaml, tmp_path, capsys)
     assert_one_line_error(code, err, "'accelerator' = 'gpu'", "accelerator=cpu")
 
 
-def test_knn_k_larger_than_the_dataset_is_one_line(stego_yaml, tmp_path, capsys):
+def test_knn_k_larger_than_the_dataset_is_one_line(stego_yaml, tmp_path, capsys, image_folder):
     root = tmp_path / "camvid"
-    make_image_folder(root / "train", 6)
+    image_folder(root / "train", 6)
     write_masks(root / "trainannot", 6)
     (root / "train.txt").write_text("\n".join(f"img{i:02d}" for i in range(6)))
     code, err = run_cli(["stego", "knn", "--config", stego_yaml, f"root={root}", "knn_k=30",
@@ -303,27 +302,17 @@ def test_16_bit_and_other_modes_decode_to_scaled_rgb(tmp_path):
 
 # --- a resumed STEGO run is the uninterrupted run ---------------------------------------------------------
 
-def make_cache(root: Path, feats: np.ndarray) -> FeatureCache:
-    n, d, h, w = feats.shape
-    prepare_cache_dir(root, {"num_shards": 1, "dim": d, "grid": [h, w], "num_images": n})
-    write_shard(root, 0, feats.astype(np.float32), np.full((n, h, w), 1 / (h * w), np.float32),
-                [f"img{i:02d}" for i in range(n)], [])
-    mark_complete(root, 1)
-    return FeatureCache(root)
-
-
-def test_stego_killed_after_a_checkpoint_and_resumed_equals_the_uninterrupted_run(tmp_path, monkeypatch):
-    from unseg.methods.stego import CorrespondenceConfig, StegoConfig, StegoModule, train_stego
+def test_stego_killed_after_a_checkpoint_and_resumed_equals_the_uninterrupted_run(tmp_path, monkeypatch, feature_cache,
+                                                                                  stego_config):
+    from unseg.methods.stego import StegoConfig, StegoModule, train_stego
 
     rng = np.random.default_rng(0)
-    cache = make_cache(tmp_path / "cache", rng.normal(size=(10, 16, 5, 5)).astype(np.float32))
+    cache = feature_cache(tmp_path / "cache", rng.normal(size=(10, 16, 5, 5)).astype(np.float32))
     masks = rng.integers(0, 2, (10, 5, 5)).astype(np.uint8)
     knn = np.array([[i] + [(i + j) % 10 for j in range(1, 5)] for i in range(10)])
 
     def cfg(max_steps: int) -> StegoConfig:  # 2 batches an epoch: the checkpoint at step 3 is mid-epoch
-        return StegoConfig(n_classes=2, dim=8, dropout=0.1, num_neighbors=3, batch_size=4, num_workers=0,
-                           accelerator="cpu", progress_bar=False, max_steps=max_steps, checkpoint_every=3,
-                           log_every=1, loss=CorrespondenceConfig(feature_samples=5, neg_samples=2))
+        return stego_config(dropout=0.1, max_steps=max_steps, checkpoint_every=3)
 
     whole = train_stego(cfg(7), cache, knn, masks=masks, out_dir=tmp_path / "whole")
 
@@ -365,12 +354,12 @@ def test_download_without_internet_fails_within_seconds(tmp_path, monkeypatch):
     assert hub.HF_HUB_OFFLINE is False  # restored for the rest of the process
 
 
-def test_api_raises_the_same_errors(tmp_path):
+def test_api_raises_the_same_errors(tmp_path, image_folder, tiny_vit):
     """What the CLI reports comes from the API: the same UnsegError subclasses."""
     from unseg.config import load_config
     from unseg.methods.stego import StegoConfig
 
-    dataset = create_dataset("folder", make_image_folder(tmp_path / "imgs", 2), "")
+    dataset = create_dataset("folder", image_folder(tmp_path / "imgs", 2), "")
     with pytest.raises(SettingError, match="input size 450"):
         extract_features(tiny_vit(), dataset, 450, cache_root=tmp_path / "c", progress=False)
     with pytest.raises(ConfigError, match="'batch_size' = 0"):

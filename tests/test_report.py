@@ -9,7 +9,6 @@ from scipy import ndimage
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 from unseg.evaluation.report import per_image_miou, write_report
 
-from test_segment import assert_links_resolve
 
 CLASSES = ["road", "car", "sky"]
 
@@ -47,7 +46,7 @@ def bright_cells(png):
     return tuple(int(r) for r in np.argsort(np.argsort(columns)))
 
 
-def test_report_of_a_good_prediction(tmp_path):
+def test_report_of_a_good_prediction(tmp_path, resolved_links):
     rng = np.random.default_rng(0)
     masks = rng.integers(0, 3, size=(4, 20, 30)).astype(np.uint8)
     predictions = masks.copy()
@@ -69,7 +68,7 @@ def test_report_of_a_good_prediction(tmp_path):
     assert (tmp_path / "r" / "gallery" / "best-01-a.png").is_file()  # a and b are perfect; ties keep order
     assert (tmp_path / "r" / "gallery" / "worst-01-d.png").is_file()
     assert Image.open(tmp_path / "r" / "gallery" / "worst-01-d.png").size == (180, 40)  # image | pred | gt
-    links = assert_links_resolve(report.gallery)
+    links = resolved_links(report.gallery)
     assert {"metrics.json", "iou.png", "confusion.png"} <= set(links)
 
 

@@ -1,7 +1,6 @@
 """``segment`` on users' images: outputs, a gallery whose links resolve, saved clusterings, bad input."""
 import logging
 import shutil
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -28,28 +27,7 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        self.links += [v for k, v in attrs if k in ("href", "src")]
-
-
-def assert_links_resolve(page: Path) -> list[str]:
-    from urllib.parse import unquote
-
-    parser = _Links()
-    parser.feed(page.read_text())
-    assert parser.links
-    for link in parser.links:
-        assert "://" not in link and not link.startswith("/"), link  # relative
-        assert (page.parent / unquote(link)).is_file(), link
-    return parser.links
-
-
-def test_segment_writes_labels_overlays_and_a_gallery(photos, tmp_path):
+def test_segment_writes_labels_overlays_and_a_gallery(photos, tmp_path, resolved_links):
     out = tmp_path / "out"
     labels = segment([photos], k=4, out_dir=out, **FAST)
     sizes = [(360, 480), (360, 480), (290, 200)]  # (H, W) of each image, in name order
@@ -61,7 +39,7 @@ def test_segment_writes_labels_overlays_and_a_gallery(photos, tmp_path):
     for name, lab in zip(names, labels):
         np.testing.assert_array_equal(np.array(Image.open(out / "labels" / f"{name}.png")), lab)
         assert Image.open(out / "overlays" / f"{name}.png").size == lab.shape[::-1]
-    links = assert_links_resolve(out / "index.html")
+    links = resolved_links(out / "index.html")
     assert sum("overlays/" in link for link in links) == 6 and sum("labels/" in link for link in links) == 3
 
 
@@ -123,7 +101,7 @@ def test_an_empty_folder_or_one_without_images_is_an_error(tmp_path, caplog):
         segment(tmp_path / "missing.png")
 
 
-def test_stego_segments_with_its_cluster_probe(photos, tmp_path):
+def test_stego_segments_with_its_cluster_probe(photos, tmp_path, resolved_links):
     import torch
 
     from unseg.methods.stego import ClusterProbe, LinearProbe, StegoHead, save_stego
@@ -135,6 +113,6 @@ def test_stego_segments_with_its_cluster_probe(photos, tmp_path):
     labels = segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", **FAST)
     assert [lab.shape for lab in labels] == [(360, 480), (360, 480), (290, 200)]
     assert max(lab.max() for lab in labels) < 6 and len(np.unique(np.concatenate([lab.ravel() for lab in labels]))) > 1
-    assert_links_resolve(tmp_path / "s" / "index.html")
+    resolved_links(tmp_path / "s" / "index.html")
     with pytest.raises(ValueError, match="checkpoint"):
         segment(photos, method="stego")

@@ -118,6 +118,7 @@ def test_assignment_blocks_never_leave_faiss_a_short_tail():
     assert _blocks(1000, 300) == [(0, 300), (300, 600), (600, 900), (900, 1000)]  # 100 rows: their own block
     assert _blocks(910, 300) == [(0, 300), (300, 600), (600, 910)]  # 10 rows join the block before
     assert _blocks(5, 300) == [(0, 5)]
+    assert _blocks(100, 8) == [(0, 20), (20, 40), (40, 60), (60, 80), (80, 100)]  # at least faiss's 20
 
 
 def test_same_miou_with_one_and_two_threads(tmp_path, monkeypatch):
@@ -162,6 +163,8 @@ def test_scale_path_gives_the_in_memory_labels(tmp_path, monkeypatch):
     feats, _ = blob_feats(n=150, dim=10, grid=(3, 4), classes=5, seed=4)  # 1,800 tokens; blocks of 64 images
     cache = make_cache(tmp_path, feats, shard_size=100)
     monkeypatch.setattr(kmeans_module, "ASSIGN_ROWS", 256)
+    calls = []
+    monkeypatch.setattr(kmeans_module, "_blocks", lambda n, size: calls.append(size) or _blocks(n, size))
     tokens = project_tokens(cache, pca_dim=4, keep_bytes=0)
     k, seed = 5, 2  # k * 256 points >= 1,800: the sample is the whole set
     labels = kmeans(tokens, k, seed=seed, niter=15, nredo=2).labels
@@ -173,6 +176,7 @@ def test_scale_path_gives_the_in_memory_labels(tmp_path, monkeypatch):
     ref = faiss.Kmeans(4, k, niter=15, nredo=2, seed=seed, verbose=False)
     ref.train(ref_tokens)
     np.testing.assert_array_equal(labels, ref.index.search(ref_tokens, 1)[1][:, 0])
+    assert calls == [256]  # the points were assigned in 8 blocks
 
 
 # --- kNN -------------------------------------------------------------------------------------------

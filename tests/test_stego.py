@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from unseg.config import config_from_dict, dump_config, load_config
 from unseg.errors import ConfigError, UnsegError, WeightsError
-from unseg.features.cache import FeatureCache, mark_complete, prepare_cache_dir, write_shard
+from unseg.features.cache import FeatureCache
 from unseg.methods.stego import (CachedPairs, ClusterProbe, CorrespondenceConfig, ImagePairs, LinearProbe,
                                  StegoConfig, StegoHead, StegoModule, correspondence_terms, evaluate_stego,
                                  load_stego, negative_partners, save_stego, stego_codes, train_stego)
@@ -24,18 +24,8 @@ def constant_map(vector: list[float], batch: int = 2, size: int = 3) -> torch.Te
     return torch.tensor(vector, dtype=torch.float32)[None, :, None, None].expand(batch, -1, size, size).contiguous()
 
 
-def make_cache(root: Path, feats: np.ndarray) -> FeatureCache:
-    """A complete one-shard feature cache holding ``feats`` (N, D, h, w)."""
-    n, d, h, w = feats.shape
-    prepare_cache_dir(root, {"num_shards": 1, "dim": d, "grid": [h, w], "num_images": n})
-    write_shard(root, 0, feats.astype(np.float32), np.full((n, h, w), 1 / (h * w), np.float32),
-                [f"img{i:02d}" for i in range(n)], [])
-    mark_complete(root, 1)
-    return FeatureCache(root)
-
-
 @pytest.fixture
-def two_class_cache(tmp_path: Path) -> tuple[FeatureCache, np.ndarray, np.ndarray]:
+def two_class_cache(tmp_path: Path, feature_cache) -> tuple[FeatureCache, np.ndarray, np.ndarray]:
     """8 images, 16-d features on a 6x6 grid: left half class 0 (direction a), right half class 1 (b), + noise.
 
     Returns (cache, masks (8, 6, 6), a hand-made kNN stand-in (8, 5): self first, then the others).
@@ -49,16 +39,7 @@ def two_class_cache(tmp_path: Path) -> tuple[FeatureCache, np.ndarray, np.ndarra
     masks = np.zeros((8, 6, 6), np.uint8)
     masks[..., 3:] = 1
     knn = np.array([[i] + [(i + j) % 8 for j in range(1, 5)] for i in range(8)])
-    return make_cache(tmp_path / "cache", feats), masks, knn
-
-
-def small_config(**overrides) -> StegoConfig:
-    cfg = StegoConfig(n_classes=2, dim=8, dropout=0.0, num_neighbors=3, batch_size=4, num_workers=0,
-                      accelerator="cpu", progress_bar=False, max_steps=3, checkpoint_every=3, log_every=1,
-                      loss=CorrespondenceConfig(feature_samples=5, neg_samples=2))
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
+    return feature_cache(tmp_path / "cache", feats), masks, knn
 
 
 # --- correspondence loss -------------------------------------------------------------------------
@@ -179,8 +160,9 @@ def test_module_losses_equal_a_plain_recomputation_of_the_authors_draws(correlat
     # dropouts and the correlation dropout (image, then positive), coordinates, negative partners
     torch.manual_seed(0)
     b, d, h, w, p = 4, 12, 6, 6, 0.3
-    cfg = StegoConfig(n_classes=2, dim=5, dropout=p, correlation_dropout=correlation_dropout,
-                      loss=CorrespondenceConfig(feature_samples=5, neg_samples=3))
+    cfg = config_from_dict(StegoConfig, {"n_classes": 2, "dim": 5, "dropout": p,
+                                         "correlation_dropout": correlation_dropout,
+                                         "loss": {"feature_samples": 5, "neg_samples": 3}})
     module = StegoModule(cfg, d).train()
     batch = {"x": torch.randn(b, d, h, w), "x_pos": torch.randn(b, d, h, w)}
     torch.manual_seed(7)
@@ -269,10 +251,10 @@ def test_cluster_probe_loss_decreases_on_separable_codes():
 
 # --- training -------------------------------------------------------------------------------------
 
-def test_training_steps_lower_the_loss_on_a_fixed_batch(two_class_cache):
+def test_training_steps_lower_the_loss_on_a_fixed_batch(two_class_cache, stego_config):
     cache, masks, knn = two_class_cache
     torch.manual_seed(0)
-    module = StegoModule(small_config(), cache.dim)
+    module = StegoModule(stego_config(), cache.dim)
     pairs = CachedPairs(cache, knn, num_neighbors=3, masks=masks)
     batch = torch.utils.data.default_collate([pairs[i] for i in range(4)])
     optimiser = module.configure_optimizers()
@@ -292,9 +274,9 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(two_class_cache):
     assert all(torch.isfinite(v) for v in out.values())
 
 
-def test_train_stego_writes_checkpoints_logs_config_and_resumes(two_class_cache, tmp_path):
+def test_train_stego_writes_checkpoints_logs_config_and_resumes(two_class_cache, tmp_path, stego_config):
     cache, masks, knn = two_class_cache
-    cfg = small_config()
+    cfg = stego_config()
     module = train_stego(cfg, cache, knn, masks=masks, out_dir=tmp_path / "run")
     run = tmp_path / "run"
     assert module.trainer.global_step == 3
@@ -305,36 +287,62 @@ def test_train_stego_writes_checkpoints_logs_config_and_resumes(two_class_cache,
     for path in (run / "stego.ckpt", run / "checkpoints" / "last.ckpt"):
         head, cluster_probe, linear_probe, meta = load_stego(path, n_classes=2, dim=8)
         assert meta["feat_dim"] == 16 and config_from_dict(StegoConfig, meta["config"]) == cfg
-    resumed = train_stego(small_config(max_steps=5), cache, knn, masks=masks, out_dir=run,
+    resumed = train_stego(stego_config(max_steps=5), cache, knn, masks=masks, out_dir=run,
                           resume="last")
     assert resumed.trainer.global_step == 5
 
 
-def test_train_stego_checks_its_inputs(two_class_cache, tmp_path):
+def test_train_stego_checks_its_inputs(two_class_cache, tmp_path, stego_config):
     cache, masks, knn = two_class_cache
     with pytest.raises(ValueError, match="data_source='images'"):
-        train_stego(small_config(data_source="images"), cache, knn, out_dir=tmp_path)
+        train_stego(stego_config(data_source="images"), cache, knn, out_dir=tmp_path)
     with pytest.raises(ValueError, match="neighbours 1..7"):
-        train_stego(small_config(num_neighbors=7), cache, knn, out_dir=tmp_path)
+        train_stego(stego_config(num_neighbors=7), cache, knn, out_dir=tmp_path)
     with pytest.raises(ValueError, match="does not fit 8 images"):
-        train_stego(small_config(), cache, knn[:5], out_dir=tmp_path)
+        train_stego(stego_config(), cache, knn[:5], out_dir=tmp_path)
 
 
-def test_training_is_deterministic_given_the_seed(two_class_cache, tmp_path):
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "none"])
+def test_the_logger_key_selects_what_the_run_logs(two_class_cache, tmp_path, stego_config, logger):
+    """csv: a metrics.csv row per step; tensorboard: event files, or without the package a one-line error before
+    anything is written; none: no logs folder. The checkpoints are written either way."""
+    import csv
+    from importlib.util import find_spec
+
+    from unseg.errors import MissingExtraError
+
     cache, masks, knn = two_class_cache
-    runs = [train_stego(small_config(seed=7), cache, knn, masks=masks, out_dir=tmp_path / str(i)) for i in range(2)]
-    other = train_stego(small_config(seed=8), cache, knn, masks=masks, out_dir=tmp_path / "other")
+    out = tmp_path / "run"
+    if logger == "tensorboard" and not (find_spec("tensorboard") or find_spec("tensorboardX")):
+        with pytest.raises(MissingExtraError, match=r"^logger=tensorboard needs .*pip install tensorboard [^\n]*$"):
+            train_stego(stego_config(logger=logger), cache, knn, masks=masks, out_dir=out)
+        assert not out.exists()
+        return
+    train_stego(stego_config(logger=logger), cache, knn, masks=masks, out_dir=out)
+    assert load_stego(out / "checkpoints" / "last.ckpt")[3]["config"]["logger"] == logger
+    if logger == "csv":
+        with open(out / "logs" / "version_0" / "metrics.csv") as fh:
+            assert [int(r["step"]) for r in csv.DictReader(fh) if r.get("loss/total")] == [0, 1, 2]
+    elif logger == "tensorboard":
+        assert list((out / "logs" / "version_0").glob("events.out.tfevents.*"))
+    else:
+        assert not (out / "logs").exists()
+
+
+def test_training_is_deterministic_given_the_seed(two_class_cache, tmp_path, stego_config):
+    cache, masks, knn = two_class_cache
+    runs = [train_stego(stego_config(seed=7), cache, knn, masks=masks, out_dir=tmp_path / str(i)) for i in range(2)]
+    other = train_stego(stego_config(seed=8), cache, knn, masks=masks, out_dir=tmp_path / "other")
     weights = [m.net.cluster1[0].weight for m in (*runs, other)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
 
 
-def test_image_pairs_center_crop_images_and_masks(tmp_path):
-    from helpers import make_image_folder
+def test_image_pairs_center_crop_images_and_masks(tmp_path, image_folder):
     from PIL import Image
 
     from unseg.datasets import create_dataset
 
-    make_image_folder(tmp_path / "images", 4, size=(40, 30))
+    image_folder(tmp_path / "images", 4, size=(40, 30))
     (tmp_path / "masks").mkdir()
     for i in range(4):
         mask = np.zeros((30, 40), np.uint8)
@@ -348,17 +356,15 @@ def test_image_pairs_center_crop_images_and_masks(tmp_path):
     assert (item["label"][:, :8] == 0).all() and (item["label"][:, 8:] == 1).all()  # the crop is centred
 
 
-def test_images_path_runs_the_frozen_backbone_inside_the_module():
-    from helpers import tiny_vit
-
+def test_images_path_runs_the_frozen_backbone_inside_the_module(stego_config, tiny_vit):
     backbone = tiny_vit()
-    module = StegoModule(small_config(), backbone.embed_dim, backbone).train()
+    module = StegoModule(stego_config(), backbone.embed_dim, backbone).train()
     assert not backbone.training  # frozen backbone stays in eval mode
     batch = {"x": torch.randn(2, 3, 32, 32), "x_pos": torch.randn(2, 3, 32, 32)}
     out = module.losses(batch)
     out["loss/total"].backward()
     assert all(p.grad is None for p in backbone.parameters())
-    assert module.net.cluster1[0].weight.grad is not None
+    assert module.net.cluster1[0].weight.grad.abs().sum() > 0
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     assert "net.model.cls_token" in checkpoint["state_dict"] and not any(k.startswith("backbone.")
@@ -371,11 +377,11 @@ def test_images_path_runs_the_frozen_backbone_inside_the_module():
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
-def test_checkpoint_round_trip_in_stego_layout(tmp_path):
+def test_checkpoint_round_trip_in_stego_layout(tmp_path, stego_config):
     torch.manual_seed(0)
     head, cluster_probe, linear_probe = StegoHead(12, 5).eval(), ClusterProbe(5, 4), LinearProbe(5, 3)
     path = tmp_path / "model.ckpt"
-    save_stego(path, head, cluster_probe, linear_probe, small_config(n_classes=3, dim=5, extra_clusters=1))
+    save_stego(path, head, cluster_probe, linear_probe, stego_config(n_classes=3, dim=5, extra_clusters=1))
     ckpt = torch.load(path, weights_only=True)
     assert set(ckpt["state_dict"]) == {"net.cluster1.0.weight", "net.cluster1.0.bias", "net.cluster2.0.weight",
                                        "net.cluster2.0.bias", "net.cluster2.2.weight", "net.cluster2.2.bias",
@@ -447,12 +453,12 @@ def test_wrong_classes_or_dim_or_layout_is_a_weights_error(tmp_path):
 
 # --- evaluation -----------------------------------------------------------------------------------
 
-def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path):
+def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path, feature_cache):
     # features = one-hot class vectors on a 4x4 grid; head = identity on its linear branch
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, (5, 4, 4))
     feats = np.eye(3, dtype=np.float32)[labels].transpose(0, 3, 1, 2)
-    cache = make_cache(tmp_path / "cache", feats)
+    cache = feature_cache(tmp_path / "cache", feats)
     masks = labels.repeat(2, 1).repeat(2, 2).astype(np.uint8)  # (5, 8, 8)
     masks[0, 0, 0] = 255
     head = StegoHead(3, 3)

@@ -13,7 +13,7 @@ from unseg.cli import main
 from unseg.demo import sample_root
 from unseg.methods.projections import projection_head
 from unseg.methods.stego import load_stego
-from unseg.methods.stego.pipeline import fit_stego, split_data
+from unseg.methods.stego.pipeline import evaluate_run, fit_stego, split_data
 from unseg.config import load_config
 from unseg.methods.stego.train import StegoConfig
 
@@ -22,6 +22,7 @@ TINY = [f"root={sample_root()}", "train_split=val", "val_split=val", "input_size
         "max_steps=4", "batch_size=4", "num_workers=0", "progress_bar=false", "knn_k=10", "checkpoint_every=2"]
 
 
+@pytest.mark.slow
 def test_train_then_eval_a_checkpoint_from_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "stego", "--config", CONFIG, *TINY, "--out", str(out),
@@ -43,7 +44,11 @@ def test_train_then_eval_a_checkpoint_from_the_cli(tmp_path, capsys):
     assert main(["eval", "stego", "--config", CONFIG, *TINY, "--checkpoint", str(out / "stego.ckpt"),
                  "--cache-dir", str(tmp_path / "cache"), "--json", str(report)]) == 0
     scores = json.loads(report.read_text())
-    assert 0 < scores["cluster"]["miou"] < 100 and sorted(scores["mapping"]) == list(range(11))
+    val = split_data(load_config(StegoConfig, CONFIG, TINY), "val", tmp_path / "cache")
+    again = evaluate_run(out / "stego.ckpt", val, 11)  # the same checkpoint scored from Python
+    assert scores["cluster"]["miou"] == pytest.approx(again.cluster.miou)
+    assert scores["linear"]["miou"] == pytest.approx(again.linear.miou)
+    assert sorted(scores["mapping"]) == list(range(11))
     # evaluating with another number of classes than the checkpoint's is refused by name
     assert main(["eval", "stego", "--config", CONFIG, *TINY, "n_classes=5", "--checkpoint",
                  str(out / "stego.ckpt"), "--cache-dir", str(tmp_path / "cache")]) == 2
@@ -60,6 +65,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert not torch.equal(first.net.cluster1[0].weight, resumed.net.cluster1[0].weight)
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_and_plot_with_every_method(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["stego", "sweep", "--config", CONFIG, *TINY, "max_steps=2", "--dims", "4", "8",
@@ -68,7 +74,12 @@ def test_sweep_writes_table_and_plot_with_every_method(tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert sorted({(r["method"], int(r["dim"])) for r in rows}) == sorted(
         [("stego", 4), ("stego", 8), ("pca", 4), ("pca", 8), ("random", 4), ("random", 8), ("raw", 432)])
-    assert all(0 <= float(r["cluster_miou"]) <= 100 for r in rows)
+    # a row holds its own run's scores: the saved STEGO head of dim 8, scored again
+    val = split_data(load_config(StegoConfig, CONFIG, TINY), "val", tmp_path / "cache")
+    again = evaluate_run(out / "stego-8-0" / "stego.ckpt", val, 11)
+    (row,) = [r for r in rows if (r["method"], r["dim"]) == ("stego", "8")]
+    assert float(row["cluster_miou"]) == pytest.approx(again.cluster.miou)
+    assert float(row["linear_miou"]) == pytest.approx(again.linear.miou)
     plot = Image.open(out / "miou_vs_dim.png")
     assert plot.size[0] > 300 and np.array(plot).std() > 0
     assert json.loads((out / "results.json").read_text())["protocol"]["matching"].startswith("hungarian")

@@ -226,11 +226,13 @@ def _add_stego(p: argparse.ArgumentParser) -> None:
 
 
 def _check_run(cfg, args: argparse.Namespace) -> None:
-    """What a training run would find out only after its data preparation: the device and --resume."""
+    """What a training run would find out only after its data preparation: the device, the logger and --resume."""
     from .config import require_accelerator
     from .io import resume_checkpoint
+    from .methods.trainer import check_logger
 
     require_accelerator(cfg.accelerator)
+    check_logger(cfg.logger)
     resume_checkpoint(args.resume, args.out)
 
 

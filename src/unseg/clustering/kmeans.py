@@ -130,15 +130,15 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) blocks of ``size`` rows; a last block too short for faiss's BLAS path joins the one before."""
-    bounds = list(range(0, n, size)) + [n]
+    """[start, stop) blocks of ``size`` rows; none too short for faiss's BLAS path (a short last one joins the one before)."""
+    bounds = list(range(0, n, max(size, FAISS_BLAS_MIN_ROWS))) + [n]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < FAISS_BLAS_MIN_ROWS:
         del bounds[-2]
     return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool,
-            block: int = ASSIGN_ROWS) -> tuple[np.ndarray, np.ndarray]:
+            block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(labels, score) of (n, D) rows, ``block`` rows at a time: squared L2 distance, or inner product when spherical."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
@@ -146,14 +146,15 @@ def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool,
     index = faiss.IndexFlatIP(x.shape[1]) if spherical else faiss.IndexFlatL2(x.shape[1])
     index.add(centroids)
     labels, score = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
-    for start, stop in _blocks(len(x), block):
+    for start, stop in _blocks(len(x), block or ASSIGN_ROWS):
         s, i = index.search(np.ascontiguousarray(x[start:stop], dtype=np.float32), 1)
         labels[start:stop], score[start:stop] = i[:, 0], s[:, 0]
     return labels, score
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, spherical: bool = False, block: int = ASSIGN_ROWS) -> np.ndarray:
-    """int64 label of each row's nearest centroid (largest inner product when spherical), ``block`` rows at a time."""
+def assign(x: np.ndarray, centroids: np.ndarray, spherical: bool = False, block: int | None = None) -> np.ndarray:
+    """int64 label of each row's nearest centroid (largest inner product when spherical), ``block``
+    (default ``ASSIGN_ROWS``) rows at a time."""
     return _search(np.asarray(x), centroids, spherical, block)[0]
 
 

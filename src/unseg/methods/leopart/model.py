@@ -2,7 +2,7 @@
 
 The same :class:`LeopartNet` is the student and (as its EMA) the teacher. Its state dict
 in a checkpoint is Leopart's: the backbone's own keys, ``projection_head.{0,2,4}.*`` and
-``prototypes.weight`` (the renaming lives in :mod:`unseg.methods.leopart.train`).
+``prototypes.weight`` (the renaming lives in :mod:`unseg.methods.leopart.checkpoint`).
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -35,6 +34,7 @@ from ...errors import ConfigError, SettingError
 from ...features.cache import FeatureCache
 from ...io import resume_checkpoint, save_json
 from ..leopart.crops import derived_seed
+from ..trainer import LoggerName, build_trainer, check_logger
 from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
 from .loss import CorrespondenceConfig, correspondence_terms
 from .shifts import auto_shifts, resolve_shifts
@@ -84,6 +84,7 @@ class StegoConfig:
     precision: str = "32-true"
     checkpoint_every: int = 400
     log_every: int = 10
+    logger: LoggerName = "csv"  # under logs/: "csv" (metrics.csv), "tensorboard" (needs tensorboard) or "none"
     progress_bar: bool = True
     deterministic: bool = True
 
@@ -322,7 +323,7 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     ``backbone`` defaults to ``create_backbone(cfg.backbone, cfg.weights)``; its own masks
     train the linear probe). ``knn``: (N, k) neighbour table of the same images, column 0
     the image itself (:func:`unseg.methods.stego.knn.knn_indices`). ``out_dir`` receives
-    ``config.yaml``, CSV logs under ``logs/``, ``checkpoints/last.ckpt`` every
+    ``config.yaml``, logs under ``logs/`` (``cfg.logger``), ``checkpoints/last.ckpt`` every
     ``cfg.checkpoint_every`` steps, and ``stego.ckpt`` (with the backbone on the images
     path). ``resume``: a checkpoint path, or ``"last"``, to continue a run; it must exist
     (:func:`unseg.io.resume_checkpoint`), and the resumed run ends equal to an uninterrupted
@@ -336,6 +337,7 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     if masks is not None and source == "images":
         raise ValueError("masks go with cached features; on the images path the dataset's own masks are used")
     out = Path(out_dir)
+    check_logger(cfg.logger)
     resume = resume_checkpoint(resume, out)
     require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed, workers=True)
@@ -356,13 +358,12 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         loss, shift_record = resolve_shifts(cfg.loss, data, knn, cfg.num_neighbors, cfg.batch_size, seed=cfg.seed)
         cfg = replace(cfg, loss=loss)
     module = StegoModule(cfg, feat_dim, backbone, head)
-    trainer = L.Trainer(
+    trainer = build_trainer(
+        out, cfg.logger, cfg.log_every, cfg.progress_bar,
+        [ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint_every, save_top_k=0,
+                         save_last=True)],
         accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if cfg.devices > 1 else "auto",
-        precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1, default_root_dir=out,
-        logger=CSVLogger(out, name="logs"), log_every_n_steps=cfg.log_every, enable_progress_bar=cfg.progress_bar,
-        enable_model_summary=False, use_distributed_sampler=False,
-        callbacks=[ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint_every,
-                                   save_top_k=0, save_last=True)],
+        precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1,
         # "warn": grid_sample's CUDA backward has no deterministic kernel; everything else is
         deterministic="warn" if cfg.deterministic else False,
     )
