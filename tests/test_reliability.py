@@ -170,7 +170,7 @@ def test_unwritable_cache_or_out_folder_fails_before_any_compute(labelled, tmp_p
     import importlib
 
     segment_module = importlib.import_module("unseg.segment")  # the package's ``segment`` is the function
-    monkeypatch.setattr(segment_module, "extract_features", lambda *a, **k: pytest.fail("computed first"))
+    monkeypatch.setattr(segment_module, "load_split", lambda *a, **k: pytest.fail("computed first"))
     code, err = run_cli(["segment", labelled[1], "--out", blocker / "out", "--input-size", "32"], capsys)
     assert_one_line_error(code, err, str(blocker / "out"), "cannot be written")
 

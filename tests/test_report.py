@@ -7,7 +7,7 @@ from PIL import Image
 from scipy import ndimage
 
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
-from unseg.evaluation.report import per_image_miou, write_report
+from unseg.visualisation.report import per_image_miou, write_report
 
 
 CLASSES = ["road", "car", "sky"]

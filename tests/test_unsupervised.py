@@ -1,13 +1,14 @@
 """CBFE and community detection (SPEC §3) on synthetic cases with known answers, and the pipeline on the sample."""
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from unseg.demo import sample_root
-from unseg.evaluation.protocols import Source
+from unseg import Source, fully_unsupervised
 from unseg.features import foreground_mask
 from unseg.features.cache import cached_masks
-from unseg.unsupervised import fully_unsupervised
 from unseg.unsupervised.cbfe import (NOISY_MASS, cluster_precisions, foreground_targets, round_threshold,
                                      search_threshold)
 from unseg.unsupervised.community import (cooccurrence, cooccurrence_graph, cooccurrence_offsets,
@@ -138,7 +139,7 @@ def test_fully_unsupervised_on_the_sample(tmp_path):
     assert len(cd.miou) == 2 and cd.settings["infomap_seeds"] == [1, 2]
     # the first run's mIoU, by hand from its kept predictions (class 11 = no class) and the val masks
     val = source.build_dataset("val")
-    masks = cached_masks(source.features(source.build_backbone(), val), val, (56, 56))
+    masks = cached_masks(source.features(val), val, (56, 56))
     labelled = masks != 255
     conf = np.zeros((11, 12))
     np.add.at(conf, (masks[labelled], cd.predictions[labelled]), 1)
@@ -152,3 +153,10 @@ def test_fully_unsupervised_on_the_sample(tmp_path):
     # train and val are the same images here: CBFE's masks and targets must agree on both halves
     assert result.foreground["foreground_iou_train"] == pytest.approx(result.foreground["foreground_iou_val"])
     assert "mIoU" in result.summary() and result.to_dict()["settings"]["num_classes"] == 11
+    # the API's text and reports: the CLI only prints and calls these
+    text = result.describe()
+    assert text.startswith("fully unsupervised segmentation on camvid/val (20 images)") and "masks 56x56" in text
+    assert f"k={result.hyper_parameters['k']}" in text and text.endswith(result.summary().splitlines()[-1])
+    reports = result.write_report(tmp_path / "report")
+    assert [r.root.name for r in reports] == ["kmeans", "cbfe", "cd"]
+    assert json.loads(reports[2].metrics.read_text())["miou"] == pytest.approx(cd.miou[0])

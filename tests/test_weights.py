@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from unseg.backbones import create_backbone
 from unseg.backbones.weights import PickledObject, load_backbone_weights, read_checkpoint, to_plain
-from unseg.cli import build_parser, main
+from unseg.cli import _source, build_parser, main
 from unseg.errors import WeightsError
 from unseg.methods.stego import load_stego
 
@@ -236,7 +236,8 @@ def test_every_command_reading_weights_or_checkpoints_has_trust_checkpoint():
             checked.append(name)
     assert {"eval cluster", "eval stego", "segment", "extract"} <= set(checked)
     args = build_parser().parse_args(["eval", "cluster", "--root", ".", "--weights", "w.pth", "--trust-checkpoint"])
-    assert args.trust_checkpoint and args.weights_role == "auto"
+    source = _source(args)  # the role left out falls through to the API's default
+    assert args.trust_checkpoint and args.weights_role is None and source.role == "auto" and source.trust_checkpoint
 
 
 # ------------------------------------------------------------------- safetensors

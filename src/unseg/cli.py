@@ -19,36 +19,38 @@ _TRUST_HELP = ("unpickle the --weights / --checkpoint file fully, which runs any
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone and data")
-    g.add_argument("--backbone", default="efficientnet_lite0", help="registered backbone (see `unseg backbones`)")
+    g.add_argument("--backbone", help="registered backbone (see `unseg backbones`; default efficientnet_lite0)")
     g.add_argument("--weights", help="local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt")
-    g.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"],
-                   help=_ROLE_HELP)
+    g.add_argument("--weights-role", choices=["auto", "teacher", "student"], help=_ROLE_HELP)
     g.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     g.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
-    g.add_argument("--dataset", default="camvid", help="registered dataset (see `unseg datasets`)")
+    g.add_argument("--dataset", help="registered dataset (see `unseg datasets`; default camvid)")
     g.add_argument("--root", required=True, help="dataset folder")
     g.add_argument("--masks", help="folder dataset: folder of <image stem>.png label maps")
     g.add_argument("--num-classes", type=int, help="folder dataset: ids >= this are ignored")
-    g.add_argument("--input-size", type=int, nargs="+", default=[448], metavar="PX",
-                   help="input resolution: one value (square) or H W")
+    g.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+                   help="input resolution: one value (square) or H W (default 448)")
     g.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features or ~/.cache/unseg/features)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    g.add_argument("--batch-size", type=int, help="images per forward pass (default 16)")
+    g.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     g.add_argument("--skip-corrupt", action="store_true", help="skip (and log) unreadable images instead of failing")
     g.add_argument("--json", type=Path, help="also write the results as JSON to this file")
 
 
-def _source(args: argparse.Namespace):
-    from .evaluation.protocols import Source
+def _given(**values: object) -> dict:
+    """The options the user gave: the others keep the API's defaults (defined there, once)."""
+    return {k: v for k, v in values.items() if v is not None}
 
-    size = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size[:2])
-    return Source(backbone=args.backbone, weights=args.weights, download=args.download, role=args.weights_role,
-                  trust_checkpoint=args.trust_checkpoint,
-                  dataset=args.dataset, root=args.root, input_size=size,
-                  dataset_options={k: v for k, v in {"masks": args.masks, "num_classes": args.num_classes}.items()
-                                   if v is not None}, cache_dir=args.cache_dir,
-                  device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+
+def _source(args: argparse.Namespace):
+    from .features import Source
+
+    return Source(**_given(backbone=args.backbone, weights=args.weights, role=args.weights_role, dataset=args.dataset,
+                           input_size=_size(args.input_size), cache_dir=args.cache_dir, device=args.device,
+                           batch_size=args.batch_size, num_workers=args.workers),
+                  download=args.download, trust_checkpoint=args.trust_checkpoint, root=args.root,
+                  dataset_options=_given(masks=args.masks, num_classes=args.num_classes),
                   skip_corrupt=args.skip_corrupt, progress=sys.stderr.isatty())
 
 
@@ -81,31 +83,35 @@ def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str =
     from .features.upsample import UPSAMPLERS
 
     g = p.add_argument_group("feature upsampling (docs/upsampling.md)")
-    g.add_argument("--upsample", default=default, choices=UPSAMPLERS,
+    g.add_argument("--upsample", choices=UPSAMPLERS,
                    help=f"assign labels on upsampled features: bilinear, or guided = joint bilateral upsampling "
                         f"that follows the image's edges (default {default}: {meaning})")
     if target is not None:
         g.add_argument("--upsample-size", type=int, nargs="+", metavar="PX",
                        help=f"target grid: one value (square) or H W (default {target})")
         g.add_argument("--upsample-factor", type=float, help="target grid = this factor x the token grid")
-    g.add_argument("--guide-radius", type=int, default=2, help="guided: window radius in tokens")
-    g.add_argument("--guide-sigma-spatial", type=float, default=1.0, help="guided: spatial sigma in tokens")
-    g.add_argument("--guide-sigma-range", type=float, default=0.1, help="guided: colour sigma (RGB in 0..1)")
+    g.add_argument("--guide-radius", type=int, help="guided: window radius in tokens (default 2)")
+    g.add_argument("--guide-sigma-spatial", type=float, help="guided: spatial sigma in tokens (default 1)")
+    g.add_argument("--guide-sigma-range", type=float, help="guided: colour sigma, RGB in 0..1 (default 0.1)")
 
 
 def _upsampling(args: argparse.Namespace):
+    """The upsampler asked for with --upsample (its options with it), or None: the command's default."""
     from .features import as_size
     from .features.upsample import Upsampling
 
+    if args.upsample is None:
+        return None
     size = _size(getattr(args, "upsample_size", None))
-    return Upsampling(args.upsample, as_size(size) if size is not None else None,
-                      getattr(args, "upsample_factor", None), args.guide_radius, args.guide_sigma_spatial,
-                      args.guide_sigma_range)
+    return Upsampling(args.upsample, **_given(size=as_size(size) if size is not None else None,
+                                              factor=getattr(args, "upsample_factor", None), radius=args.guide_radius,
+                                              sigma_spatial=args.guide_sigma_spatial,
+                                              sigma_range=args.guide_sigma_range))
 
 
 def _scoring(args: argparse.Namespace) -> dict[str, str]:
     """The scoring options the user gave; the rest keep the protocol's defaults."""
-    return {k: v for k, v in {"matching": args.matching, "absent": args.absent_classes}.items() if v is not None}
+    return _given(matching=args.matching, absent=args.absent_classes)
 
 
 def cmd_backbones(args: argparse.Namespace) -> None:
@@ -140,13 +146,10 @@ def cmd_extract(args: argparse.Namespace) -> None:
     from .features import extract_features
 
     source = _source(args)
-    backbone = source.build_backbone()
     for split in args.split:
-        cache = extract_features(backbone, source.build_dataset(split), source.input_size, cache_root=args.cache_dir,
-                                 batch_size=args.batch_size, device=args.device, num_workers=args.workers,
-                                 shard_size=args.shard_size, dtype=args.dtype, rank=args.rank,
-                                 world_size=args.world_size, skip_corrupt=args.skip_corrupt,
-                                 progress=source.progress)
+        cache = extract_features(source.build_backbone(), source.build_dataset(split), source.input_size,
+                                 rank=args.rank, world_size=args.world_size, **source.extract_options(),
+                                 **_given(shard_size=args.shard_size, dtype=args.dtype))
         if cache is None:
             print(f"{split}: this rank's shards are written; other ranks are still running")
         else:
@@ -155,60 +158,37 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:
-    from .evaluation.protocols import clustering_protocol
+    from .protocols import clustering_protocol
 
-    source = _source(args)
-    results = clustering_protocol(source, split=args.split, ks=args.k, seeds=range(args.seeds),
-                                  mask_size=_size(args.mask_size), pca_dim=args.pca_dim or None, niter=args.niter,
-                                  nredo=args.nredo, upsample=_upsampling(args), **_scoring(args))
-    s = results[0].settings
-    labels = (f"labels on {s['upsample']}-upsampled features at {s['label_size'][0]}x{s['label_size'][1]}, "
-              if s["upsample"] != "none" else "")
-    print(f"clustering on {s['dataset']}/{args.split} ({s['num_images']} images), {s['backbone']} "
-          f"[{s['weights']}], input {s['input_size'][0]}x{s['input_size'][1]}, tokens {s['grid'][0]}x{s['grid'][1]}, "
-          f"{labels}nearest-upsampled to {s['mask_size'][0]}x{s['mask_size'][1]} masks, StandardScaler + PCA {args.pca_dim}, "
-          f"faiss k-means niter {args.niter} nredo {args.nredo}, {args.seeds} seeds, mean ± std:")
-    for r in results:
-        print("  " + r.summary())
-    _write_json(args.json, [r.to_dict() for r in results])
+    options = _given(split=args.split, ks=args.k, seeds=None if args.seeds is None else range(args.seeds),
+                     mask_size=_size(args.mask_size), niter=args.niter, nredo=args.nredo, upsample=_upsampling(args))
+    if args.pca_dim is not None:
+        options["pca_dim"] = args.pca_dim or None  # 0: no PCA
+    result = clustering_protocol(_source(args), **options, **_scoring(args))
+    print(result.describe())
+    _write_json(args.json, result.to_dict())
     if args.report:
-        import torch
-
-        from .evaluation.report import class_predictions
-        from .features import upsample_labels
-
-        for r in results:
-            maps = upsample_labels(torch.from_numpy(r.labels), tuple(s['mask_size'])).numpy()
-            _write_report(args.report / f"k{r.k}", source, args.split,
-                          class_predictions(maps, r.mapping, r.settings["num_classes"]), r.to_dict(),
-                          f"k-means K={r.k} ({r.matching}), {s['dataset']}/{args.split}")
+        _print_reports(result.write_report(args.report))
 
 
 def cmd_head(args: argparse.Namespace) -> None:
-    from .evaluation.protocols import head_protocol
+    from .protocols import head_protocol
 
-    source = _source(args)
-    overrides = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.head_batch_size}.items()
-                 if v is not None}
-    result = head_protocol(source, head=args.head, train_split=args.train_split, val_split=args.split,
-                           mask_size=args.mask_size, eval_mask_size=args.eval_mask_size,
-                           augment=not args.no_augment, seed=args.seed, **overrides)
-    s = result.settings
-    print(f"{args.head} head on frozen {s['backbone']} [{s['weights']}], trained on {s['dataset']}/{args.train_split} "
-          f"({'RandomResizedCrop+flip on images' if s['augment'] else 'cached features, no augmentation'}, "
-          f"epochs {s['epochs']}, lr {s['lr']}, batch {s['batch_size']}, masks {args.mask_size}), evaluated on "
-          f"{args.split} at {s['eval_mask_size'][0]}x{s['eval_mask_size'][1]} masks, seed {args.seed}:")
-    print("  " + result.summary())
+    result = head_protocol(_source(args), head=args.head, augment=not args.no_augment,
+                           **_given(train_split=args.train_split, val_split=args.split, mask_size=args.mask_size,
+                                    eval_mask_size=args.eval_mask_size, seed=args.seed, epochs=args.epochs,
+                                    lr=args.lr, batch_size=args.head_batch_size))
+    print(result.describe())
     _write_json(args.json, result.to_dict())
     if args.report:
-        _write_report(args.report, source, args.split, result.predictions, result.to_dict(),
-                      f"{args.head} head, {s['dataset']}/{args.split}")
+        _print_reports([result.write_report(args.report)])
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(out=args.out, seeds=range(args.seeds), device=args.device, progress=sys.stderr.isatty())
+    run_demo(**_given(out=args.out, seeds=None if args.seeds is None else range(args.seeds), device=args.device),
+             progress=sys.stderr.isatty())
 
 
 def _stego_config(args: argparse.Namespace):
@@ -269,10 +249,10 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
                           trust_checkpoint=args.trust_checkpoint, upsample=_upsampling(args),
                           keep_predictions=args.report is not None, **_scoring(args))
     print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA, "
-          f"{args.upsample} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary())
+          f"{args.upsample or 'bilinear'} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary())
     _write_json(args.json, scores.to_dict())
     if args.report:
-        from .evaluation.report import dataset_report
+        from .visualisation.report import dataset_report
 
         report = dataset_report(args.report, val.dataset, val.cache, scores.predictions, settings=scores.to_dict(),
                                 title=f"STEGO cluster probe, {cfg.dataset}/{cfg.val_split}")
@@ -290,12 +270,13 @@ def cmd_stego_knn(args: argparse.Namespace) -> None:
 
 
 def cmd_stego_sweep(args: argparse.Namespace) -> None:
-    from .methods.stego.pipeline import dimension_sweep
+    from .methods.stego.pipeline import SWEEP_OUT, dimension_sweep
 
     cfg = _stego_config(args)
-    dimension_sweep(cfg, args.dims, methods=args.methods, seeds=args.seeds, out_dir=args.out,
-                    cache_dir=args.cache_dir, crf=args.crf)
-    print(f"table: {Path(args.out) / 'results.csv'}  plot: {Path(args.out) / 'miou_vs_dim.png'}")
+    options = _given(dims=args.dims, methods=args.methods, seeds=args.seeds, out_dir=args.out)
+    dimension_sweep(cfg, cache_dir=args.cache_dir, crf=args.crf, **options)
+    out = Path(options.get("out_dir", SWEEP_OUT))
+    print(f"table: {out / 'results.csv'}  plot: {out / 'miou_vs_dim.png'}")
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
@@ -304,13 +285,9 @@ def _add_report(p: argparse.ArgumentParser) -> None:
                         "gallery of the best and worst images")
 
 
-def _write_report(folder: Path, source, split: str, predictions, settings: dict, title: str) -> None:
-    from .evaluation.report import dataset_report
-
-    dataset = source.build_dataset(split)
-    cache = source.features(source.build_backbone(), dataset)  # already extracted: only read back
-    report = dataset_report(folder, dataset, cache, predictions, settings=settings, title=title)
-    print(f"report written to {report.root}/ (open {report.gallery})")
+def _print_reports(reports: list) -> None:
+    for report in reports:
+        print(f"report written to {report.root}/ (open {report.gallery})")
 
 
 def _size(values: list[int] | None):
@@ -318,84 +295,49 @@ def _size(values: list[int] | None):
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from .segment import segment
+    from .segment import SegmentOptions, segment
     from .unsupervised.fitted import CDSettings
 
-    cd = CDSettings(k=args.cd_k, markov_time=args.markov_time, weight_threshold=args.weight_threshold,
-                    fg_threshold=args.fg_threshold, fg_k=args.fg_k)
-    labels = segment(args.paths, method=args.method, backbone=args.backbone, weights=args.weights, k=args.k,
-                     out_dir=args.out, crf=args.crf, clustering=args.clustering, save_clustering=args.save_clustering,
-                     checkpoint=args.checkpoint, input_size=_size(args.input_size), cd=cd,
-                     skip_invalid=args.skip_invalid, seed=args.seed, download=args.download, role=args.weights_role,
-                     trust_checkpoint=args.trust_checkpoint,
-                     device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-                     processes=args.processes, upsample=_upsampling(args))
-    print(f"segmented {len(labels)} images ({args.method}{', dense CRF' if args.crf else ''}): "
+    cd = CDSettings(**_given(k=args.cd_k, markov_time=args.markov_time, weight_threshold=args.weight_threshold,
+                             fg_threshold=args.fg_threshold, fg_k=args.fg_k))
+    options = SegmentOptions(**_given(
+        method=args.method, backbone=args.backbone, weights=args.weights, k=args.k, out_dir=args.out,
+        clustering=args.clustering, save_clustering=args.save_clustering, checkpoint=args.checkpoint,
+        input_size=_size(args.input_size), seed=args.seed, role=args.weights_role, device=args.device,
+        batch_size=args.batch_size, num_workers=args.workers, processes=args.processes, upsample=_upsampling(args)),
+        cd=cd, crf=args.crf, skip_invalid=args.skip_invalid, download=args.download,
+        trust_checkpoint=args.trust_checkpoint)
+    labels = segment(args.paths, options)
+    print(f"segmented {len(labels)} images ({options.method}{', dense CRF' if args.crf else ''}): "
           f"{Path(args.out) / 'labels'}/, {Path(args.out) / 'overlays'}/, open {Path(args.out) / 'index.html'}")
     if args.save_clustering:
         print(f"clustering saved to {args.save_clustering} (reuse: --clustering {args.save_clustering})")
 
 
 def cmd_unsupervised(args: argparse.Namespace) -> None:
-    from .errors import ConfigError
-    from .unsupervised import PUBLISHED, fully_unsupervised
+    from .protocols import fully_unsupervised
 
-    source = _source(args)
-    given = {"k": args.cd_k, "markov_time": args.markov_time, "weight_threshold": args.weight_threshold}
-    if args.published:
-        if args.backbone not in PUBLISHED:
-            raise ConfigError(f"no published CD hyper-parameters for backbone {args.backbone!r} "
-                              f"(published: {', '.join(PUBLISHED)}); give --cd-k --markov-time --weight-threshold "
-                              "or leave them out to search")
-        hyper = PUBLISHED[args.backbone]
-    elif all(v is not None for v in given.values()):
-        hyper = given
-    elif any(v is not None for v in given.values()):
-        raise ConfigError("give all of --cd-k, --markov-time, --weight-threshold, or none of them (TPE search)")
-    else:
-        hyper = None
-    result = fully_unsupervised(source, args.train_split, args.split, background=args.background,
-                                hyper_parameters=hyper, trials=args.trials, runs=args.runs,
-                                kmeans_seeds=range(args.seeds), fg_k=args.fg_k, mask_size=args.mask_size)
-    s = result.settings
-    print(f"fully unsupervised segmentation on {s['dataset']}/{args.split} ({s['num_val']} images), {s['backbone']} "
-          f"[{s['weights']}], input {s['input_size'][0]}x{s['input_size'][1]}, tokens {s['grid'][0]}x{s['grid'][1]}, "
-          f"StandardScaler + PCA {s['pca_dim']} and k-means fitted on {args.train_split} + {args.split} tokens, "
-          f"masks {args.mask_size}x{args.mask_size}, Hungarian matching, mean ± std:")
-    if result.foreground:
-        fg = result.foreground
-        print(f"  CBFE: spherical k-means k={fg['k']}, background = {', '.join(fg['background_classes'])}, "
-              f"threshold {fg['threshold']} (cut {fg['cut']}), foreground IoU train {fg['foreground_iou_train']:.1f} "
-              f"val {fg['foreground_iou_val']:.1f}")
-    hp = result.hyper_parameters
-    print(f"  CD: k={hp['k']} markov time {hp['markov_time']} edge threshold {hp['weight_threshold']} "
-          f"({hp['source']}), {args.runs} Infomap runs (seeds 1..{args.runs})")
-    for line in result.summary().splitlines():
-        print("  " + line)
+    given = _given(k=args.cd_k, markov_time=args.markov_time, weight_threshold=args.weight_threshold)
+    result = fully_unsupervised(_source(args), **_given(
+        train_split=args.train_split, val_split=args.split, background=args.background,
+        hyper_parameters="published" if args.published else (given or None), trials=args.trials, runs=args.runs,
+        kmeans_seeds=None if args.seeds is None else range(args.seeds), fg_k=args.fg_k, mask_size=args.mask_size))
+    print(result.describe())
     _write_json(args.json, result.to_dict())
     if args.report:
-        for stage in result.stages:
-            _write_report(args.report / stage.stage, source, args.split, stage.predictions, stage.to_dict(),
-                          f"fully unsupervised, stage {stage.stage}, {s['dataset']}/{args.split}")
+        _print_reports(result.write_report(args.report))
 
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
-    from .evaluation.retrieval import retrieval_protocol
+    from .protocols import retrieval_protocol
 
-    source = _source(args)
-    result = retrieval_protocol(source, args.train_split, args.split, k=args.neighbours, temperature=args.temperature,
-                                mode=args.labels, memory_size=args.memory_size, eval_mask_size=args.eval_mask_size,
-                                seed=args.seed, keep_predictions=args.report is not None)
-    s = result.settings
-    print(f"dense NN retrieval (Hummingbird) on {s['dataset']}/{args.split}: memory bank of {s['memory']} "
-          f"{args.train_split} patches ({args.labels} labels), {s['backbone']} [{s['weights']}], input "
-          f"{s['input_size'][0]}x{s['input_size'][1]}, cosine kNN k={args.neighbours}, softmax temperature "
-          f"{args.temperature}, bilinear to {s['mask_size'][0]}x{s['mask_size'][1]} masks:")
-    print("  " + result.summary())
+    result = retrieval_protocol(_source(args), keep_predictions=args.report is not None, **_given(
+        train_split=args.train_split, val_split=args.split, k=args.neighbours, temperature=args.temperature,
+        mode=args.labels, memory_size=args.memory_size, eval_mask_size=args.eval_mask_size, seed=args.seed))
+    print(result.describe())
     _write_json(args.json, result.to_dict())
     if args.report:
-        _write_report(args.report, source, args.split, result.predictions, result.to_dict(),
-                      f"dense NN retrieval, {s['dataset']}/{args.split}")
+        _print_reports([result.write_report(args.report)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -420,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="extract dense features into the cache (resumable; one shard set per rank)")
     _add_source(p)
-    p.add_argument("--split", nargs="+", default=["val"])
-    p.add_argument("--shard-size", type=int, default=256)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--split", nargs="+", default=["val"], help="splits to extract (default val)")
+    p.add_argument("--shard-size", type=int, help="images per shard file (default 256)")
+    p.add_argument("--dtype", choices=["float32", "float16"], help="storage type (default float32)")
     p.add_argument("--rank", type=int, help="this process's rank (default: $RANK from torchrun, else 0)")
     p.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE, else 1)")
     p.set_defaults(func=cmd_extract)
@@ -430,14 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluation protocols (SPEC §3)").add_subparsers(dest="protocol", required=True)
     p = ev.add_parser("cluster", help="k-means on frozen features: K = #classes (Hungarian) and overclustering")
     _add_source(p)
-    p.add_argument("--split", default="val")
-    p.add_argument("--k", type=int, nargs="+", default=[100], help="cluster counts")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
-    p.add_argument("--mask-size", type=int, nargs="+", default=[100], metavar="PX",
+    p.add_argument("--split", help="evaluation split (default val)")
+    p.add_argument("--k", type=int, nargs="+", help="cluster counts (default 100)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--mask-size", type=int, nargs="+", metavar="PX",
                    help="label resolution: one value (square) or H W (default 100)")
-    p.add_argument("--pca-dim", type=int, default=50, help="0 = no PCA")
-    p.add_argument("--niter", type=int, default=100)
-    p.add_argument("--nredo", type=int, default=5)
+    p.add_argument("--pca-dim", type=int, help="PCA dimensions, 0 = no PCA (default 50)")
+    p.add_argument("--niter", type=int, help="k-means iterations (default 100)")
+    p.add_argument("--nredo", type=int, help="k-means restarts (default 5)")
     _add_scoring(p, CLUSTERING_MATCHING)
     _add_upsample(p, "the mask size")
     _add_report(p)
@@ -447,15 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_source(p)
         _add_report(p)
         p.set_defaults(func=cmd_head, head=head)
-        p.add_argument("--train-split", default="train")
-        p.add_argument("--split", default="val", help="evaluation split")
-        p.add_argument("--mask-size", type=int, default=100, help="training label resolution")
+        p.add_argument("--train-split", help="training split (default train)")
+        p.add_argument("--split", help="evaluation split (default val)")
+        p.add_argument("--mask-size", type=int, help="training label resolution (default 100)")
         p.add_argument("--eval-mask-size", type=int, help="evaluation label resolution (default: input size)")
         p.add_argument("--no-augment", action="store_true", help="train on cached features (fast, no augmentation)")
         p.add_argument("--epochs", type=int)
         p.add_argument("--lr", type=float)
         p.add_argument("--head-batch-size", type=int)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, help="(default 0)")
 
     p = ev.add_parser("stego", help="score a STEGO checkpoint's cluster and linear probes")
     _add_stego(p)
@@ -472,34 +414,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("unsupervised", help="fully unsupervised: k-means, + CBFE, + community detection")
     _add_source(p)
     _add_report(p)
-    p.add_argument("--train-split", default="train", help="split for the CBFE threshold and the CD search")
-    p.add_argument("--split", default="val", help="evaluation split")
+    p.add_argument("--train-split", help="split for the CBFE threshold and the CD search (default train)")
+    p.add_argument("--split", help="evaluation split (default val)")
     p.add_argument("--background", nargs="+", metavar="CLASS",
                    help="classes (names or ids) that are background for CBFE (default: a class named background; "
                         "none -> no CBFE)")
-    p.add_argument("--fg-k", type=int, default=200, help="CBFE spherical k-means clusters")
+    p.add_argument("--fg-k", type=int, help="CBFE spherical k-means clusters (default 200)")
     p.add_argument("--cd-k", type=int, help="CD overclustering k (give with --markov-time, --weight-threshold)")
     p.add_argument("--markov-time", type=float)
     p.add_argument("--weight-threshold", type=float)
     p.add_argument("--published", action="store_true", help="use the authors' CD hyper-parameters for --backbone")
-    p.add_argument("--trials", type=int, default=300, help="TPE trials when searching (authors: 300)")
-    p.add_argument("--runs", type=int, default=10, help="Infomap runs (seeds 0..N-1, Infomap seeds 1..N)")
-    p.add_argument("--seeds", type=int, default=5, help="k-means seeds of the k-means and CBFE stages")
-    p.add_argument("--mask-size", type=int, default=100)
+    p.add_argument("--trials", type=int, help="TPE trials when searching (default 300, the authors')")
+    p.add_argument("--runs", type=int, help="Infomap runs (seeds 0..N-1, Infomap seeds 1..N; default 10)")
+    p.add_argument("--seeds", type=int, help="k-means seeds of the k-means and CBFE stages (default 5)")
+    p.add_argument("--mask-size", type=int, help="label resolution (default 100)")
     p.set_defaults(func=cmd_unsupervised)
 
     p = ev.add_parser("retrieval", help="dense nearest-neighbour retrieval (Hummingbird protocol)")
     _add_source(p)
     _add_report(p)
-    p.add_argument("--train-split", default="train", help="memory bank split")
-    p.add_argument("--split", default="val", help="evaluation split")
-    p.add_argument("--neighbours", type=int, default=30)
-    p.add_argument("--temperature", type=float, default=0.02)
-    p.add_argument("--labels", default="distribution", choices=["distribution", "majority"],
-                   help="label of a memory patch: its class distribution (Hummingbird) or majority class")
+    p.add_argument("--train-split", help="memory bank split (default train)")
+    p.add_argument("--split", help="evaluation split (default val)")
+    p.add_argument("--neighbours", type=int, help="nearest neighbours (default 30)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default 0.02)")
+    p.add_argument("--labels", choices=["distribution", "majority"],
+                   help="label of a memory patch: its class distribution (Hummingbird, default) or majority class")
     p.add_argument("--memory-size", type=int, help="random subset of memory patches (default: all)")
     p.add_argument("--eval-mask-size", type=int, help="evaluation label resolution (default: input size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="memory subset seed (default 0)")
     p.set_defaults(func=cmd_retrieval)
 
     train = sub.add_parser("train", help="train a method").add_subparsers(dest="method", required=True)
@@ -528,21 +470,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stego_knn)
     p = stego.add_parser("sweep", help="STEGO vs raw / PCA / random projections over code dims (study, SPEC §5)")
     _add_stego(p)
-    p.add_argument("--dims", type=int, nargs="+", default=[3, 8, 16, 32, 70, 128])
-    p.add_argument("--methods", nargs="+", default=["stego", "pca", "random", "raw"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seed values, e.g. 0 1 2")
+    p.add_argument("--dims", type=int, nargs="+", help="code dimensions (default 3 8 16 32 70 128)")
+    p.add_argument("--methods", nargs="+", help="default: stego pca random raw")
+    p.add_argument("--seeds", type=int, nargs="+", help="seed values, e.g. 0 1 2 (default 0)")
     p.add_argument("--crf", action="store_true", help="also score every run with a dense CRF")
-    p.add_argument("--out", default="runs/stego_sweep")
+    p.add_argument("--out", help="output folder (default runs/stego_sweep)")
     p.set_defaults(func=cmd_stego_sweep)
 
     p = sub.add_parser("segment", help="segment your own images, no labels: label PNGs, overlays, index.html")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    p.add_argument("--method", default="kmeans", choices=["kmeans", "stego", "cd"])
+    p.add_argument("--method", choices=["kmeans", "stego", "cd"], help="(default kmeans)")
     p.add_argument("--out", required=True, help="output folder: labels/, overlays/, index.html")
     p.add_argument("--k", type=int, help="segments: k-means clusters or preferred communities (default 8)")
     p.add_argument("--backbone", help="registered backbone (default: the clustering's, else efficientnet_lite0)")
     p.add_argument("--weights", help="local checkpoint of the backbone")
-    p.add_argument("--weights-role", default="auto", choices=["auto", "teacher", "student"], help=_ROLE_HELP)
+    p.add_argument("--weights-role", choices=["auto", "teacher", "student"], help=_ROLE_HELP)
     p.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
     p.add_argument("--checkpoint", help="--method stego: a STEGO .ckpt (head and cluster probe)")
     p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
@@ -552,24 +494,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                    help="backbone input: one value (square) or H W (default: the clustering's, else 448)")
     g = p.add_argument_group("--method cd (defaults: the authors' ViT-S/16 values)")
-    g.add_argument("--cd-k", type=int, default=149, help="overclustering k")
-    g.add_argument("--markov-time", type=float, default=2.0)
-    g.add_argument("--weight-threshold", type=float, default=0.09)
+    g.add_argument("--cd-k", type=int, help="overclustering k")
+    g.add_argument("--markov-time", type=float, help="Infomap Markov time")
+    g.add_argument("--weight-threshold", type=float, help="co-occurrence edge threshold")
     g.add_argument("--fg-threshold", type=float, help="CBFE precision threshold (default: no foreground extraction)")
-    g.add_argument("--fg-k", type=int, default=200, help="CBFE spherical k-means clusters")
+    g.add_argument("--fg-k", type=int, help="CBFE spherical k-means clusters (default 200)")
     p.add_argument("--skip-invalid", action="store_true", help="skip (and log by name) unreadable files")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--seed", type=int, help="k-means / Infomap seed (default 0)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 16)")
+    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
     _add_upsample(p, "the input size")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="output folder (default demo_out)")
+    p.add_argument("--seeds", type=int, help="k-means seeds 0..N-1 (default 5)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, ...")
     p.set_defaults(func=cmd_demo)
     return parser
 

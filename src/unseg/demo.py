@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 from .evaluation.clustering import evaluate_clustering
 from .features.cache import cached_masks
-from .evaluation.protocols import Source
+from .features.transforms import DEFAULT_INPUT_SIZE
+from .features.source import Source
 from .io import save_json
 from .visualisation import palette, save_panel
 
@@ -23,17 +24,14 @@ def sample_root() -> Path:
 
 
 def run_demo(out: str | Path = "demo_out", overclusters: int = 100, seeds: Sequence[int] = range(5),
-             input_size: int = 448, mask_size: int = 100, device: str = "auto",
+             input_size: int = DEFAULT_INPUT_SIZE, mask_size: int = 100, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     source = Source(backbone="efficientnet_lite0", dataset="camvid", root=sample_root(), input_size=input_size,
                     cache_dir=out / "cache", device=device, progress=progress)
-    backbone = source.build_backbone()
-    dataset = source.build_dataset("val")
-    cache = source.features(backbone, dataset)
-    masks = cached_masks(cache, dataset, (mask_size, mask_size))
-    k = dataset.num_classes
-    results = evaluate_clustering(cache, masks, k, ks=(k, overclusters), seeds=seeds)
+    val = source.load_split("val", mask_size)
+    dataset, cache, k = val.dataset, val.cache, val.num_classes
+    results = evaluate_clustering(cache, val.masks, k, ks=(k, overclusters), seeds=seeds)
     print(f"unseg demo: EfficientNet-Lite0 (ImageNet, offline), {len(cache)} CamVid val images, input "
           f"{input_size}x{input_size}, features {cache.grid[0]}x{cache.grid[1]}x{cache.dim}, masks "
           f"{mask_size}x{mask_size}, PCA 50, faiss k-means (niter 100, nredo 5)")

@@ -4,7 +4,7 @@ Images of any size are resized to the backbone's square input; their segment map
 back at each image's own size. Methods:
 
 - ``kmeans``: standardise + PCA 50 + k-means (k segments) on the images' tokens;
-- ``cd``: community detection (SPEC §3) on an overclustering of the tokens, optionally
+- ``cd``: community detection (docs/methods.md) on an overclustering of the tokens, optionally
   after cluster-based foreground extraction; k is Infomap's preferred number of segments;
 - ``stego``: a trained STEGO head and its cluster probe (``checkpoint``).
 
@@ -15,31 +15,31 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, create_backbone
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
 from .errors import ImageError, LayoutError, SettingError
-from .features import FeatureCache, as_size, extract_features, resolve_device, upsample_labels, weights_fingerprint
+from .features import (DEFAULT_INPUT_SIZE, FeatureCache, as_size, load_split, resolve_device, upsample_labels,
+                       weights_fingerprint)
 from .features.upsample import Upsampling, guide_tensor
 from .io import atomic_path, require_writable
 from .unsupervised.fitted import CDSettings, FittedSegmenter, fit_cd, fit_kmeans
 from .visualisation import overlay, palette
 from .visualisation.gallery import GalleryItem, write_gallery
 
-__all__ = ["METHODS", "DEFAULT_K", "segment", "collect_images", "write_segmentations"]
+__all__ = ["METHODS", "DEFAULT_K", "SegmentOptions", "Segmenter", "segment", "collect_images",
+           "write_segmentations"]
 
 log = logging.getLogger(__name__)
 METHODS = ("kmeans", "stego", "cd")
 DEFAULT_K = 8
-DEFAULT_INPUT_SIZE = 448
 
 
 @dataclass(frozen=True)
@@ -100,42 +100,36 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
     return images
 
 
-@torch.no_grad()
-def _coarse_labels(cache: FeatureCache, fitted: FittedSegmenter | None, stego: tuple | None,
-                   size: tuple[int, int], crf: bool, device: str, images: Sequence[InputImage] = (),
-                   upsample: Upsampling | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per image: segment ids on the token grid (STEGO: at the input size, as its evaluation) and,
-    for a CRF, (segments, h, w) log-probabilities on the token grid. With ``upsample`` both are
-    on the upsampled grid (default the input size; guided: by the image ``images[i]``), one
-    image at a time: k-means / CD assign every upsampled feature, STEGO's probe reads upsampled codes."""
-    from .methods.stego import stego_codes
-    from .methods.stego.evaluate import upsample_codes
+class Segmenter(Protocol):
+    """What turns one image's features into segment ids: a fitted k-means / CD clustering
+    (:class:`unseg.unsupervised.FittedSegmenter`) or a STEGO checkpoint
+    (:class:`unseg.methods.stego.StegoSegmenter`)."""
 
+    @property
+    def num_labels(self) -> int: ...
+
+    def segment_features(self, features: np.ndarray, size: tuple[int, int], upsample: Upsampling,
+                         guide: torch.Tensor | None = None, with_logits: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+
+def _coarse_labels(cache: FeatureCache, segmenter: Segmenter, size: tuple[int, int], crf: bool,
+                   images: Sequence[InputImage] = (), upsample: Upsampling | None = None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per image: segment ids on the token grid (STEGO: at the input size, as its evaluation) and,
+    for a CRF, log-probabilities; with ``upsample`` on the upsampled grid (default the input size;
+    guided: by the image ``images[i]``), one image at a time."""
     upsample = upsample or Upsampling()
     paths = {i.id: i.path for i in images}
-
-    dev = resolve_device(device)
-    if stego is not None:
-        head, probe = (m.to(dev).eval() for m in stego)
     labels, logits = [], []
     for i in range(len(cache)):
         feats = cache.features(i)
         target = upsample.target(feats.shape[1:], size)
         guide = guide_tensor(read_image(paths[cache.ids[i]]), target) if upsample.guided else None
-        if stego is not None:
-            code = stego_codes(head, torch.from_numpy(feats)[None].to(dev))
-            up = (upsample_codes(code, target, upsample, iter([guide])) if upsample.active
-                  else F.interpolate(code, size=size, mode="bilinear", align_corners=False))
-            labels.append(probe.log_probs(up)[0].argmax(0).cpu().numpy())
-            if crf:
-                logits.append(probe.log_probs(code)[0].cpu().numpy())
-        else:
-            if upsample.active:
-                feats = upsample.apply(torch.from_numpy(feats), target, guide).numpy()
-            tokens = feats.reshape(len(feats), -1).T
-            labels.append(fitted.labels(tokens).reshape(feats.shape[1:]))
-            if crf:
-                logits.append(fitted.log_probabilities(tokens).T.reshape(-1, *feats.shape[1:]))
+        lab, logp = segmenter.segment_features(feats, size, upsample, guide, with_logits=crf)
+        labels.append(lab)
+        if crf:
+            logits.append(logp)
     return labels, logits
 
 
@@ -179,88 +173,122 @@ def write_segmentations(out_dir: str | Path, images: Sequence[InputImage], label
                          legend=legend)
 
 
-def segment(paths: str | Path | Sequence[str | Path], method: str = "kmeans", backbone: str | None = None,
-            weights: str | Path | None = None, k: int | None = None, out_dir: str | Path | None = None,
-            crf: bool = False, clustering: str | Path | None = None, save_clustering: str | Path | None = None, *,
-            checkpoint: str | Path | None = None, input_size: int | Sequence[int] | None = None,
-            cd: CDSettings | None = None, skip_invalid: bool = False, seed: int = 0, download: bool = False,
-            role: str = "auto", device: str = "auto", batch_size: int = 16, num_workers: int = 2,
-            processes: int | None = None, niter: int = 100, nredo: int = 5,
-            trust_checkpoint: bool = False, upsample: Upsampling | None = None) -> list[np.ndarray]:
-    """Segment images (files or folders) without labels; returns one (H, W) segment-id array per image.
+@dataclass
+class SegmentOptions:
+    """Everything :func:`segment` takes besides the images, each default defined here once.
 
     ``k``: segments (k-means clusters; CD's preferred number of communities; default 8).
     ``clustering``: a file from ``save_clustering`` to apply instead of fitting (same backbone,
     weights and input size, else an error naming both). ``checkpoint``: STEGO's. ``cd``: CD
-    settings. ``out_dir``: also write label PNGs, overlays and an ``index.html`` gallery.
-    ``crf``: refine with a dense CRF (extra ``unseg[crf]``). ``niter``, ``nredo``: faiss k-means
-    iterations and restarts when fitting (the protocol's 100 and 5). ``trust_checkpoint``:
-    unpickle ``weights`` / ``checkpoint`` fully, which runs any code they hold (trusted files only).
-    ``upsample``: segment upsampled features (docs/upsampling.md), e.g. ``Upsampling("guided")``
-    for masks that follow the image's edges at the input size (memory: one image's features at a time).
+    settings (default: the authors' ViT-S/16 values). ``out_dir``: also write label PNGs,
+    overlays and an ``index.html`` gallery. ``crf``: refine with a dense CRF (extra
+    ``unseg[crf]``). ``niter``, ``nredo``: faiss k-means iterations and restarts when fitting
+    (the protocol's 100 and 5). ``trust_checkpoint``: unpickle ``weights`` / ``checkpoint``
+    fully, which runs any code they hold (trusted files only). ``upsample``: segment upsampled
+    features (docs/upsampling.md), e.g. ``Upsampling("guided")`` for masks that follow the
+    image's edges at the input size (memory: one image's features at a time).
     """
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
-    if k is not None and k < 1:
-        raise SettingError(f"k = {k} segments is not allowed; k must be at least 1 (default {DEFAULT_K})")
-    if out_dir is not None:  # before any compute: a run never finds out at the end that it cannot save
-        require_writable(out_dir, "output folder")
+
+    method: str = "kmeans"
+    backbone: str | None = None  # default: the clustering's or checkpoint's, else DEFAULT_BACKBONE
+    weights: str | Path | None = None
+    k: int | None = None
+    out_dir: str | Path | None = None
+    crf: bool = False
+    clustering: str | Path | None = None
+    save_clustering: str | Path | None = None
+    checkpoint: str | Path | None = None
+    input_size: int | Sequence[int] | None = None  # default: the clustering's, else DEFAULT_INPUT_SIZE
+    cd: CDSettings = field(default_factory=CDSettings)
+    skip_invalid: bool = False
+    seed: int = 0
+    download: bool = False
+    role: str = "auto"
+    device: str = "auto"
+    batch_size: int = 16
+    num_workers: int = 2
+    processes: int | None = None
+    niter: int = 100
+    nredo: int = 5
+    trust_checkpoint: bool = False
+    upsample: Upsampling | None = None
+
+
+def _stego_segmenter(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
+    """The STEGO checkpoint's segmenter, with the backbone (and its weights, when the checkpoint holds
+    them) it was trained on filled in where not given."""
+    if o.checkpoint is None:
+        raise ValueError("method 'stego' needs checkpoint=<a STEGO .ckpt> (its head and cluster probe)")
+    if o.clustering is not None or o.save_clustering is not None:
+        raise ValueError("method 'stego' is fitted already: its checkpoint is the model; "
+                         "clustering / save_clustering are for kmeans and cd")
+    from .methods.stego import StegoSegmenter, load_stego
+
+    head, probe, _, meta = load_stego(o.checkpoint, trust_checkpoint=o.trust_checkpoint)
+    if o.k is not None and o.k != probe.n_clusters:
+        raise ValueError(f"STEGO checkpoint {o.checkpoint} has {probe.n_clusters} clusters, not k={o.k}")
+    return StegoSegmenter(head, probe, resolve_device(o.device)), replace(
+        o, backbone=o.backbone or meta["config"].get("backbone"),
+        weights=o.weights or (o.checkpoint if meta["has_backbone"] else None))
+
+
+def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | None = None,
+            **changes: Any) -> list[np.ndarray]:
+    """Segment images (files or folders) without labels; returns one (H, W) segment-id array per image.
+
+    ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields, e.g.
+    ``segment("photos/", k=5, out_dir="out")``.
+    """
+    o = replace(options or SegmentOptions(), **changes)
+    if o.method not in METHODS:
+        raise ValueError(f"method {o.method!r} is not one of {', '.join(METHODS)}")
+    if o.k is not None and o.k < 1:
+        raise SettingError(f"k = {o.k} segments is not allowed; k must be at least 1 (default {DEFAULT_K})")
+    if o.out_dir is not None:  # before any compute: a run never finds out at the end that it cannot save
+        require_writable(o.out_dir, "output folder")
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    fitted = FittedSegmenter.load(clustering) if clustering is not None else None
-    stego = None
-    if method == "stego":
-        if checkpoint is None:
-            raise ValueError("method 'stego' needs checkpoint=<a STEGO .ckpt> (its head and cluster probe)")
-        if clustering is not None or save_clustering is not None:
-            raise ValueError("method 'stego' is fitted already: its checkpoint is the model; "
-                             "clustering / save_clustering are for kmeans and cd")
-        from .methods.stego import load_stego
-
-        head, probe, _, meta = load_stego(checkpoint, trust_checkpoint=trust_checkpoint)
-        if k is not None and k != probe.n_clusters:
-            raise ValueError(f"STEGO checkpoint {checkpoint} has {probe.n_clusters} clusters, not k={k}")
-        stego = (head, probe)
-        backbone = backbone or meta["config"].get("backbone")
-        weights = weights or (checkpoint if meta["has_backbone"] else None)
+    fitted = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
+    segmenter: Segmenter | None = fitted
+    if o.method == "stego":
+        segmenter, o = _stego_segmenter(o)
     elif fitted is not None:
-        if fitted.method != method:
-            raise ValueError(f"clustering {clustering} was fitted by method {fitted.method!r}, not {method!r}")
-        fitted_k = fitted.settings.get("k" if method == "kmeans" else "num_segments")
-        if k is not None and k != fitted_k:
-            raise ValueError(f"clustering {clustering} was fitted with k={fitted_k}, not k={k}")
-        backbone = backbone or fitted.backbone
-        input_size = input_size or fitted.input_size
-    name = backbone or DEFAULT_BACKBONE
-    size = as_size(input_size or DEFAULT_INPUT_SIZE)
-    images = collect_images(paths, skip_invalid)
-    model = create_backbone(name, weights, download=download, role=role, trust_checkpoint=trust_checkpoint)
+        if fitted.method != o.method:
+            raise ValueError(f"clustering {o.clustering} was fitted by method {fitted.method!r}, not {o.method!r}")
+        fitted_k = fitted.settings.get("k" if o.method == "kmeans" else "num_segments")
+        if o.k is not None and o.k != fitted_k:
+            raise ValueError(f"clustering {o.clustering} was fitted with k={fitted_k}, not k={o.k}")
+        o = replace(o, backbone=o.backbone or fitted.backbone, input_size=o.input_size or fitted.input_size)
+    name = o.backbone or DEFAULT_BACKBONE
+    size = as_size(o.input_size or DEFAULT_INPUT_SIZE)
+    images = collect_images(paths, o.skip_invalid)
+    model = create_backbone(name, o.weights, download=o.download, role=o.role, trust_checkpoint=o.trust_checkpoint)
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
-    if method == "kmeans" and fitted is None and (k or DEFAULT_K) > tokens:
-        raise SettingError(f"k = {k or DEFAULT_K} segments is more than the {tokens} feature tokens of "
+    k = o.k or DEFAULT_K
+    if o.method == "kmeans" and fitted is None and k > tokens:
+        raise SettingError(f"k = {k} segments is more than the {tokens} feature tokens of "
                            f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
                            f"use k <= {tokens}")
     fingerprint = weights_fingerprint(model)
     if fitted is not None:
-        fitted.check(name, fingerprint, size, clustering)
+        fitted.check(name, fingerprint, size, o.clustering)
     identity = {"backbone": name, "weights": fingerprint, "input_size": size}
 
     with tempfile.TemporaryDirectory(prefix="unseg-segment-") as tmp:
         dataset = SegmentationDataset(tmp, "", [Sample(i.id, i.path) for i in images])
         # a private cache of this one process, even under torchrun (RANK / WORLD_SIZE set)
-        cache = extract_features(model, dataset, size, cache_root=tmp, batch_size=batch_size, device=device,
-                                 num_workers=num_workers, rank=0, world_size=1, progress=False)
-        if method == "kmeans" and fitted is None:
-            fitted = fit_kmeans(cache, k or DEFAULT_K, seed=seed, niter=niter, nredo=nredo, **identity)
-        elif method == "cd" and fitted is None:
-            fitted = fit_cd(cache, k or DEFAULT_K, cd or CDSettings(), seed=seed, niter=niter, nredo=nredo,
-                            **identity)
-        coarse, logits = _coarse_labels(cache, fitted, stego, size, crf, device, images, upsample)
-    num_labels = stego[1].n_clusters if stego is not None else fitted.num_labels
-    labels = _full_size(coarse, logits, images, _label_dtype(num_labels), processes)
-    if save_clustering is not None:
-        fitted.save(save_clustering)
-    if out_dir is not None:
-        title = f"unseg segment: {method}, {name}, {num_labels} segments{', dense CRF' if crf else ''}"
-        write_segmentations(out_dir, images, labels, num_labels, title)
+        cache = load_split(model, dataset, size, cache_root=tmp, batch_size=o.batch_size, device=o.device,
+                           num_workers=o.num_workers, rank=0, world_size=1, progress=False).cache
+        if o.method == "kmeans" and fitted is None:
+            segmenter = fitted = fit_kmeans(cache, k, seed=o.seed, niter=o.niter, nredo=o.nredo, **identity)
+        elif o.method == "cd" and fitted is None:
+            segmenter = fitted = fit_cd(cache, k, o.cd, seed=o.seed, niter=o.niter, nredo=o.nredo, **identity)
+        coarse, logits = _coarse_labels(cache, segmenter, size, o.crf, images, o.upsample)
+    labels = _full_size(coarse, logits, images, _label_dtype(segmenter.num_labels), o.processes)
+    if o.save_clustering is not None:
+        fitted.save(o.save_clustering)
+    if o.out_dir is not None:
+        title = (f"unseg segment: {o.method}, {name}, {segmenter.num_labels} segments"
+                 f"{', dense CRF' if o.crf else ''}")
+        write_segmentations(o.out_dir, images, labels, segmenter.num_labels, title)
     return labels

@@ -9,11 +9,12 @@ from pathlib import Path
 from ..errors import WeightsError
 from .base import BACKBONES, Backbone, BackboneSpec
 from .cnn import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, ResNet50
+from .module import ModuleBackbone, as_backbone
 from .vit import ViTBackbone
 from .weights import hub_access, load_backbone_weights
 
 __all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "get_backbone_spec",
-           "load_backbone_weights", "DEFAULT_BACKBONE"]
+           "load_backbone_weights", "DEFAULT_BACKBONE", "ModuleBackbone", "as_backbone"]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

@@ -38,6 +38,11 @@ class Backbone(nn.Module):
     def saliency(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_saliency(x)[1]
 
+    @property
+    def cache_name(self) -> str:
+        """The network's name in feature-cache folders and their identity (with the weights' fingerprint)."""
+        return type(self).__name__
+
     def load_weights(self, path: str | Path, role: str = "auto", trust_checkpoint: bool = False) -> str:
         """Load a local checkpoint of any supported layout (see :mod:`unseg.backbones.weights`);
         returns the line saying which network was loaded."""

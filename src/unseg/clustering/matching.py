@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ..errors import UnsegError
 
-__all__ = ["UNMATCHED", "METHODS", "CLUSTERING_MATCHING", "STEGO_MATCHING", "MatchingError", "iou_matrix",
+__all__ = ["UNMATCHED", "METHODS", "class_predictions", "CLUSTERING_MATCHING", "STEGO_MATCHING", "MatchingError", "iou_matrix",
            "hungarian_match", "pixel_match", "greedy_match", "apply_matching", "resolve_method", "match"]
 
 UNMATCHED = -1
@@ -131,3 +131,9 @@ def match(conf: np.ndarray, method: str = "auto") -> tuple[np.ndarray, np.ndarra
     conf = _as_confusion(conf)
     mapping = _RULES[resolve_method(method, *conf.shape)](conf)
     return mapping, apply_matching(conf, mapping)
+
+
+def class_predictions(maps: np.ndarray, mapping: np.ndarray, num_classes: int) -> np.ndarray:
+    """Cluster-id maps -> class ids through a cluster -> class matching; unmatched clusters -> ``num_classes``."""
+    table = np.where(np.asarray(mapping) < 0, num_classes, mapping)
+    return table.astype(np.uint8 if num_classes < 255 else np.int64)[maps]

@@ -22,7 +22,7 @@ from ..backbones import Backbone
 from ..datasets.base import IGNORE_INDEX, SegmentationDataset
 from ..features.cache import FeatureCache
 from ..features.extract import resolve_device
-from ..features.transforms import as_size, resize_mask
+from ..features.transforms import DEFAULT_INPUT_SIZE, as_size, resize_mask
 from .metrics import ConfusionAccumulator, scores_from_confusion
 
 
@@ -108,7 +108,7 @@ def _logits(head: nn.Module, feats: torch.Tensor, size: tuple[int, int]) -> torc
 
 
 def train_head(backbone: Backbone, train: SegmentationDataset | None, num_classes: int, head: str = "linear",
-               input_size: int | Sequence[int] = 448, mask_size: int | Sequence[int] = 100,
+               input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE, mask_size: int | Sequence[int] = 100,
                epochs: int | None = None, lr: float | None = None, milestones: Sequence[int] | None = None,
                batch_size: int | None = None, augment: bool = True, train_cache: FeatureCache | None = None,
                train_masks: np.ndarray | None = None, device: str = "auto", seed: int = 0,

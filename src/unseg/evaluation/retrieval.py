@@ -28,12 +28,10 @@ from scipy.special import softmax
 
 from ..clustering.kmeans import unit_rows
 from ..datasets.base import IGNORE_INDEX
-from ..features.cache import FeatureCache, cached_masks
-from ..features.transforms import as_size
+from ..features.cache import FeatureCache
 from .metrics import ConfusionAccumulator, scores_from_confusion
 
-__all__ = ["NEIGHBOURS", "TEMPERATURE", "patch_labels", "MemoryBank", "RetrievalResult", "dense_retrieval",
-           "retrieval_protocol"]
+__all__ = ["NEIGHBOURS", "TEMPERATURE", "patch_labels", "MemoryBank", "RetrievalResult", "dense_retrieval"]
 
 NEIGHBOURS = 30
 TEMPERATURE = 0.02
@@ -150,23 +148,3 @@ def dense_retrieval(train_cache: FeatureCache, train_masks: np.ndarray, val_cach
     return RetrievalResult(scores.miou, scores.pixel_accuracy, [float(v) for v in scores.iou], settings,
                            np.concatenate(predictions) if keep_predictions else None, acc.matrix)
 
-
-def retrieval_protocol(source: Any, train_split: str = "train", val_split: str = "val", k: int = NEIGHBOURS,
-                       temperature: float = TEMPERATURE, mode: str = "distribution", memory_size: int | None = None,
-                       eval_mask_size: int | Sequence[int] | None = None, seed: int = 0,
-                       keep_predictions: bool = False) -> RetrievalResult:
-    """:func:`dense_retrieval` from names (an :class:`unseg.evaluation.protocols.Source`): train labels at
-    the input size, val scored at ``eval_mask_size`` (default: the input size)."""
-    from .protocols import infer_num_classes
-
-    backbone = source.build_backbone()
-    train, val = source.build_dataset(train_split), source.build_dataset(val_split)
-    train_cache, val_cache = source.features(backbone, train), source.features(backbone, val)
-    size = as_size(source.input_size)
-    val_masks = cached_masks(val_cache, val, as_size(eval_mask_size) if eval_mask_size is not None else size)
-    train_masks = cached_masks(train_cache, train, size)
-    result = dense_retrieval(train_cache, train_masks, val_cache, val_masks, infer_num_classes(val, val_masks), k=k,
-                             temperature=temperature, mode=mode, memory_size=memory_size, seed=seed,
-                             keep_predictions=keep_predictions)
-    result.settings.update(source.describe(), train_split=train_split, val_split=val_split)
-    return result

@@ -23,7 +23,7 @@ from ..errors import CacheError, ImageError, SettingError
 from ..io import require_writable
 from .cache import (STORAGE_KEYS, FeatureCache, file_identity, files_digest, mark_complete, prepare_cache_dir,
                     read_shard_info, shard_done, write_shard)
-from .transforms import as_size, image_to_tensor
+from .transforms import DEFAULT_INPUT_SIZE, as_size, image_to_tensor
 
 log = logging.getLogger(__name__)
 # 2: EfficientNet-Lite runs the TensorFlow-padded network its weights belong to;
@@ -66,7 +66,7 @@ def cache_meta(backbone: Backbone, dataset: SegmentationDataset, size: tuple[int
                shard_size: int, dtype: str) -> dict[str, Any]:
     grid = (size[0] // backbone.stride, size[1] // backbone.stride)
     return {
-        "version": CACHE_VERSION, "backbone": type(backbone).__name__, "weights": weights_fingerprint(backbone),
+        "version": CACHE_VERSION, "backbone": backbone.cache_name, "weights": weights_fingerprint(backbone),
         "dataset": dataset.name, "root": str(dataset.root.resolve()), "split": dataset.split,
         "num_images": len(dataset), "images": images_digest(dataset), "input_size": list(size),
         "dim": backbone.embed_dim, "grid": list(grid), "stride": backbone.stride, "shard_size": shard_size,
@@ -117,7 +117,7 @@ def distributed_rank() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_size: int | Sequence[int] = 448,
+def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
                      cache_root: str | Path | None = None, batch_size: int = 16, device: str = "auto",
                      num_workers: int = 2, shard_size: int = 256, dtype: str = "float32",
                      rank: int | None = None, world_size: int | None = None,

@@ -10,6 +10,8 @@ from torchvision.transforms import functional as TF
 
 from ..datasets.base import IGNORE_INDEX
 
+DEFAULT_INPUT_SIZE = 448  # the protocols' input resolution (Leopart's; docs/evaluation.md)
+
 
 def as_size(size: int | Sequence[int]) -> tuple[int, int]:
     """An int or (H, W) -> (H, W)."""
@@ -38,4 +40,4 @@ def upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return torch.nn.functional.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-__all__ = ["as_size", "image_to_tensor", "resize_mask", "upsample_labels", "IGNORE_INDEX"]
+__all__ = ["DEFAULT_INPUT_SIZE", "as_size", "image_to_tensor", "resize_mask", "upsample_labels", "IGNORE_INDEX"]

@@ -1,11 +1,11 @@
 """Fully unsupervised segmentation (Leopart, SPEC §3): cluster-based foreground extraction (``cbfe``),
 community detection on the cluster co-occurrence graph (``community``), the evaluation pipeline with
-its hyper-parameter search (``pipeline``) and fitted segmenters that are saved and reused (``fitted``)."""
+its hyper-parameter search (``pipeline``; from names: :func:`unseg.protocols.fully_unsupervised`) and fitted segmenters that are saved and reused (``fitted``)."""
 from .cbfe import ForegroundExtraction, ThresholdSearch, cluster_based_foreground, search_threshold
-from .community import cooccurrence, cooccurrence_graph, infomap_communities
+from .community import PUBLISHED, cooccurrence, cooccurrence_graph, infomap_communities, published_hyper_parameters
 from .fitted import CDSettings, FittedSegmenter, fit_cd, fit_kmeans
-from .pipeline import PUBLISHED, FullyUnsupervisedResult, StageResult, fully_unsupervised
+from .pipeline import FullyUnsupervisedResult, StageResult, fully_unsupervised_splits
 
-__all__ = ["ForegroundExtraction", "ThresholdSearch", "cluster_based_foreground", "search_threshold", "cooccurrence", "cooccurrence_graph", "infomap_communities",
+__all__ = ["ForegroundExtraction", "ThresholdSearch", "cluster_based_foreground", "search_threshold", "cooccurrence", "cooccurrence_graph", "infomap_communities", "published_hyper_parameters",
            "CDSettings", "FittedSegmenter", "fit_cd", "fit_kmeans",
-           "PUBLISHED", "FullyUnsupervisedResult", "StageResult", "fully_unsupervised"]
+           "PUBLISHED", "FullyUnsupervisedResult", "StageResult", "fully_unsupervised_splits"]

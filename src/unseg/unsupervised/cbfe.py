@@ -31,9 +31,11 @@ from ..datasets.base import IGNORE_INDEX
 from ..features.saliency import foreground_mask
 from ..features.transforms import upsample_labels
 
-__all__ = ["NOISY_MASS", "cluster_precisions", "ThresholdSearch", "search_threshold",
+__all__ = ["DEFAULT_FG_K", "NOISY_MASS", "cluster_precisions", "ThresholdSearch", "search_threshold",
            "round_threshold", "foreground_iou", "foreground_targets", "saliency_clusters", "ForegroundExtraction",
            "cluster_based_foreground"]
+
+DEFAULT_FG_K = 200  # spherical k-means clusters (the authors')
 
 NOISY_MASS = 0.65  # share of the saliency mass kept as noisy foreground (authors' fully unsupervised setting)
 CUT_RANGE = (0.55, 0.75)  # share of clusters sent to background by the candidate cuts
@@ -152,7 +154,7 @@ class ForegroundExtraction:
                 "cut_range": list(CUT_RANGE)}
 
 
-def saliency_clusters(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, k: int = 200, seed: int = 0,
+def saliency_clusters(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0,
                       niter: int = 100, nredo: int = 5) -> tuple[KMeansResult, np.ndarray, np.ndarray]:
     """CBFE's unlabelled half: spherical k-means of the tokens of (N, h, w) ``saliency``'s images,
     as (fit, (N, h, w) cluster maps, (N, h, w) noisy foreground masks)."""
@@ -164,7 +166,7 @@ def saliency_clusters(tokens: np.ndarray, grid: tuple[int, int], saliency: np.nd
 
 
 def cluster_based_foreground(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, num_train: int,
-                             gt_foreground_train: np.ndarray, k: int = 200, seed: int = 0, niter: int = 100,
+                             gt_foreground_train: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0, niter: int = 100,
                              nredo: int = 5) -> ForegroundExtraction:
     """CBFE on ``tokens`` ((N*h*w, D), the ``num_train`` train images first, then val).
 

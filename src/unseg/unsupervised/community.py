@@ -31,11 +31,38 @@ import numpy as np
 import torch
 
 from ..clustering import kmeans
+from ..errors import ConfigError
 from ..evaluation.metrics import ConfusionAccumulator
 from ..features.transforms import upsample_labels
 
 __all__ = ["Overclustering", "cooccurrence_offsets", "cooccurrence", "cooccurrence_graph", "infomap_communities",
-           "merge_confusion"]
+           "merge_confusion", "CD_KEYS", "PUBLISHED", "published_hyper_parameters",
+           "check_hyper_parameters"]
+
+CD_KEYS = ("k", "markov_time", "weight_threshold")  # overclustering k, Infomap Markov time, edge threshold
+# the CD hyper-parameters the authors found by TPE on VOC train, per backbone (docs/methods.md): the
+# "published" preset of the protocol and the defaults of ``unseg segment --method cd``
+PUBLISHED = {"dino_vits16": {"k": 149, "markov_time": 2.0, "weight_threshold": 0.09},
+             "dino_vitb8": {"k": 109, "markov_time": 0.4, "weight_threshold": 0.07}}
+
+
+def published_hyper_parameters(backbone: object) -> dict[str, float]:
+    """The authors' CD hyper-parameters for ``backbone`` (a registered name), or a ConfigError naming those known."""
+    if not isinstance(backbone, str) or backbone not in PUBLISHED:
+        shown = backbone if isinstance(backbone, str) else type(backbone).__name__
+        raise ConfigError(f"no published CD hyper-parameters for backbone {shown!r} (published: "
+                          f"{', '.join(PUBLISHED)}); give --cd-k --markov-time --weight-threshold "
+                          "(hyper_parameters={...}) or leave them out to search")
+    return dict(PUBLISHED[backbone])
+
+
+def check_hyper_parameters(hyper_parameters: dict[str, float]) -> dict[str, float]:
+    """``hyper_parameters`` if it holds all of :data:`CD_KEYS`, else a ConfigError (before any clustering)."""
+    missing = set(CD_KEYS) - set(hyper_parameters)
+    if missing:
+        raise ConfigError(f"CD hyper-parameters lack {', '.join(sorted(missing))}: give all of {', '.join(CD_KEYS)} "
+                          "(--cd-k --markov-time --weight-threshold) or none of them (TPE search)")
+    return hyper_parameters
 
 Edge = tuple[int, int, float]
 

@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.special import log_softmax
 
 from ..clustering import StandardPCA, assign, kmeans
 from ..errors import WeightsError
 from ..features.cache import FeatureCache
+from ..features.upsample import Upsampling
 from ..io import atomic_path
-from .cbfe import cluster_precisions, saliency_clusters
-from .community import Overclustering
+from .cbfe import DEFAULT_FG_K, cluster_precisions, saliency_clusters
+from .community import PUBLISHED, Overclustering
 
 __all__ = ["FittedSegmenter", "CDSettings", "fit_kmeans", "fit_cd", "FORMAT"]
 
@@ -34,16 +36,19 @@ class CDSettings:
     (SPEC §3). ``fg_threshold`` None skips CBFE (every token is clustered); a value, e.g. one
     found by ``fully_unsupervised`` on a labelled dataset, keeps clusters at least that precise."""
 
-    k: int = 149
-    markov_time: float = 2.0
-    weight_threshold: float = 0.09
+    k: int = PUBLISHED["dino_vits16"]["k"]
+    markov_time: float = PUBLISHED["dino_vits16"]["markov_time"]
+    weight_threshold: float = PUBLISHED["dino_vits16"]["weight_threshold"]
     fg_threshold: float | None = None
-    fg_k: int = 200
+    fg_k: int = DEFAULT_FG_K
     mask_size: int = 100
 
 
 @dataclass
 class FittedSegmenter:
+    """k-means or CD fitted on some images' tokens: the segmenter interface ``unseg.segment`` applies
+    (``num_labels``, ``segment_features``), as is :class:`unseg.methods.stego.StegoSegmenter`."""
+
     method: str  # "kmeans" or "cd"
     backbone: str
     weights: str  # unseg.features.extract.weights_fingerprint of the backbone
@@ -92,6 +97,20 @@ class FittedSegmenter:
         merged = np.zeros((len(self.communities), self.num_labels))
         merged[np.arange(len(self.communities)), self.communities] = 1
         return np.log(probs @ merged + 1e-8).astype(np.float32)
+
+    def segment_features(self, features: np.ndarray, size: tuple[int, int], upsample: Upsampling,
+                         guide: torch.Tensor | None = None, with_logits: bool = False
+                         ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One image's (D, h, w) features -> segment ids on the token grid, or with an active ``upsample``
+        on its target grid (default ``size``, the input size; ``guide``: the image there), and with
+        ``with_logits`` the (segments, ., .) log-probabilities on the same grid (for a dense CRF)."""
+        if upsample.active:
+            features = upsample.apply(torch.from_numpy(features), upsample.target(features.shape[1:], size),
+                                      guide).numpy()
+        tokens = features.reshape(len(features), -1).T
+        labels = self.labels(tokens).reshape(features.shape[1:])
+        logits = self.log_probabilities(tokens).T.reshape(-1, *features.shape[1:]) if with_logits else None
+        return labels, logits
 
     def check(self, backbone: str, weights: str, input_size: tuple[int, int], path: str | Path) -> None:
         """Fail, naming both, unless this segmenter was fitted on the same backbone, weights and input size."""

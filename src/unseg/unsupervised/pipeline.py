@@ -1,4 +1,4 @@
-"""Fully unsupervised segmentation on a registered dataset (Leopart, SPEC §3), from names to numbers.
+"""Fully unsupervised segmentation of a labelled split pair (Leopart; docs/methods.md): the stages and their scores.
 
 Three stages, each scored on val with Hungarian matching (K x #classes, dataset-level
 confusion at ``mask_size``; unmatched predictions count as errors):
@@ -28,21 +28,17 @@ import numpy as np
 import torch
 
 from ..clustering import StandardPCA, match
+from ..clustering.matching import class_predictions
 from ..evaluation.clustering import cluster_labels
 from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
-from ..evaluation.protocols import Source, infer_num_classes
-from ..evaluation.report import class_predictions
-from ..features.cache import FeatureCache, cached_masks
-from ..features.transforms import as_size, upsample_labels
-from .cbfe import ForegroundExtraction, cluster_based_foreground, foreground_iou, foreground_targets
-from .community import Overclustering, cooccurrence_graph, merge_confusion
+from ..features.cache import FeatureCache
+from ..features.source import SplitData
+from ..features.transforms import upsample_labels
+from .cbfe import DEFAULT_FG_K, ForegroundExtraction, cluster_based_foreground, foreground_iou, foreground_targets
+from .community import CD_KEYS, PUBLISHED, Overclustering, check_hyper_parameters, cooccurrence_graph, merge_confusion
 
 __all__ = ["PUBLISHED", "SEARCH_SPACE", "StageResult", "FullyUnsupervisedResult",
-           "fully_unsupervised", "search_hyper_parameters", "resolve_background"]
-
-# CD hyper-parameters the authors found by TPE on VOC train (SPEC §3)
-PUBLISHED = {"dino_vits16": {"k": 149, "markov_time": 2.0, "weight_threshold": 0.09},
-             "dino_vitb8": {"k": 109, "markov_time": 0.4, "weight_threshold": 0.07}}
+           "fully_unsupervised_splits", "search_hyper_parameters", "resolve_background"]
 # (low, high, step) of the authors' search
 SEARCH_SPACE = {"k": (99, 249, 10), "markov_time": (0.1, 2.0, 0.1), "weight_threshold": (0.01, 0.1, 0.01)}
 SEARCH_SEED = 1000  # the authors' TPE sampler seed
@@ -153,29 +149,32 @@ def _project(caches: Sequence[FeatureCache], pca_dim: int | None) -> np.ndarray:
     return np.concatenate([pca.transform(t) for c in caches for t in c.iter_tokens()])
 
 
-def fully_unsupervised(source: Source, train_split: str = "train", val_split: str = "val", *,
-                       background: Sequence[str | int] | None = None, hyper_parameters: dict[str, Any] | None = None,
-                       trials: int = 300, runs: int = 10, kmeans_seeds: Sequence[int] = range(5),
-                       fg_k: int = 200, clustering_seed: int = 0, preferred_modules: int | None = None,
-                       mask_size: int | Sequence[int] = 100, pca_dim: int | None = 50, niter: int = 100,
-                       nredo: int = 5, search_seed: int = SEARCH_SEED) -> FullyUnsupervisedResult:
-    """k-means, + CBFE, + community detection on ``source``'s dataset; scores on ``val_split``.
+def fully_unsupervised_splits(train: SplitData, val: SplitData, *, background: Sequence[str | int] | None = None,
+                              hyper_parameters: dict[str, Any] | None = None, trials: int = 300, runs: int = 10,
+                              kmeans_seeds: Sequence[int] = range(5), fg_k: int = DEFAULT_FG_K,
+                              clustering_seed: int = 0, preferred_modules: int | None = None,
+                              pca_dim: int | None = 50, niter: int = 100, nredo: int = 5,
+                              search_seed: int = SEARCH_SEED) -> FullyUnsupervisedResult:
+    """k-means, + CBFE, + community detection fitted on ``train`` + ``val``; scores on ``val``.
 
+    Both splits come with masks at the same size (:meth:`unseg.features.Source.load_split`).
     ``background``: class names or ids that are background for CBFE (default: a class named
     "background"; none -> no CBFE). ``hyper_parameters``: CD's ``k``, ``markov_time``,
     ``weight_threshold`` (e.g. ``PUBLISHED["dino_vits16"]``); None -> TPE search with
-    ``trials`` trials on ``train_split``. ``preferred_modules`` defaults to #classes - 1 with
+    ``trials`` trials on ``train``. ``preferred_modules`` defaults to #classes - 1 with
     CBFE (background is one more), else #classes;
     ``runs`` Infomap seeds 0.. (Infomap seeds 1..).
     """
-    msize = as_size(mask_size)
-    backbone = source.build_backbone()
-    train, val = source.build_dataset(train_split), source.build_dataset(val_split)
-    train_cache, val_cache = source.features(backbone, train), source.features(backbone, val)
+    if hyper_parameters is not None:
+        check_hyper_parameters(hyper_parameters)
+    train_split, val_split = train.dataset.split, val.dataset.split
+    train_cache, val_cache, train_masks, val_masks = train.cache, val.cache, train.masks, val.masks
     if train_cache.grid != val_cache.grid:
         raise ValueError(f"train and val token grids differ: {train_cache.grid} vs {val_cache.grid}")
-    train_masks, val_masks = cached_masks(train_cache, train, msize), cached_masks(val_cache, val, msize)
-    num_classes = infer_num_classes(val, val_masks)
+    if train_masks.shape[-2:] != val_masks.shape[-2:]:
+        raise ValueError(f"train and val masks differ in size: {train_masks.shape[-2:]} vs {val_masks.shape[-2:]}")
+    msize = tuple(val_masks.shape[-2:])
+    num_classes = val.num_classes
     grid, n_train = train_cache.grid, len(train_cache)
     tokens = _project([train_cache, val_cache], pca_dim)
     val_images = slice(n_train, None)
@@ -188,7 +187,7 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
                     num_classes)
     stages = [baseline]
 
-    bg_ids = resolve_background(val.class_names, background)
+    bg_ids = resolve_background(val.dataset.class_names, background)
     fg: ForegroundExtraction | None = None
     foreground_info = None
     if bg_ids:
@@ -196,7 +195,7 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
         fg = cluster_based_foreground(tokens, grid, saliency, n_train, foreground_targets(train_masks, bg_ids),
                                       k=fg_k, seed=clustering_seed, niter=niter, nredo=nredo)
         val_targets = foreground_targets(val_masks, bg_ids)  # for the report only: never used to fit
-        foreground_info = {**fg.settings(), "background_classes": [val.class_names[i] for i in bg_ids],
+        foreground_info = {**fg.settings(), "background_classes": [val.dataset.class_names[i] for i in bg_ids],
                            "foreground_iou_val": foreground_iou(fg.masks[val_images], val_targets),
                            "search": fg.search.to_dict()}
         stage = StageResult("cbfe", val_split, [], [], [],
@@ -244,16 +243,13 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
             lambda p: cd_stage(p, train_split, train_images, train_masks).miou_mean, trials, search_seed)
         params = {**params, "source": f"TPE search on {train_split}, {trials} trials, sampler seed {search_seed}"}
     else:
-        missing = {"k", "markov_time", "weight_threshold"} - set(hyper_parameters)
-        if missing:
-            raise ValueError(f"CD hyper-parameters lack {', '.join(sorted(missing))}")
         params = {"source": "given", **hyper_parameters}
-    stages.append(cd_stage({k: params[k] for k in ("k", "markov_time", "weight_threshold")}, val_split,
+    stages.append(cd_stage({k: params[k] for k in CD_KEYS}, val_split,
                            val_images, val_masks, keep_predictions=True))
 
-    settings = {**source.describe(), "train_split": train_split, "val_split": val_split,
+    settings = {"train_split": train_split, "val_split": val_split,
                 "num_train": n_train, "num_val": len(val_cache), "num_classes": num_classes,
-                "class_names": list(val.class_names), "grid": list(grid), **common,
+                "class_names": list(val.dataset.class_names), "grid": list(grid), **common,
                 "matching": "hungarian on the dataset-level confusion; unmatched predictions count as errors",
                 "fitting": "PCA, k-means and the co-occurrence graph on train + val tokens (no labels)"}
     return FullyUnsupervisedResult(stages, params, foreground_info, history, settings)

@@ -13,8 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from ...backbones import Backbone
 from ...datasets import SegmentationDataset
 from ...evaluation.clustering import evaluate_clustering
-from ...features import extract_features
-from ...features.cache import cached_masks
+from ...features.source import load_split
 from .checkpoint import save_leopart
 from .config import ValConfig
 from .module import LeopartModule
@@ -37,11 +36,10 @@ class OverclusteringValidation(Callback):
         modes = {m: m.training for m in backbone.modules()}  # per module: batch norm may be frozen
         self.workdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.workdir, prefix="val-features-") as tmp:
-            cache = extract_features(backbone, self.dataset, self.cfg.input_size, cache_root=tmp,
-                                     batch_size=self.cfg.batch_size, device=str(device), num_workers=self.num_workers,
-                                     rank=0, world_size=1, progress=False)
-            masks = cached_masks(cache, self.dataset, (self.cfg.mask_size,) * 2)
-            results = evaluate_clustering(cache, masks, self.dataset.num_classes, ks=self.cfg.ks, seeds=self.cfg.seeds)
+            val = load_split(backbone, self.dataset, self.cfg.input_size, self.cfg.mask_size, cache_root=tmp,
+                             batch_size=self.cfg.batch_size, device=str(device), num_workers=self.num_workers,
+                             rank=0, world_size=1, progress=False)
+            results = evaluate_clustering(val.cache, val.masks, val.num_classes, ks=self.cfg.ks, seeds=self.cfg.seeds)
         for m, training in modes.items():
             m.train(training)
         return {f"val/K={r.k}_miou": r.miou_mean for r in results}

@@ -17,10 +17,9 @@ from torch import nn
 
 from ...backbones import Backbone
 from ...clustering import match, resolve_method
-from ...clustering.matching import STEGO_MATCHING
+from ...clustering.matching import STEGO_MATCHING, class_predictions
 from ...evaluation.metrics import (DEFAULT_ABSENT, ConfusionAccumulator, SegmentationScores, check_absent,
                                    scores_from_confusion)
-from ...evaluation.report import class_predictions
 from ...errors import SettingError
 from ...features.cache import FeatureCache
 from ...features.extract import resolve_device

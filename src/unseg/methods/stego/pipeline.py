@@ -7,17 +7,14 @@ and the kNN table, the five crops and the masks are cached beside it.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ...backbones import create_backbone
-from ...datasets import SegmentationDataset, create_dataset
-from ...features import FeatureCache, default_cache_root, extract_features, require_complete
-from ...features.cache import cached_masks
+from ...features import Source, SplitData, default_cache_root
 from ...features.upsample import Upsampling, iter_guides
 from ...io import save_json
 from ..projections import PROJECTIONS, projection_head
@@ -32,13 +29,6 @@ from .train import StegoConfig, train_stego
 TRAIN_MASK_SIZE = 100  # label resolution of the linear probe's training loss on cached features
 
 
-@dataclass
-class SplitData:
-    dataset: SegmentationDataset
-    cache: FeatureCache
-    masks: np.ndarray
-
-
 def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None, device: str = "auto",
                mask_size: int | None = None) -> SplitData:
     """Cached features and masks of ``split``: training splits five-cropped (if configured) at
@@ -46,17 +36,15 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
     if cfg.root is None:
         raise ValueError("the config has no dataset root: set root=PATH")
     training = split == cfg.train_split
-    dataset = create_dataset(cfg.dataset, cfg.root, split)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    size = cfg.input_size if training else cfg.val_input_size
+    source = Source(cfg.backbone, cfg.weights, dataset=cfg.dataset, root=cfg.root, input_size=size,
+                    cache_dir=cache_root, device=device, progress=False)
+    dataset = source.build_dataset(split)
     if training and cfg.five_crop:
         dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / f"{cfg.dataset}-{split}-{cfg.crop_ratio}",
                                     crop_ratio=cfg.crop_ratio)
-    size = cfg.input_size if training else cfg.val_input_size
-    backbone = create_backbone(cfg.backbone, cfg.weights)
-    cache = require_complete(extract_features(backbone, dataset, size, cache_root=cache_root, device=device,
-                                              progress=False), dataset)
-    masks = cached_masks(cache, dataset, (mask_size or (TRAIN_MASK_SIZE if training else size),) * 2)
-    return SplitData(dataset, cache, masks)
+    return source.load_split(mask_size=mask_size or (TRAIN_MASK_SIZE if training else size), dataset=dataset)
 
 
 def fit_stego(cfg: StegoConfig, out_dir: str | Path, cache_dir: str | Path | None = None, resume: str | None = None,
@@ -105,8 +93,13 @@ def evaluate_run(module_or_path: Any, val: SplitData, n_classes: int, crf: bool 
                           guides=guides)
 
 
-def dimension_sweep(cfg: StegoConfig, dims: Sequence[int], methods: Sequence[str] = ("stego", "pca", "random"),
-                    seeds: Sequence[int] = (0,), out_dir: str | Path = "runs/stego_sweep",
+SWEEP_DIMS = (3, 8, 16, 32, 70, 128)  # the study's code dimensions
+SWEEP_METHODS = ("stego", "pca", "random", "raw")  # STEGO heads against the fixed projections and raw features
+SWEEP_OUT = "runs/stego_sweep"
+
+
+def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods: Sequence[str] = SWEEP_METHODS,
+                    seeds: Sequence[int] = (0,), out_dir: str | Path = SWEEP_OUT,
                     cache_dir: str | Path | None = None, crf: bool = False) -> list[dict[str, Any]]:
     """The study's comparison: STEGO heads and fixed projections (``raw`` once, at the feature dim)
     scored by the same probes, per dim and seed. Writes ``results.csv``, ``results.json`` and

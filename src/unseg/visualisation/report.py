@@ -15,12 +15,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from ..evaluation.metrics import ConfusionAccumulator, confusion_matrix, scores_from_confusion
 from ..io import atomic_path, save_json
-from ..visualisation import palette, save_panel
-from ..visualisation.gallery import GalleryItem, write_gallery
-from .metrics import ConfusionAccumulator, confusion_matrix, scores_from_confusion
+from .gallery import GalleryItem, write_gallery
+from .overlay import palette, save_panel
 
-__all__ = ["Report", "write_report", "per_image_miou", "class_predictions", "dataset_report"]
+__all__ = ["Report", "write_report", "per_image_miou", "dataset_report"]
 
 
 @dataclass
@@ -30,12 +30,6 @@ class Report:
     iou_chart: Path
     confusion_image: Path
     gallery: Path
-
-
-def class_predictions(maps: np.ndarray, mapping: np.ndarray, num_classes: int) -> np.ndarray:
-    """Cluster-id maps -> class ids through a cluster -> class matching; unmatched clusters -> ``num_classes``."""
-    table = np.where(np.asarray(mapping) < 0, num_classes, mapping)
-    return table.astype(np.uint8 if num_classes < 255 else np.int64)[maps]
 
 
 def per_image_miou(predictions: np.ndarray, masks: np.ndarray, num_classes: int) -> np.ndarray:

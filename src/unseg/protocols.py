@@ -1,0 +1,272 @@
+"""The evaluation protocols from names (or any model) to numbers, text and reports: what the CLI calls.
+
+Each protocol loads its splits through :meth:`unseg.features.Source.load_split` and returns a
+result that carries its settings (a printed number always states its protocol), says what
+ran (``describe()``, the text ``unseg eval`` prints) and writes a report folder from the
+data it already holds (``write_report(dir)``). The scoring itself lives in the leaf modules
+``unseg.evaluation`` and ``unseg.unsupervised`` (docs/evaluation.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from .clustering.matching import CLUSTERING_MATCHING, class_predictions
+from .evaluation.clustering import ClusteringResult, evaluate_clustering
+from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
+from .evaluation.metrics import DEFAULT_ABSENT
+from .evaluation.retrieval import NEIGHBOURS, TEMPERATURE, RetrievalResult, dense_retrieval
+from .features import as_size, upsample_labels
+from .features.source import Source, SplitData
+from .features.upsample import Upsampling, iter_guides
+from .unsupervised.cbfe import DEFAULT_FG_K
+from .unsupervised.community import check_hyper_parameters, published_hyper_parameters
+from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, fully_unsupervised_splits
+from .visualisation.report import Report, dataset_report
+
+__all__ = ["Source", "ClusteringEvaluation", "HeadEvaluation", "RetrievalEvaluation", "UnsupervisedEvaluation",
+           "clustering_protocol", "head_protocol", "retrieval_protocol", "fully_unsupervised", "evaluate"]
+
+R = TypeVar("R")
+
+
+def _size_text(size: Sequence[int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _with_data(cls: type[R], result: Any, data: SplitData) -> R:
+    """``result`` as its protocol subclass ``cls``, holding the scored split for reports (not a field:
+    ``to_dict`` and ``repr`` stay the leaf result's)."""
+    out = cls(**{f.name: getattr(result, f.name) for f in fields(result)})
+    out.data = data
+    return out
+
+
+def _report(data: SplitData, out_dir: str | Path, predictions: Any, settings: dict[str, Any], title: str) -> Report:
+    return dataset_report(out_dir, data.dataset, data.cache, predictions, settings=settings, title=title)
+
+
+@dataclass
+class ClusteringEvaluation:
+    """:func:`clustering_protocol`'s results, one per K, with the split they were scored on; a sequence of
+    :class:`unseg.evaluation.clustering.ClusteringResult`."""
+
+    results: list[ClusteringResult]
+    data: SplitData = field(repr=False, compare=False)
+
+    def __iter__(self) -> Iterator[ClusteringResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> ClusteringResult:
+        return self.results[i]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.results]
+
+    def describe(self) -> str:
+        s = self.results[0].settings
+        labels = (f"labels on {s['upsample']}-upsampled features at {_size_text(s['label_size'])}, "
+                  if s["upsample"] != "none" else "")
+        pca = f"StandardScaler + PCA {s['pca_dim']}" if s["pca_dim"] else "StandardScaler, no PCA"
+        head = (f"clustering on {s['dataset']}/{s['split']} ({s['num_images']} images), {s['backbone']} "
+                f"[{s['weights']}], input {_size_text(s['input_size'])}, tokens {_size_text(s['grid'])}, "
+                f"{labels}nearest-upsampled to {_size_text(s['mask_size'])} masks, {pca}, "
+                f"faiss k-means niter {s['niter']} nredo {s['nredo']}, {len(self.results[0].seeds)} seeds, "
+                "mean ± std:")
+        return "\n".join([head] + ["  " + r.summary() for r in self.results])
+
+    def write_report(self, out_dir: str | Path) -> list[Report]:
+        """One report folder per K, ``out_dir/k<K>``, from each K's first seed."""
+        reports = []
+        for r in self.results:
+            s = r.settings
+            maps = upsample_labels(torch.from_numpy(r.labels), tuple(s["mask_size"])).numpy()
+            reports.append(_report(self.data, Path(out_dir) / f"k{r.k}",
+                                   class_predictions(maps, r.mapping, s["num_classes"]), r.to_dict(),
+                                   f"k-means K={r.k} ({r.matching}), {s['dataset']}/{s['split']}"))
+        return reports
+
+
+class HeadEvaluation(HeadResult):
+    """:func:`head_protocol`'s result with the val split it was scored on."""
+
+    data: SplitData
+
+    def describe(self) -> str:
+        s = self.settings
+        m = s["train_mask_size"]
+        aug = "RandomResizedCrop+flip on images" if s["augment"] else "cached features, no augmentation"
+        return (f"{self.head} head on frozen {s['backbone']} [{s['weights']}], trained on {s['dataset']}/"
+                f"{s['train_split']} ({aug}, epochs {s['epochs']}, lr {s['lr']}, batch {s['batch_size']}, masks "
+                f"{m[0] if m[0] == m[1] else _size_text(m)}), evaluated on {s['val_split']} at "
+                f"{_size_text(s['eval_mask_size'])} masks, seed {s['seed']}:\n  {self.summary()}")
+
+    def write_report(self, out_dir: str | Path) -> Report:
+        return _report(self.data, out_dir, self.predictions, self.to_dict(),
+                       f"{self.head} head, {self.settings['dataset']}/{self.settings['val_split']}")
+
+
+class RetrievalEvaluation(RetrievalResult):
+    """:func:`retrieval_protocol`'s result with the val split it was scored on."""
+
+    data: SplitData
+
+    def describe(self) -> str:
+        s = self.settings
+        return (f"dense NN retrieval (Hummingbird) on {s['dataset']}/{s['val_split']}: memory bank of {s['memory']} "
+                f"{s['train_split']} patches ({s['labels']} labels), {s['backbone']} [{s['weights']}], input "
+                f"{_size_text(s['input_size'])}, cosine kNN k={s['k']}, softmax temperature {s['temperature']}, "
+                f"bilinear to {_size_text(s['mask_size'])} masks:\n  {self.summary()}")
+
+    def write_report(self, out_dir: str | Path) -> Report:
+        if self.predictions is None:
+            raise ValueError("this retrieval result kept no predictions: run it with keep_predictions=True")
+        return _report(self.data, out_dir, self.predictions, self.to_dict(),
+                       f"dense NN retrieval, {self.settings['dataset']}/{self.settings['val_split']}")
+
+
+class UnsupervisedEvaluation(FullyUnsupervisedResult):
+    """:func:`fully_unsupervised`'s result with the val split it was scored on."""
+
+    data: SplitData
+
+    def describe(self) -> str:
+        s = self.settings
+        lines = [f"fully unsupervised segmentation on {s['dataset']}/{s['val_split']} ({s['num_val']} images), "
+                 f"{s['backbone']} [{s['weights']}], input {_size_text(s['input_size'])}, tokens "
+                 f"{_size_text(s['grid'])}, StandardScaler + PCA {s['pca_dim']} and k-means fitted on "
+                 f"{s['train_split']} + {s['val_split']} tokens, masks {_size_text(s['mask_size'])}, Hungarian "
+                 "matching, mean ± std:"]
+        if self.foreground:
+            fg = self.foreground
+            lines.append(f"  CBFE: spherical k-means k={fg['k']}, background = {', '.join(fg['background_classes'])}, "
+                         f"threshold {fg['threshold']} (cut {fg['cut']}), foreground IoU train "
+                         f"{fg['foreground_iou_train']:.1f} val {fg['foreground_iou_val']:.1f}")
+        hp, runs = self.hyper_parameters, self.stage("cd").settings["runs"]
+        lines.append(f"  CD: k={hp['k']} markov time {hp['markov_time']} edge threshold {hp['weight_threshold']} "
+                     f"({hp['source']}), {runs} Infomap runs (seeds 1..{runs})")
+        return "\n".join(lines + ["  " + line for line in self.summary().splitlines()])
+
+    def write_report(self, out_dir: str | Path) -> list[Report]:
+        """One report folder per stage, ``out_dir/<stage>``, from each stage's first run."""
+        return [_report(self.data, Path(out_dir) / stage.stage, stage.predictions, stage.to_dict(),
+                        f"fully unsupervised, stage {stage.stage}, {self.settings['dataset']}/{stage.split}")
+                for stage in self.stages]
+
+
+def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = (100,), seeds: Sequence[int] = range(5),
+                        mask_size: int | Sequence[int] = 100, pca_dim: int | None = 50, niter: int = 100,
+                        nredo: int = 5, matching: str = CLUSTERING_MATCHING,
+                        absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None) -> ClusteringEvaluation:
+    """Overclustering (K > #classes, greedy matching) and K = #classes (Hungarian) on a frozen backbone.
+
+    ``upsample``: assign clusters on upsampled features (docs/upsampling.md); the guided
+    upsampler reads the split's images, resized to the target grid, one at a time.
+    """
+    data = source.load_split(split, mask_size)
+    guides = None
+    if upsample is not None and upsample.guided:
+        guides = iter_guides(data.dataset, data.cache.ids, upsample.target(data.cache.grid, data.masks.shape[-2:]))
+    results = evaluate_clustering(data.cache, data.masks, data.num_classes, ks=ks, seeds=seeds, pca_dim=pca_dim,
+                                  niter=niter, nredo=nredo, matching=matching, absent=absent, upsample=upsample,
+                                  guides=guides)
+    for r in results:
+        r.settings.update(source.describe(), split=split)
+    return ClusteringEvaluation(results, data)
+
+
+def head_protocol(source: Source, head: str = "linear", train_split: str = "train", val_split: str = "val",
+                  mask_size: int | Sequence[int] = 100, eval_mask_size: int | Sequence[int] | None = None,
+                  augment: bool = True, seed: int = 0, **train_kwargs: Any) -> HeadEvaluation:
+    """Train a linear / FCN head on ``train_split`` and score it on ``val_split``.
+
+    ``eval_mask_size`` defaults to the input size (the protocols' 448x448 masks).
+    ``train_kwargs``: the head's epochs, lr, milestones, batch_size (None: the protocol's).
+    """
+    msize = as_size(mask_size)
+    emsize = as_size(eval_mask_size) if eval_mask_size is not None else as_size(source.input_size)
+    val = source.load_split(val_split, emsize)
+    kwargs: dict[str, Any] = {}
+    if augment:
+        train = source.build_dataset(train_split)
+    else:
+        loaded = source.load_split(train_split, msize)
+        train = loaded.dataset
+        kwargs = {"train_cache": loaded.cache, "train_masks": loaded.masks}
+    model = train_head(source.build_backbone(), train, val.num_classes, head=head, input_size=source.input_size,
+                       mask_size=msize, augment=augment, device=source.device, seed=seed,
+                       num_workers=source.num_workers, **kwargs, **train_kwargs)
+    scores, predictions = evaluate_head(model, val.cache, val.masks, val.num_classes, device=source.device)
+    settings = {**source.describe(), "train_split": train_split, "val_split": val_split,
+                "train_mask_size": list(msize), "eval_mask_size": list(emsize), "augment": augment, "seed": seed,
+                **head_settings(head, **train_kwargs)}
+    result = HeadResult(head, scores.miou, scores.pixel_accuracy, [float(v) for v in scores.iou], settings,
+                        predictions)
+    return _with_data(HeadEvaluation, result, val)
+
+
+def retrieval_protocol(source: Source, train_split: str = "train", val_split: str = "val", k: int = NEIGHBOURS,
+                       temperature: float = TEMPERATURE, mode: str = "distribution", memory_size: int | None = None,
+                       eval_mask_size: int | Sequence[int] | None = None, seed: int = 0,
+                       keep_predictions: bool = False) -> RetrievalEvaluation:
+    """:func:`unseg.evaluation.retrieval.dense_retrieval` on ``source``: train labels at the input size,
+    val scored at ``eval_mask_size`` (default: the input size)."""
+    size = as_size(source.input_size)
+    train = source.load_split(train_split, size)
+    val = source.load_split(val_split, as_size(eval_mask_size) if eval_mask_size is not None else size)
+    result = dense_retrieval(train.cache, train.masks, val.cache, val.masks, val.num_classes, k=k,
+                             temperature=temperature, mode=mode, memory_size=memory_size, seed=seed,
+                             keep_predictions=keep_predictions)
+    result.settings.update(source.describe(), train_split=train_split, val_split=val_split)
+    return _with_data(RetrievalEvaluation, result, val)
+
+
+def fully_unsupervised(source: Source, train_split: str = "train", val_split: str = "val", *,
+                       background: Sequence[str | int] | None = None,
+                       hyper_parameters: dict[str, Any] | str | None = None, trials: int = 300, runs: int = 10,
+                       kmeans_seeds: Sequence[int] = range(5), fg_k: int = DEFAULT_FG_K, clustering_seed: int = 0,
+                       preferred_modules: int | None = None, mask_size: int | Sequence[int] = 100,
+                       pca_dim: int | None = 50, niter: int = 100, nredo: int = 5,
+                       search_seed: int = SEARCH_SEED) -> UnsupervisedEvaluation:
+    """k-means, + CBFE, + community detection on ``source``'s dataset; scores on ``val_split``
+    (:func:`unseg.unsupervised.fully_unsupervised_splits`).
+
+    ``hyper_parameters``: CD's ``k``, ``markov_time``, ``weight_threshold``; the preset
+    ``"published"`` takes the authors' values for ``source.backbone``
+    (:data:`unseg.unsupervised.PUBLISHED`); None searches them with TPE on ``train_split``.
+    """
+    if hyper_parameters == "published":
+        hyper_parameters = published_hyper_parameters(source.backbone)
+    elif hyper_parameters is not None:
+        check_hyper_parameters(hyper_parameters)  # before any extraction
+    msize = as_size(mask_size)
+    train, val = source.load_split(train_split, msize), source.load_split(val_split, msize)
+    result = fully_unsupervised_splits(train, val, background=background, hyper_parameters=hyper_parameters,
+                                       trials=trials, runs=runs, kmeans_seeds=kmeans_seeds, fg_k=fg_k,
+                                       clustering_seed=clustering_seed, preferred_modules=preferred_modules,
+                                       pca_dim=pca_dim, niter=niter, nredo=nredo, search_seed=search_seed)
+    result.settings = {**source.describe(), **result.settings}
+    return _with_data(UnsupervisedEvaluation, result, val)
+
+
+_SOURCE_FIELDS = {f.name for f in fields(Source) if f.init} - {"backbone"}
+
+
+def evaluate(model: str | nn.Module, dataset: str = "camvid", root: str | Path = ".", ks: Sequence[int] = (100,),
+             **options: Any) -> ClusteringEvaluation:
+    """The clustering protocol on any model: a registered name, a unseg Backbone, or an ``nn.Module`` mapping
+    (B, 3, H, W) images to (B, D, h, w) features (give ``stride=`` unless it has a ``stride`` attribute).
+
+    ``options``: :class:`Source` fields (input_size, cache_dir, device, ...) and
+    :func:`clustering_protocol` arguments (split, seeds, mask_size, ...). Features are cached
+    under the module's class name and a fingerprint of its state dict.
+    """
+    source = Source(model, dataset=dataset, root=root, **{k: v for k, v in options.items() if k in _SOURCE_FIELDS})
+    return clustering_protocol(source, ks=ks, **{k: v for k, v in options.items() if k not in _SOURCE_FIELDS})
