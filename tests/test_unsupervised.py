@@ -1,4 +1,5 @@
-"""CBFE and community detection (SPEC §3) on synthetic cases with known answers, and the pipeline on the sample."""
+"""CBFE and community detection (docs/methods.md) on synthetic cases with known answers,
+and the pipeline on the sample."""
 import json
 
 import numpy as np

@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE, else 1)")
     p.set_defaults(func=cmd_extract)
 
-    ev = sub.add_parser("eval", help="evaluation protocols (SPEC §3)").add_subparsers(dest="protocol", required=True)
+    ev = sub.add_parser("eval", help="evaluation protocols (docs/evaluation.md)")
+    ev = ev.add_subparsers(dest="protocol", required=True)
     p = ev.add_parser("cluster", help="k-means on frozen features: K = #classes (Hungarian) and overclustering")
     _add_source(p)
     p.add_argument("--split", help="evaluation split (default val)")
@@ -468,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = stego.add_parser("knn", help="precompute the kNN table of the training split (cached)")
     _add_stego(p)
     p.set_defaults(func=cmd_stego_knn)
-    p = stego.add_parser("sweep", help="STEGO vs raw / PCA / random projections over code dims (study, SPEC §5)")
+    p = stego.add_parser("sweep", help="STEGO vs raw / PCA / random projections over code dims "
+                                        "(the study, docs/methods.md)")
     _add_stego(p)
     p.add_argument("--dims", type=int, nargs="+", help="code dimensions (default 3 8 16 32 70 128)")
     p.add_argument("--methods", nargs="+", help="default: stego pca random raw")

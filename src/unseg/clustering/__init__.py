@@ -1,4 +1,4 @@
-"""Clustering: standardise + PCA, faiss k-means, and cluster-to-class matching (SPEC §3)."""
+"""Clustering: standardise + PCA, faiss k-means, and cluster-to-class matching (docs/evaluation.md)."""
 from __future__ import annotations
 
 from .kmeans import KMeansResult, StandardPCA, assign, kmeans

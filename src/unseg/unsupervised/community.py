@@ -1,4 +1,4 @@
-"""Community detection on the cluster co-occurrence graph (Leopart, SPEC §3).
+"""Community detection on the cluster co-occurrence graph (Leopart, docs/methods.md).
 
 Overclustering splits an object into many clusters; clusters of one object touch each
 other in image after image. Counting which cluster ids sit next to which (grey-level

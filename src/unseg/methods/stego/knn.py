@@ -1,4 +1,4 @@
-"""Image-level nearest neighbours for STEGO's inter-image (kNN) correspondence pairs (SPEC §4).
+"""Image-level nearest neighbours for STEGO's inter-image (kNN) correspondence pairs (docs/methods.md).
 
 Each image gets a global descriptor, the L2-normalised spatial mean of its backbone
 features, and its top-k images by cosine similarity (index 0 is the image itself; the

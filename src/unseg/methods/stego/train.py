@@ -1,12 +1,12 @@
-"""Training a STEGO head (SPEC §4) with Lightning, on cached backbone features or on images.
+"""Training a STEGO head (docs/methods.md) with Lightning, on cached backbone features or on images.
 
 The backbone is frozen, so its features of a training image never change: the study's
-speed-up (SPEC §5) trains on a :class:`~unseg.features.FeatureCache` and never runs the
+speed-up (docs/methods.md) trains on a :class:`~unseg.features.FeatureCache` and never runs the
 backbone. The images path runs the frozen backbone inside the module instead. Both feed
 the same head, loss and probes; a batch is ``{"x", "x_pos"[, "label"]}`` where ``x`` is a
 feature map (cache) or an image (images) and ``x_pos`` its kNN positive.
 
-Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (SPEC §1), so
+Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (docs/checkpoints.md), so
 :func:`~unseg.methods.stego.checkpoint.load_stego` reads them as well as the final
 ``stego.ckpt``.
 """
@@ -45,7 +45,7 @@ __all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampl
 
 @dataclass
 class StegoConfig:
-    """Every setting of a STEGO run. Defaults: SPEC §4, else the authors' ``train_config.yml``."""
+    """Every setting of a STEGO run. Defaults: docs/methods.md, else the authors' ``train_config.yml``."""
 
     # data: what the pipeline builds the training cache (or image dataset) and kNN table from;
     # train_stego itself receives them built and checks only ``data_source``
