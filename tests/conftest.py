@@ -72,18 +72,24 @@ def tiny_vit() -> Callable[..., Backbone]:
 
 # --- feature caches -------------------------------------------------------------------------------
 
-def _feature_cache(root: Path, feats: np.ndarray) -> FeatureCache:
+def _feature_cache(root: Path, feats: np.ndarray, shard_size: int | None = None) -> FeatureCache:
     n, d, h, w = feats.shape
-    prepare_cache_dir(root, {"num_shards": 1, "dim": d, "grid": [h, w], "num_images": n})
-    write_shard(root, 0, feats.astype(np.float32), np.full((n, h, w), 1 / (h * w), np.float32),
-                [f"img{i:02d}" for i in range(n)], [])
-    mark_complete(root, 1)
+    size = shard_size or max(n, 1)
+    num_shards = -(-n // size)
+    prepare_cache_dir(root, {"num_shards": num_shards, "dim": d, "grid": [h, w], "num_images": n,
+                             "input_size": [h * 8, w * 8]})
+    for s in range(num_shards):
+        block = feats[s * size:(s + 1) * size].astype(np.float32)
+        write_shard(root, s, block, np.full((len(block), h, w), 1 / (h * w), np.float32),
+                    [f"img{i:03d}" for i in range(s * size, s * size + len(block))], [])
+    assert mark_complete(root, num_shards)
     return FeatureCache(root)
 
 
 @pytest.fixture(scope="session")
 def feature_cache() -> Callable[[Path, np.ndarray], FeatureCache]:
-    """``feature_cache(root, feats)``: a complete one-shard cache holding ``feats`` (N, D, h, w), uniform saliency."""
+    """``feature_cache(root, feats, shard_size=None)``: a complete cache holding ``feats`` (N, D, h, w) in
+    shards of ``shard_size`` images (default one shard), uniform saliency."""
     return _feature_cache
 
 

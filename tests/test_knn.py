@@ -2,7 +2,6 @@
 five-crop writes exact crops once, resumably, as a readable dataset."""
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -11,23 +10,9 @@ from PIL import Image
 
 from unseg.datasets import create_dataset
 from unseg.errors import CacheError, ImageError
-from unseg.features import FeatureCache
-from unseg.features.cache import mark_complete, prepare_cache_dir, write_shard
 from unseg.methods.stego import knn
 from unseg.methods.stego.fivecrop import five_crop_dataset
 
-
-def make_cache(root, feats: np.ndarray, shard_size: int = 7) -> FeatureCache:
-    """A complete FeatureCache holding ``feats`` (N, D, h, w), split over several shards."""
-    n, dim, h, w = feats.shape
-    num_shards = math.ceil(n / shard_size)
-    prepare_cache_dir(root, {"num_shards": num_shards, "dim": dim, "grid": [h, w]})
-    for s in range(num_shards):
-        block = feats[s * shard_size:(s + 1) * shard_size]
-        write_shard(root, s, block, np.zeros((len(block), h, w), np.float32),
-                    [f"img{i:03d}" for i in range(s * shard_size, s * shard_size + len(block))], [])
-    assert mark_complete(root, num_shards)
-    return FeatureCache(root)
 
 
 @pytest.fixture
@@ -41,16 +26,16 @@ def brute_force(feats: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-(desc @ desc.T), axis=1, kind="stable")[:, :k]
 
 
-def test_descriptors_are_unit_spatial_means(tmp_path, feats):
-    desc = knn.global_descriptors(make_cache(tmp_path, feats), batch=3)
+def test_descriptors_are_unit_spatial_means(tmp_path, feats, feature_cache):
+    desc = knn.global_descriptors(feature_cache(tmp_path, feats, shard_size=7), batch=3)
     expected = feats.mean(axis=(2, 3))
     np.testing.assert_allclose(desc, expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-6)
     assert desc.dtype == np.float32
 
 
 @pytest.mark.parametrize("batch", [4096, 8])
-def test_faiss_knn_equals_brute_force_with_self_first(tmp_path, feats, batch):
-    cache = make_cache(tmp_path, feats)
+def test_faiss_knn_equals_brute_force_with_self_first(tmp_path, feats, batch, feature_cache):
+    cache = feature_cache(tmp_path, feats, shard_size=7)
     table = knn.knn_indices(cache, k=10, batch=batch)
     assert table.dtype == np.int64 and table.shape == (40, 10)
     np.testing.assert_array_equal(table, brute_force(feats, 10))
@@ -64,8 +49,8 @@ def test_self_comes_first_among_duplicate_images():
     assert all(set(row) == set(range(i - i % 3, i - i % 3 + 3)) for i, row in enumerate(table))
 
 
-def test_knn_table_is_reused_and_rebuilt_when_it_does_not_fit(tmp_path, feats, monkeypatch):
-    cache = make_cache(tmp_path, feats)
+def test_knn_table_is_reused_and_rebuilt_when_it_does_not_fit(tmp_path, feats, monkeypatch, feature_cache):
+    cache = feature_cache(tmp_path, feats, shard_size=7)
     table = knn.knn_indices(cache, k=5)
     path = tmp_path / "knn-5.npy"
     mtime = path.stat().st_mtime_ns
@@ -86,8 +71,8 @@ def test_knn_table_is_reused_and_rebuilt_when_it_does_not_fit(tmp_path, feats, m
     assert np.load(path).shape == (40, 5)
 
 
-def test_missing_table_without_build_names_how_to_build_it(tmp_path, feats):
-    cache = make_cache(tmp_path, feats)
+def test_missing_table_without_build_names_how_to_build_it(tmp_path, feats, feature_cache):
+    cache = feature_cache(tmp_path, feats, shard_size=7)
     with pytest.raises(CacheError, match=r"unseg stego knn.*knn_indices\(cache, k=30\)"):
         knn.load_knn(cache, build=False)
     with pytest.raises(ValueError, match="k = 41"):

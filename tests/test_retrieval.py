@@ -1,5 +1,4 @@
 """Dense NN retrieval (Hummingbird protocol) against a brute-force numpy kNN label transfer."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,17 +7,7 @@ import torch.nn.functional as F
 
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 from unseg.evaluation.retrieval import MemoryBank, dense_retrieval, patch_labels
-from unseg.features.cache import FeatureCache, mark_complete, write_shard
-from unseg.io import save_json
 
-
-def make_cache(root: Path, feats: np.ndarray) -> FeatureCache:
-    """A complete one-shard cache holding ``feats`` (N, D, h, w)."""
-    n, d, h, w = feats.shape
-    save_json({"num_shards": 1, "dim": d, "grid": [h, w]}, root / "meta.json")
-    write_shard(root, 0, feats.astype(np.float32), np.ones((n, h, w), np.float32), [f"i{i}" for i in range(n)], [])
-    assert mark_complete(root, 1)
-    return FeatureCache(root)
 
 
 def brute_force(train_feats, train_masks, val_feats, val_size, num_classes, k, temperature):
@@ -50,7 +39,7 @@ def brute_force(train_feats, train_masks, val_feats, val_size, num_classes, k, t
 
 
 @pytest.mark.parametrize("temperature", [0.02, 0.5])
-def test_retrieval_equals_brute_force_knn(tmp_path, temperature):
+def test_retrieval_equals_brute_force_knn(tmp_path, temperature, feature_cache):
     rng = np.random.default_rng(0)
     c, h, w = 4, 3, 4
     train_feats = rng.normal(size=(5, 16, h, w))
@@ -60,8 +49,8 @@ def test_retrieval_equals_brute_force_knn(tmp_path, temperature):
     train_masks[1, 0, 0] = 255
     val_masks = rng.integers(0, c, size=(3, 10, 13)).astype(np.uint8)
     val_masks[:, 0] = 255
-    train = make_cache(tmp_path / "train", train_feats)
-    val = make_cache(tmp_path / "val", val_feats)
+    train = feature_cache(tmp_path / "train", train_feats)
+    val = feature_cache(tmp_path / "val", val_feats)
     result = dense_retrieval(train, train_masks, val, val_masks, c, k=7, temperature=temperature, batch=2,
                              keep_predictions=True)
     expected = brute_force(train_feats, train_masks, val_feats, (10, 13), c, 7, temperature)
@@ -79,9 +68,9 @@ def test_patch_labels_distribution_and_majority():
         patch_labels(masks, (1, 3), 3)
 
 
-def test_memory_size_draws_a_seeded_subset(tmp_path):
+def test_memory_size_draws_a_seeded_subset(tmp_path, feature_cache):
     rng = np.random.default_rng(1)
-    cache = make_cache(tmp_path / "c", rng.normal(size=(2, 4, 2, 2)))
+    cache = feature_cache(tmp_path / "c", rng.normal(size=(2, 4, 2, 2)))
     masks = rng.integers(0, 2, size=(2, 4, 4)).astype(np.uint8)
     a = MemoryBank.from_cache(cache, masks, 2, memory_size=5, seed=3)
     b = MemoryBank.from_cache(cache, masks, 2, memory_size=5, seed=3)

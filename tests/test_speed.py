@@ -2,7 +2,6 @@
 restarts, float32 streaming PCA, block-wise reading and assignment, approximate kNN."""
 from __future__ import annotations
 
-import math
 import sys
 
 import faiss
@@ -16,24 +15,11 @@ from unseg.clustering import StandardPCA
 from unseg.clustering.kmeans import _blocks, fit_centroids, kmeans
 from unseg.errors import ConfigError, SettingError
 from unseg.evaluation.clustering import evaluate_clustering, project_tokens
-from unseg.features import FeatureCache
-from unseg.features.cache import mark_complete, prepare_cache_dir, read_rows, write_shard
+from unseg.features.cache import read_rows
 from unseg.methods.stego import knn
 
 kmeans_module = sys.modules["unseg.clustering.kmeans"]
 
-
-def make_cache(root, feats: np.ndarray, shard_size: int = 7) -> FeatureCache:
-    """A complete FeatureCache holding ``feats`` (N, D, h, w), split over several shards."""
-    n, dim, h, w = feats.shape
-    num_shards = math.ceil(n / shard_size)
-    prepare_cache_dir(root, {"num_shards": num_shards, "dim": dim, "grid": [h, w], "input_size": [h * 8, w * 8]})
-    for s in range(num_shards):
-        block = feats[s * shard_size:(s + 1) * shard_size]
-        write_shard(root, s, block, np.zeros((len(block), h, w), np.float32),
-                    [f"img{i:03d}" for i in range(s * shard_size, s * shard_size + len(block))], [])
-    assert mark_complete(root, num_shards)
-    return FeatureCache(root)
 
 
 def blob_feats(n: int = 30, dim: int = 12, grid: tuple[int, int] = (4, 5), classes: int = 4, seed: int = 0):
@@ -121,9 +107,9 @@ def test_assignment_blocks_never_leave_faiss_a_short_tail():
     assert _blocks(100, 8) == [(0, 20), (20, 40), (40, 60), (60, 80), (80, 100)]  # at least faiss's 20
 
 
-def test_same_miou_with_one_and_two_threads(tmp_path, monkeypatch):
+def test_same_miou_with_one_and_two_threads(tmp_path, monkeypatch, feature_cache):
     feats, truth = blob_feats()
-    cache = make_cache(tmp_path, feats)
+    cache = feature_cache(tmp_path, feats, shard_size=7)
     scores = []
     for n in (1, 2):
         monkeypatch.setattr(threads, "_threads", n)
@@ -157,11 +143,11 @@ def test_read_rows_equals_the_memory_map(tmp_path):
     np.testing.assert_array_equal(read_rows(a, 0, 3), a[:3])  # not a map: plain slice
 
 
-def test_scale_path_gives_the_in_memory_labels(tmp_path, monkeypatch):
+def test_scale_path_gives_the_in_memory_labels(tmp_path, monkeypatch, feature_cache):
     """Cache read in blocks smaller than itself, PCA fitted streaming in float32, points assigned
     in blocks: the labels of an in-memory float64 PCA + faiss k-means on all points."""
     feats, _ = blob_feats(n=150, dim=10, grid=(3, 4), classes=5, seed=4)  # 1,800 tokens; blocks of 64 images
-    cache = make_cache(tmp_path, feats, shard_size=100)
+    cache = feature_cache(tmp_path, feats, shard_size=100)
     monkeypatch.setattr(kmeans_module, "ASSIGN_ROWS", 256)
     calls = []
     monkeypatch.setattr(kmeans_module, "_blocks", lambda n, size: calls.append(size) or _blocks(n, size))

@@ -18,7 +18,7 @@ matching of classes to themselves is the identity up to ties).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
