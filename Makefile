@@ -29,7 +29,7 @@ test: install-dev
 test-fast: install-dev  # everything but the slow end-to-end runs: about a minute
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install
+bench: install  # CPU benchmarks; on a machine with a GPU also `bash benchmarks/gpu_check.sh`
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_clustering.py
 	$(PY) benchmarks/bench_knn.py

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -149,7 +148,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
     for split in args.split:
         cache = extract_features(source.build_backbone(), source.build_dataset(split), source.input_size,
                                  rank=args.rank, world_size=args.world_size, **source.extract_options(),
-                                 **_given(shard_size=args.shard_size, dtype=args.dtype))
+                                 **_given(shard_size=args.shard_size, dtype=args.dtype, precision=args.precision))
         if cache is None:
             print(f"{split}: this rank's shards are written; other ranks are still running")
         else:
@@ -365,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["val"], help="splits to extract (default val)")
     p.add_argument("--shard-size", type=int, help="images per shard file (default 256)")
     p.add_argument("--dtype", choices=["float32", "float16"], help="storage type (default float32)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="forward precision: fp32 (default) or autocast to bf16 / fp16 (CUDA only); "
+                        "the cache records it")
     p.add_argument("--rank", type=int, help="this process's rank (default: $RANK from torchrun, else 0)")
     p.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE, else 1)")
     p.set_defaults(func=cmd_extract)

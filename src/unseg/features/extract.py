@@ -6,12 +6,14 @@ included, and nothing they do not (shard size, storage dtype): a cache made by
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 # 2: EfficientNet-Lite runs the TensorFlow-padded network its weights belong to;
 # 3: the image files' identity is part of the key, shard size and dtype are not
 CACHE_VERSION = 3
+# forward-pass precisions: fp32 (the default, and the only one the cache key leaves out, so the caches
+# made before there was a choice still answer) or autocast to bfloat16 / float16
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_cache_root() -> Path:
@@ -63,15 +68,16 @@ def images_digest(dataset: SegmentationDataset) -> str:
 
 
 def cache_meta(backbone: Backbone, dataset: SegmentationDataset, size: tuple[int, int],
-               shard_size: int, dtype: str) -> dict[str, Any]:
+               shard_size: int, dtype: str, precision: str = "fp32") -> dict[str, Any]:
     grid = (size[0] // backbone.stride, size[1] // backbone.stride)
-    return {
+    meta = {
         "version": CACHE_VERSION, "backbone": backbone.cache_name, "weights": weights_fingerprint(backbone),
         "dataset": dataset.name, "root": str(dataset.root.resolve()), "split": dataset.split,
         "num_images": len(dataset), "images": images_digest(dataset), "input_size": list(size),
         "dim": backbone.embed_dim, "grid": list(grid), "stride": backbone.stride, "shard_size": shard_size,
         "num_shards": math.ceil(len(dataset) / shard_size), "dtype": dtype,
     }
+    return meta if precision == "fp32" else {**meta, "precision": precision}
 
 
 def cache_dir_for(meta: dict[str, Any], cache_root: str | Path) -> Path:
@@ -105,10 +111,98 @@ class _Images(Dataset):
         return sample.id, image_to_tensor(image, self.size, self.mean, self.std)
 
 
-def _collate(batch: list[tuple[str, torch.Tensor | None]]) -> tuple[list[str], torch.Tensor | None, list[str]]:
-    kept = [(i, t) for i, t in batch if t is not None]
-    skipped = [i for i, t in batch if t is None]
-    return [i for i, _ in kept], (torch.stack([t for _, t in kept]) if kept else None), skipped
+def _as_is(item: Any) -> Any:
+    """The loader hands single images over untouched; the main process batches them per shard."""
+    return item
+
+
+def _yield_to_forward(_: int) -> None:
+    """Loader workers at the lowest priority: beside a CPU forward they decode on the cycles it
+    leaves idle, instead of stalling one of its threads (and so its whole parallel region)."""
+    if hasattr(os, "nice"):
+        os.nice(19)
+
+
+def _loader(images: _Images, batch_size: int, num_workers: int, cpu_forward: bool) -> Iterator[Any]:
+    """Decoded images one by one, in order, about two batches ahead of the forward.
+
+    Workers decode single images, so the first batch is ready after 1/num_workers of its decoding.
+    """
+    if num_workers == 0 or len(images) == 0:  # no worker processes to start for nothing
+        return iter(DataLoader(images, batch_size=None, collate_fn=_as_is))
+    return iter(DataLoader(images, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
+                           prefetch_factor=max(2, math.ceil(2 * batch_size / num_workers)),
+                           worker_init_fn=_yield_to_forward if cpu_forward else None))
+
+
+class _Shard:
+    """One shard's rows, filled batch by batch in place (no per-batch list to concatenate)."""
+
+    def __init__(self, index: int, rows: int, dim: int, grid: Sequence[int], dtype: str) -> None:
+        self.index = index
+        self.feats = np.empty((rows, dim, *grid), dtype)
+        self.sal = np.empty((rows, *grid), np.float32)
+        self.ids: list[str] = []
+        self.skipped: list[str] = []
+
+    def add(self, ids: list[str], feats: torch.Tensor, sal: torch.Tensor) -> None:
+        start = len(self.ids)
+        self.feats[start:start + len(ids)] = feats.numpy()  # casts to the storage dtype as astype does
+        self.sal[start:start + len(ids)] = sal.numpy()
+        self.ids += ids
+
+    def write(self, root: Path) -> None:
+        n = len(self.ids)  # fewer rows than allocated when images were skipped
+        write_shard(root, self.index, self.feats[:n], self.sal[:n], self.ids, self.skipped)
+
+
+class _HostCopy:
+    """A batch's outputs on their way to host memory; on CUDA the copy runs while the next batch computes."""
+
+    def __init__(self, ids: list[str], feats: torch.Tensor, sal: torch.Tensor, dtype: str) -> None:
+        self.ids, self.event = ids, None
+        if feats.device.type == "cuda":
+            feats = feats.to(getattr(torch, dtype))  # float16 storage: half the bytes to copy
+            self.feats = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True).copy_(feats, non_blocking=True)
+            self.sal = torch.empty(sal.shape, dtype=torch.float32, pin_memory=True).copy_(sal, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:  # numpy has no bfloat16; a float32 output stays as it is (no copy)
+            self.feats, self.sal = feats.to(torch.float32), sal.to(torch.float32)
+
+    def into(self, shard: _Shard) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        shard.add(self.ids, self.feats, self.sal)
+
+
+class _ShardWriter:
+    """Writes finished shards in one background thread while the next shard is computed;
+    at most one shard waits in memory for its write."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.pool = root, ThreadPoolExecutor(1, thread_name_prefix="unseg-shards")
+        self.pending: Future | None = None
+
+    def submit(self, shard: _Shard) -> None:
+        self.wait()
+        self.pending = self.pool.submit(shard.write, self.root)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown()
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -121,7 +215,8 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
                      cache_root: str | Path | None = None, batch_size: int = 16, device: str = "auto",
                      num_workers: int = 2, shard_size: int = 256, dtype: str = "float32",
                      rank: int | None = None, world_size: int | None = None,
-                     skip_corrupt: bool = False, progress: bool = True) -> FeatureCache | None:
+                     skip_corrupt: bool = False, progress: bool = True,
+                     precision: str = "fp32") -> FeatureCache | None:
     """Extract (or reuse) dense features of ``dataset`` and return the complete cache.
 
     Resumes a partial cache shard by shard (with that cache's own ``shard_size`` and ``dtype``);
@@ -129,6 +224,11 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     sets it) this rank writes shards ``rank, rank + world_size, ...``; it returns the cache if it
     was the last to finish, else None (read it once every rank is done). A cache that left out
     unreadable images answers only for ``skip_corrupt`` runs.
+
+    ``precision`` bf16 / fp16 runs the forward under autocast (fp16 on CUDA only); the cache
+    records it, so it never answers for another precision. Decoding runs in ``num_workers``
+    processes (at the lowest priority beside a CPU forward) and shards are written in the
+    background, so the forward sets the pace (README, Benchmark).
     """
     size = as_size(input_size)
     stride = backbone.stride
@@ -138,13 +238,18 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
                            f"(e.g. {max(1, round(max(size) / stride)) * stride})")
     if dtype not in ("float32", "float16"):
         raise SettingError(f"dtype {dtype!r} is not one of float32, float16")
+    if precision not in PRECISIONS:
+        raise SettingError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if value < 1:
             raise SettingError(f"{name} {value} is not allowed; it must be at least 1")
     env_rank, env_world = distributed_rank()
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
-    meta = cache_meta(backbone, dataset, size, shard_size, dtype)
+    dev = resolve_device(device)
+    if precision == "fp16" and dev.type != "cuda":
+        raise SettingError(f"precision fp16 needs a CUDA device, not {dev}; use bf16 or fp32 there")
+    meta = cache_meta(backbone, dataset, size, shard_size, dtype, precision)
     root = cache_dir_for(meta, cache_root or default_cache_root())
     if (root / "COMPLETE").exists():
         cache = FeatureCache(root)
@@ -156,32 +261,43 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     if not skip_corrupt:
         _check_skipped([i for s in range(meta["num_shards"]) if shard_done(root, s)
                         for i in read_shard_info(root, s).skipped], dataset, root, skip_corrupt)
-    dev = resolve_device(device)
     if dev.type == "cuda" and world_size > 1 and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     backbone = backbone.to(dev).eval()
     todo = [s for s in range(meta["num_shards"]) if s % world_size == rank and not shard_done(root, s)]
     bar = _progress(sum(min(shard_size, len(dataset) - s * shard_size) for s in todo), progress,
                     f"features {dataset.name}/{dataset.split}")
-    for shard in todo:
-        indices = range(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
-        loader = DataLoader(_Images(dataset, indices, size, backbone.mean, backbone.std, skip_corrupt),
-                            batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-        ids: list[str] = []
-        skipped: list[str] = []
-        feats, sals = [], []
-        for batch_ids, images, batch_skipped in loader:
-            skipped += batch_skipped
-            if images is not None:
-                f, s = backbone.forward_with_saliency(images.to(dev, non_blocking=True))
-                feats.append(f.to("cpu", torch.float32).numpy().astype(dtype, copy=False))
-                sals.append(s.to("cpu", torch.float32).numpy())
-                ids += batch_ids
-            bar.update(len(batch_ids) + len(batch_skipped))
-        grid = meta["grid"]
-        empty_f = np.zeros((0, meta["dim"], *grid), dtype)
-        write_shard(root, shard, np.concatenate(feats) if feats else empty_f,
-                    np.concatenate(sals) if sals else np.zeros((0, *grid), np.float32), ids, skipped)
+    rows = {s: min(shard_size, len(dataset) - s * shard_size) for s in todo}
+    indices = [i for s in todo for i in range(s * shard_size, s * shard_size + rows[s])]
+    items = _loader(_Images(dataset, indices, size, backbone.mean, backbone.std, skip_corrupt),
+                    batch_size, num_workers, dev.type == "cpu")
+    writer = _ShardWriter(root)
+    try:
+        for shard_index in todo:
+            shard = _Shard(shard_index, rows[shard_index], meta["dim"], meta["grid"], dtype)
+            copying: _HostCopy | None = None
+            for start in range(0, rows[shard_index], batch_size):
+                batch = [next(items) for _ in range(min(batch_size, rows[shard_index] - start))]
+                kept = [(i, t) for i, t in batch if t is not None]
+                shard.skipped += [i for i, t in batch if t is None]
+                if kept:
+                    tensors = [t for _, t in kept]
+                    if dev.type == "cuda":  # pinned, so the copy to the device does not block
+                        out = torch.empty((len(tensors), *tensors[0].shape), pin_memory=True)
+                        images = torch.stack(tensors, out=out).to(dev, non_blocking=True)
+                    else:
+                        images = torch.stack(tensors)
+                    with _autocast(dev, precision):
+                        feats, sal = backbone.forward_with_saliency(images)
+                    if copying is not None:
+                        copying.into(shard)
+                    copying = _HostCopy([i for i, _ in kept], feats, sal, dtype)
+                bar.update(len(batch))
+            if copying is not None:
+                copying.into(shard)
+            writer.submit(shard)
+    finally:
+        writer.close()
     bar.close()
     return FeatureCache(root) if mark_complete(root, meta["num_shards"]) else None
 
