@@ -74,7 +74,10 @@ class FittedSegmenter:
 
     def labels(self, tokens: np.ndarray) -> np.ndarray:
         """(n,) segment id of each (n, D) backbone token."""
-        nodes, fg = self._nodes(self.pca.transform(tokens))
+        return self._labels(self.pca.transform(tokens))
+
+    def _labels(self, z: np.ndarray) -> np.ndarray:
+        nodes, fg = self._nodes(z)
         if self.communities is None:
             return nodes
         nodes[~fg] = len(self.centroids)
@@ -83,7 +86,10 @@ class FittedSegmenter:
     def log_probabilities(self, tokens: np.ndarray) -> np.ndarray:
         """(n, num_labels) log posteriors (a Gaussian mixture on the centroids with the shared
         ``variance``; a community sums its clusters'): the unary a dense CRF refines."""
-        z = self.pca.transform(tokens).astype(np.float64)
+        return self._log_probabilities(self.pca.transform(tokens))
+
+    def _log_probabilities(self, z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64)
         c = self.centroids.astype(np.float64)
         d2 = (z ** 2).sum(1, keepdims=True) - 2 * z @ c.T + (c ** 2).sum(1)
         logp = log_softmax(-d2 / (2 * self.variance), axis=1)
@@ -104,12 +110,16 @@ class FittedSegmenter:
         """One image's (D, h, w) features -> segment ids on the token grid, or with an active ``upsample``
         on its target grid (default ``size``, the input size; ``guide``: the image there), and with
         ``with_logits`` the (segments, ., .) log-probabilities on the same grid (for a dense CRF)."""
+        # project first: both upsamplers average with weights summing to one, so they commute with the
+        # affine standardise + PCA, and the upsampled map is pca_dim deep instead of D
+        z = self.pca.transform(features.reshape(len(features), -1).T).T.reshape(-1, *features.shape[1:])
         if upsample.active:
-            features = upsample.apply(torch.from_numpy(features), upsample.target(features.shape[1:], size),
-                                      guide).numpy()
-        tokens = features.reshape(len(features), -1).T
-        labels = self.labels(tokens).reshape(features.shape[1:])
-        logits = self.log_probabilities(tokens).T.reshape(-1, *features.shape[1:]) if with_logits else None
+            z = upsample.apply(torch.from_numpy(np.ascontiguousarray(z)), upsample.target(z.shape[1:], size),
+                               guide).numpy()
+        grid = z.shape[1:]
+        z = np.ascontiguousarray(z.reshape(len(z), -1).T, dtype=np.float32)
+        labels = self._labels(z).reshape(grid)
+        logits = self._log_probabilities(z).T.reshape(-1, *grid) if with_logits else None
         return labels, logits
 
     def check(self, backbone: str, weights: str, input_size: tuple[int, int], path: str | Path) -> None:
