@@ -94,15 +94,17 @@ def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str =
     g.add_argument("--guide-sigma-range", type=float, help="guided: colour sigma, RGB in 0..1 (default 0.1)")
 
 
-def _upsampling(args: argparse.Namespace):
-    """The upsampler asked for with --upsample (its options with it), or None: the command's default."""
+def _upsampling(args: argparse.Namespace, default: str | None = None):
+    """The upsampler asked for with --upsample (its options with it), or None: the command's default.
+    ``default``: the API's method, for commands whose guide options apply without --upsample."""
     from .features import as_size
     from .features.upsample import Upsampling
 
-    if args.upsample is None:
+    method = args.upsample or default
+    if method is None:
         return None
     size = _size(getattr(args, "upsample_size", None))
-    return Upsampling(args.upsample, **_given(size=as_size(size) if size is not None else None,
+    return Upsampling(method, **_given(size=as_size(size) if size is not None else None,
                                               factor=getattr(args, "upsample_factor", None), radius=args.guide_radius,
                                               sigma_spatial=args.guide_sigma_spatial,
                                               sigma_range=args.guide_sigma_range))
@@ -303,11 +305,12 @@ def cmd_segment(args: argparse.Namespace) -> None:
         method=args.method, backbone=args.backbone, weights=args.weights, k=args.k, out_dir=args.out,
         clustering=args.clustering, save_clustering=args.save_clustering, checkpoint=args.checkpoint,
         input_size=_size(args.input_size), seed=args.seed, role=args.weights_role, device=args.device,
-        batch_size=args.batch_size, num_workers=args.workers, processes=args.processes, upsample=_upsampling(args)),
+        batch_size=args.batch_size, num_workers=args.workers, processes=args.processes,
+        upsample=_upsampling(args, SegmentOptions().upsample.method)),
         cd=cd, crf=args.crf, skip_invalid=args.skip_invalid, download=args.download,
         trust_checkpoint=args.trust_checkpoint)
     labels = segment(args.paths, options)
-    print(f"segmented {len(labels)} images ({options.method}{', dense CRF' if args.crf else ''}): "
+    print(f"segmented {len(labels)} images ({options.describe()}): "
           f"{Path(args.out) / 'labels'}/, {Path(args.out) / 'overlays'}/, open {Path(args.out) / 'index.html'}")
     if args.save_clustering:
         print(f"clustering saved to {args.save_clustering} (reuse: --clustering {args.save_clustering})")
@@ -509,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 16)")
     p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
-    _add_upsample(p, "the input size")
+    _add_upsample(p, "the input size", "guided", "joint bilateral upsampling to the input size")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")

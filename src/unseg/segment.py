@@ -211,7 +211,14 @@ class SegmentOptions:
     niter: int = 100
     nredo: int = 5
     trust_checkpoint: bool = False
-    upsample: Upsampling | None = None
+    # guided upsampling to the input size: the best measured on CamVid (docs/upsampling.md)
+    upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
+
+    def describe(self) -> str:
+        """What the run uses, in one line (the CLI prints it)."""
+        what = f"{self.method}" + (f" k={self.k}" if self.k is not None else "")
+        up = "token labels" if not self.upsample.active else f"{self.upsample.method} upsampling to the input size"
+        return f"{what}, {up}{', dense CRF' if self.crf else ''}"
 
 
 def _stego_segmenter(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
