@@ -188,6 +188,22 @@ def test_bad_clustering_values_are_one_line(labelled, capsys, argv, needles):
     assert_one_line_error(code, err, *needles)
 
 
+@pytest.mark.parametrize("argv, needles", [
+    (["--seeds", "0"], ["k-means seeds 0", "at least 1"]),
+    (["--runs", "0"], ["Infomap runs 0", "at least 1"]),
+    (["--trials", "0"], ["search trials 0", "at least 1"]),
+    (["--cd-k", "1", "--markov-time", "1", "--weight-threshold", "0.01"], ["k=1", "k must be >= 2"]),
+    (["--cd-k", "50", "--markov-time", "0", "--weight-threshold", "0.01"], ["markov_time=0", "markov_time > 0"]),
+])
+def test_bad_unsupervised_values_are_one_line_before_any_work(labelled, capsys, monkeypatch, argv, needles):
+    import importlib
+
+    protocols = importlib.import_module("unseg.protocols")
+    monkeypatch.setattr(protocols.Source, "load_split", lambda *a, **k: pytest.fail("extracted first"))
+    code, err = run_cli(["eval", "unsupervised", *labelled, *argv], capsys)
+    assert_one_line_error(code, err, *needles)
+
+
 def test_segment_k_zero_or_more_than_the_tokens_is_one_line(tmp_path, capsys, image_folder):
     images = image_folder(tmp_path / "imgs", 2)
     code, err = run_cli(["segment", images, "--out", tmp_path / "out", "--k", "0", "--input-size", "32"], capsys)

@@ -24,8 +24,8 @@ from .features import as_size, upsample_labels
 from .features.source import Source, SplitData
 from .features.upsample import Upsampling, iter_guides
 from .unsupervised.cbfe import DEFAULT_FG_K
-from .unsupervised.community import check_hyper_parameters, published_hyper_parameters
-from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, fully_unsupervised_splits
+from .unsupervised.community import published_hyper_parameters
+from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, check_settings, fully_unsupervised_splits
 from .visualisation.report import Report, dataset_report
 
 __all__ = ["Source", "ClusteringEvaluation", "HeadEvaluation", "RetrievalEvaluation", "UnsupervisedEvaluation",
@@ -244,8 +244,7 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
     """
     if hyper_parameters == "published":
         hyper_parameters = published_hyper_parameters(source.backbone)
-    elif hyper_parameters is not None:
-        check_hyper_parameters(hyper_parameters)  # before any extraction
+    check_settings(hyper_parameters, trials, runs, kmeans_seeds)  # before any extraction
     msize = as_size(mask_size)
     train, val = source.load_split(train_split, msize), source.load_split(val_split, msize)
     result = fully_unsupervised_splits(train, val, background=background, hyper_parameters=hyper_parameters,

@@ -62,6 +62,10 @@ def check_hyper_parameters(hyper_parameters: dict[str, float]) -> dict[str, floa
     if missing:
         raise ConfigError(f"CD hyper-parameters lack {', '.join(sorted(missing))}: give all of {', '.join(CD_KEYS)} "
                           "(--cd-k --markov-time --weight-threshold) or none of them (TPE search)")
+    if int(hyper_parameters["k"]) < 2 or hyper_parameters["markov_time"] <= 0 or hyper_parameters["weight_threshold"] < 0:
+        raise ConfigError(f"CD hyper-parameters k={hyper_parameters['k']}, markov_time={hyper_parameters['markov_time']}, "
+                          f"weight_threshold={hyper_parameters['weight_threshold']}: k must be >= 2 (clusters to "
+                          "merge), markov_time > 0, weight_threshold >= 0")
     return hyper_parameters
 
 Edge = tuple[int, int, float]

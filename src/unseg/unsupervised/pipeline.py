@@ -31,6 +31,7 @@ from ..clustering import StandardPCA, match
 from ..clustering.matching import class_predictions
 from ..evaluation.clustering import cluster_labels
 from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
+from ..errors import SettingError
 from ..features.cache import FeatureCache
 from ..features.source import SplitData
 from ..features.transforms import upsample_labels
@@ -149,6 +150,16 @@ def _project(caches: Sequence[FeatureCache], pca_dim: int | None) -> np.ndarray:
     return np.concatenate([pca.transform(t) for c in caches for t in c.iter_tokens()])
 
 
+def check_settings(hyper_parameters: dict[str, Any] | None, trials: int, runs: int,
+                   kmeans_seeds: Sequence[int]) -> None:
+    """A one-line error, before any work, for settings that leave a stage with nothing to do."""
+    if hyper_parameters is not None:
+        check_hyper_parameters(hyper_parameters)
+    if len(kmeans_seeds) < 1 or runs < 1 or (hyper_parameters is None and trials < 1):
+        raise SettingError(f"k-means seeds {len(kmeans_seeds)}, Infomap runs {runs}, search trials {trials}: "
+                           "each must be at least 1")
+
+
 def fully_unsupervised_splits(train: SplitData, val: SplitData, *, background: Sequence[str | int] | None = None,
                               hyper_parameters: dict[str, Any] | None = None, trials: int = 300, runs: int = 10,
                               kmeans_seeds: Sequence[int] = range(5), fg_k: int = DEFAULT_FG_K,
@@ -165,8 +176,7 @@ def fully_unsupervised_splits(train: SplitData, val: SplitData, *, background: S
     CBFE (background is one more), else #classes;
     ``runs`` Infomap seeds 0.. (Infomap seeds 1..).
     """
-    if hyper_parameters is not None:
-        check_hyper_parameters(hyper_parameters)
+    check_settings(hyper_parameters, trials, runs, kmeans_seeds)
     train_split, val_split = train.dataset.split, val.dataset.split
     train_cache, val_cache, train_masks, val_masks = train.cache, val.cache, train.masks, val.masks
     if train_cache.grid != val_cache.grid:
