@@ -118,9 +118,11 @@ def _scoring(args: argparse.Namespace) -> dict[str, str]:
 def cmd_backbones(args: argparse.Namespace) -> None:
     from .backbones import list_backbones
 
-    print(f"{'name':16s} {'dim':>5s} {'stride':>6s}  weights")
-    for spec in list_backbones():
-        print(f"{spec.name:16s} {spec.embed_dim:5d} {spec.stride:6d}  {spec.weights}")
+    specs = list_backbones()
+    width = max(len(s.name) for s in specs)
+    print(f"{'name':{width}s} {'dim':>5s} {'stride':>6s}  weights")
+    for spec in specs:
+        print(f"{spec.name:{width}s} {spec.embed_dim:5d} {spec.stride:6d}  {spec.weights}")
 
 
 def cmd_configs(args: argparse.Namespace) -> None:
