@@ -7,8 +7,9 @@ follows from K unless given.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,24 +50,34 @@ class ClusteringResult(ScoresOverRuns):
 KEEP_BYTES = 1 << 30  # float32 tokens up to this size are read once and kept for the projection
 
 
-def project_tokens(cache: FeatureCache, pca_dim: int | None = 50, keep_bytes: int = KEEP_BYTES) -> np.ndarray:
-    """All cached tokens standardised and PCA-reduced: (N*h*w, pca_dim) float32, streamed from disk.
+def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = 50,
+                   keep_bytes: float = KEEP_BYTES) -> tuple[StandardPCA, np.ndarray]:
+    """Standardise + PCA fitted on the tokens of all ``caches``, and those tokens projected:
+    (StandardPCA, (sum N*h*w, pca_dim) float32), in cache order.
 
-    The cache is read once when its float32 tokens fit in ``keep_bytes`` (PCA fitted in
+    The caches are read once when their float32 tokens fit in ``keep_bytes`` (PCA fitted in
     float64: the numbers of earlier versions, bit for bit), else twice (fit, then project)
     one block at a time, with the PCA fitted in float32 (projections equal to ~1e-5, four
     times faster): memory is then the output plus one block.
     """
-    total = len(cache) * cache.grid[0] * cache.grid[1]
-    blocks = list(cache.iter_tokens()) if total * cache.dim * 4 <= keep_bytes else None
-    pca = StandardPCA(pca_dim if pca_dim else cache.dim, np.float64 if blocks is not None else np.float32)
-    pca.fit(blocks if blocks is not None else cache.iter_tokens())
+    def blocks() -> Iterator[np.ndarray]:
+        return itertools.chain.from_iterable(c.iter_tokens() for c in caches)
+
+    total = sum(len(c) * c.grid[0] * c.grid[1] for c in caches)
+    kept = list(blocks()) if total * caches[0].dim * 4 <= keep_bytes else None
+    pca = StandardPCA(pca_dim if pca_dim else caches[0].dim, np.float64 if kept is not None else np.float32)
+    pca.fit(kept if kept is not None else blocks())
     out = np.empty((total, pca.out_dim), dtype=np.float32)
     start = 0
-    for block in blocks if blocks is not None else cache.iter_tokens():
+    for block in kept if kept is not None else blocks():
         out[start:start + len(block)] = pca.transform(block)
         start += len(block)
-    return out
+    return pca, out
+
+
+def project_tokens(cache: FeatureCache, pca_dim: int | None = 50, keep_bytes: float = KEEP_BYTES) -> np.ndarray:
+    """All cached tokens standardised and PCA-reduced: (N*h*w, pca_dim) float32 (:func:`fit_projection`)."""
+    return fit_projection([cache], pca_dim, keep_bytes)[1]
 
 
 def cluster_labels(tokens: np.ndarray, grid: tuple[int, int], k: int, seed: int, niter: int = 100,

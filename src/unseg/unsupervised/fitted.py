@@ -9,6 +9,7 @@ refuses others. The file is a numpy ``.npz`` (no pickles), written atomically.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from scipy.special import log_softmax
 
 from ..clustering import StandardPCA, assign, kmeans
 from ..errors import WeightsError
+from ..evaluation.clustering import fit_projection
 from ..features.cache import FeatureCache
 from ..features.upsample import Upsampling
 from ..io import atomic_path
@@ -168,15 +170,10 @@ class FittedSegmenter:
                    arrays.pop("centroids"), meta["variance"], settings=meta["settings"], **arrays)
 
 
-def _project(cache: FeatureCache, pca_dim: int | None) -> tuple[StandardPCA, np.ndarray]:
-    pca = StandardPCA(pca_dim or cache.dim).fit(cache.iter_tokens())
-    return pca, np.concatenate([pca.transform(t) for t in cache.iter_tokens()])
-
-
 def fit_kmeans(cache: FeatureCache, k: int, seed: int = 0, pca_dim: int | None = 50, niter: int = 100,
                nredo: int = 5, **identity: Any) -> FittedSegmenter:
     """Standardise + PCA + k-means on every cached token. ``identity``: backbone, weights, input_size."""
-    pca, z = _project(cache, pca_dim)
+    pca, z = fit_projection([cache], pca_dim, keep_bytes=math.inf)  # float64 fit, in memory
     fit = kmeans(z, k, seed=seed, niter=niter, nredo=nredo)
     variance = fit.inertia / (len(z) * z.shape[1])
     return FittedSegmenter("kmeans", pca=pca, centroids=fit.centroids, variance=variance,
@@ -188,7 +185,7 @@ def fit_cd(cache: FeatureCache, num_segments: int, cd: CDSettings, seed: int = 0
            niter: int = 100, nredo: int = 5, **identity: Any) -> FittedSegmenter:
     """CBFE (when ``cd.fg_threshold`` is set) + overclustering + Infomap communities on the cached images,
     preferring ``num_segments`` communities; Infomap seed ``seed + 1``."""
-    pca, z = _project(cache, pca_dim)
+    pca, z = fit_projection([cache], pca_dim, keep_bytes=math.inf)  # float64 fit, in memory
     grid = cache.grid
     fg_centroids = fg_clusters = foreground = None
     if cd.fg_threshold is not None:

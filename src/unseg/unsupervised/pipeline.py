@@ -20,19 +20,18 @@ co-occurrence counts, as theirs.
 """
 from __future__ import annotations
 
-import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..clustering import StandardPCA, match
+from ..clustering import match
 from ..clustering.matching import class_predictions
-from ..evaluation.clustering import cluster_labels
+from ..evaluation.clustering import cluster_labels, fit_projection
 from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
 from ..errors import SettingError
-from ..features.cache import FeatureCache
 from ..features.source import SplitData
 from ..features.transforms import upsample_labels
 from .cbfe import DEFAULT_FG_K, ForegroundExtraction, cluster_based_foreground, foreground_iou, foreground_targets
@@ -144,12 +143,6 @@ def search_hyper_parameters(objective: Callable[[dict[str, Any]], float], trials
     return best, history
 
 
-def _project(caches: Sequence[FeatureCache], pca_dim: int | None) -> np.ndarray:
-    """Tokens of all caches, standardised + PCA fitted on all of them: (sum N*h*w, pca_dim)."""
-    pca = StandardPCA(pca_dim or caches[0].dim).fit(itertools.chain.from_iterable(c.iter_tokens() for c in caches))
-    return np.concatenate([pca.transform(t) for c in caches for t in c.iter_tokens()])
-
-
 def check_settings(hyper_parameters: dict[str, Any] | None, trials: int, runs: int,
                    kmeans_seeds: Sequence[int]) -> None:
     """A one-line error, before any work, for settings that leave a stage with nothing to do."""
@@ -186,7 +179,7 @@ def fully_unsupervised_splits(train: SplitData, val: SplitData, *, background: S
     msize = tuple(val_masks.shape[-2:])
     num_classes = val.num_classes
     grid, n_train = train_cache.grid, len(train_cache)
-    tokens = _project([train_cache, val_cache], pca_dim)
+    tokens = fit_projection([train_cache, val_cache], pca_dim, keep_bytes=math.inf)[1]  # float64 fit
     val_images = slice(n_train, None)
     common = {"pca_dim": pca_dim, "niter": niter, "nredo": nredo, "mask_size": list(msize)}
 
