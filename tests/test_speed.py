@@ -119,6 +119,37 @@ def test_same_miou_with_one_and_two_threads(tmp_path, monkeypatch, feature_cache
     assert scores[0] > 50  # the blobs are found, so the comparison is not between two failures
 
 
+def test_pca_and_kmeans_are_bit_identical_for_any_thread_count(monkeypatch):
+    """BLAS splits a product over its threads and that changes float rounding; the projection,
+    a single-restart k-means and the assignment must not see how many threads there are."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)  # 3 threads even on a smaller machine
+    monkeypatch.setattr(kmeans_module, "TRANSFORM_ROWS", 1024)  # several projection blocks
+    monkeypatch.setattr(kmeans_module, "ASSIGN_ROWS", 1024)
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(5000, 96)) * rng.uniform(0.1, 3, 96) + 2).astype(np.float32)
+    out = []
+    for n in (1, 3):
+        threads.set_threads(n)
+        try:
+            pca = StandardPCA(20).fit([x[:3000], x[3000:]])
+            z = pca.transform(x)
+            fit = kmeans(z, 30, seed=1, niter=8, nredo=1)
+        finally:
+            threads.set_threads(None)
+        out.append((pca.components_, z, fit.centroids, fit.labels))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_parallel_map_with_fixed_threads_per_job(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    out = threads.parallel_map(lambda i: (i, faiss.omp_get_max_threads()), range(3), threads=4, per_job=1)
+    assert out == [(0, 1), (1, 1), (2, 1)]
+    assert threads.parallel_map(lambda i: faiss.omp_get_max_threads(), [0], threads=3, per_job=1) == [1]
+    with pytest.raises(ValueError, match="per_job"):
+        threads.parallel_map(lambda i: i, [0], per_job=0)
+
+
 # --- streaming (scale) path ------------------------------------------------------------------
 
 

@@ -16,6 +16,18 @@ _TRUST_HELP = ("unpickle the --weights / --checkpoint file fully, which runs any
                "you trust (default: a safe loader that runs nothing; docs/checkpoints.md)")
 
 
+def _add_views(g: argparse._ArgumentGroup) -> None:
+    """``--window``, ``--window-overlap``, ``--scales``: how the backbone sees a large input (docs/upsampling.md)."""
+    g.add_argument("--window", type=int, nargs="+", metavar="PX",
+                   help="run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
+                        "stride, at most the input size) and stitch their features (default: the whole input at once)")
+    g.add_argument("--window-overlap", type=float, metavar="F",
+                   help="with --window: fraction of a window shared with its neighbour, in [0, 1) (default 0.25)")
+    g.add_argument("--scales", type=float, nargs="+", metavar="S",
+                   help="average the features of the input resized by each factor, e.g. 1 1.5 (default 1); with "
+                        "--window every scaled input is tiled")
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone and data")
     g.add_argument("--backbone", help="registered backbone (see `unseg backbones`; default efficientnet_lite0)")
@@ -29,9 +41,10 @@ def _add_source(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=int, help="folder dataset: ids >= this are ignored")
     g.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                    help="input resolution: one value (square) or H W (default 448)")
+    _add_views(g)
     g.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features or ~/.cache/unseg/features)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--batch-size", type=int, help="images per forward pass (default 16)")
+    g.add_argument("--batch-size", type=int, help="images (with --window: windows) per forward pass (default 16)")
     g.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     g.add_argument("--skip-corrupt", action="store_true", help="skip (and log) unreadable images instead of failing")
     g.add_argument("--json", type=Path, help="also write the results as JSON to this file")
@@ -42,12 +55,17 @@ def _given(**values: object) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _views(args: argparse.Namespace) -> dict:
+    return _given(window=_size(args.window), window_overlap=args.window_overlap,
+                  scales=None if args.scales is None else tuple(args.scales))
+
+
 def _source(args: argparse.Namespace):
     from .features import Source
 
     return Source(**_given(backbone=args.backbone, weights=args.weights, role=args.weights_role, dataset=args.dataset,
                            input_size=_size(args.input_size), cache_dir=args.cache_dir, device=args.device,
-                           batch_size=args.batch_size, num_workers=args.workers),
+                           batch_size=args.batch_size, num_workers=args.workers, **_views(args)),
                   download=args.download, trust_checkpoint=args.trust_checkpoint, root=args.root,
                   dataset_options=_given(masks=args.masks, num_classes=args.num_classes),
                   skip_corrupt=args.skip_corrupt, progress=sys.stderr.isatty())
@@ -308,7 +326,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         clustering=args.clustering, save_clustering=args.save_clustering, checkpoint=args.checkpoint,
         input_size=_size(args.input_size), seed=args.seed, role=args.weights_role, device=args.device,
         batch_size=args.batch_size, num_workers=args.workers, processes=args.processes,
-        upsample=_upsampling(args, SegmentOptions().upsample.method)),
+        upsample=_upsampling(args, SegmentOptions().upsample.method), **_views(args)),
         cd=cd, crf=args.crf, skip_invalid=args.skip_invalid, download=args.download,
         trust_checkpoint=args.trust_checkpoint)
     labels = segment(args.paths, options)
@@ -502,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-clustering", metavar="FILE", help="save the fitted clustering (kmeans, cd) for reuse")
     p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                    help="backbone input: one value (square) or H W (default: the clustering's, else 448)")
+    _add_views(p.add_argument_group("large photos (default: the clustering's, else the whole input at scale 1)"))
     g = p.add_argument_group("--method cd (defaults: the authors' ViT-S/16 values)")
     g.add_argument("--cd-k", type=int, help="overclustering k")
     g.add_argument("--markov-time", type=float, help="Infomap Markov time")
@@ -511,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true", help="skip (and log by name) unreadable files")
     p.add_argument("--seed", type=int, help="k-means / Infomap seed (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, ...")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 16)")
+    p.add_argument("--batch-size", type=int, help="images (with --window: windows) per forward pass (default 16)")
     p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
     p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
     _add_upsample(p, "the input size", "guided", "joint bilateral upsampling to the input size")

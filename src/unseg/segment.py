@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones import DEFAULT_BACKBONE, create_backbone
+from .backbones import DEFAULT_BACKBONE, BackboneView, create_backbone, views_name, with_views
+from .backbones.views import DEFAULT_OVERLAP
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
-from .errors import ImageError, LayoutError, SettingError
+from .errors import ImageError, LayoutError, SettingError, WeightsError
 from .features import (DEFAULT_INPUT_SIZE, FeatureCache, as_size, load_split, resolve_device, upsample_labels,
                        weights_fingerprint)
 from .features.upsample import Upsampling, guide_tensor
@@ -186,7 +187,10 @@ class SegmentOptions:
     (the protocol's 100 and 5). ``trust_checkpoint``: unpickle ``weights`` / ``checkpoint``
     fully, which runs any code they hold (trusted files only). ``upsample``: segment upsampled
     features (docs/upsampling.md), e.g. ``Upsampling("guided")`` for masks that follow the
-    image's edges at the input size (memory: one image's features at a time).
+    image's edges at the input size (memory: one image's features at a time). ``window``,
+    ``window_overlap``, ``scales``: see the backbone through a sliding window and/or several
+    scales (docs/upsampling.md, "Large photos"; windows per forward pass: ``batch_size``);
+    default the clustering's, else the whole input at scale 1.
     """
 
     method: str = "kmeans"
@@ -199,6 +203,9 @@ class SegmentOptions:
     save_clustering: str | Path | None = None
     checkpoint: str | Path | None = None
     input_size: int | Sequence[int] | None = None  # default: the clustering's, else DEFAULT_INPUT_SIZE
+    window: int | Sequence[int] | None = None  # default: the clustering's, else none
+    window_overlap: float | None = None  # default: the clustering's, else DEFAULT_OVERLAP
+    scales: Sequence[float] | None = None  # default: the clustering's, else (1.0,)
     cd: CDSettings = field(default_factory=CDSettings)
     skip_invalid: bool = False
     seed: int = 0
@@ -218,7 +225,28 @@ class SegmentOptions:
         """What the run uses, in one line (the CLI prints it)."""
         what = f"{self.method}" + (f" k={self.k}" if self.k is not None else "")
         up = "token labels" if not self.upsample.active else f"{self.upsample.method} upsampling to the input size"
-        return f"{what}, {up}{', dense CRF' if self.crf else ''}"
+        views = views_name(**_views(self, {}))
+        return f"{what}{f', backbone view {views[1:]}' if views else ''}, {up}{', dense CRF' if self.crf else ''}"
+
+
+def _views(o: SegmentOptions, fitted: dict[str, Any]) -> dict[str, Any]:
+    """Window and scale settings: the options given, else a fitted clustering's (``fitted``), else none."""
+    views = {"window": None, "window_overlap": DEFAULT_OVERLAP, "scales": (1.0,), **fitted}
+    given = {k: getattr(o, k) for k in views if getattr(o, k) is not None}
+    views.update(given)
+    views["window"] = None if views["window"] is None else as_size(views["window"])
+    views["scales"] = tuple(views["scales"])
+    return views
+
+
+def _check_views(fitted: FittedSegmenter, views: dict[str, Any], path: str | Path) -> None:
+    """A clustering applies only to tokens seen the way it was fitted on (its ``views``; none in older files)."""
+    theirs = views_name(**fitted.settings.get("views", {})) or "none"
+    ours = views_name(**views) or "none"
+    if theirs != ours:
+        raise WeightsError(f"clustering {path} was fitted on backbone views {theirs.lstrip('-')}; this run uses "
+                           f"{ours.lstrip('-')} (--window, --window-overlap, --scales). Fit a new one, or run with "
+                           "the views it was fitted with")
 
 
 def _stego_segmenter(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
@@ -269,7 +297,13 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     name = o.backbone or DEFAULT_BACKBONE
     size = as_size(o.input_size or DEFAULT_INPUT_SIZE)
     images = collect_images(paths, o.skip_invalid)
-    model = create_backbone(name, o.weights, download=o.download, role=o.role, trust_checkpoint=o.trust_checkpoint)
+    views = _views(o, fitted.settings.get("views", {}) if fitted is not None else {})
+    if fitted is not None:
+        _check_views(fitted, views, o.clustering)
+    model = with_views(create_backbone(name, o.weights, download=o.download, role=o.role,
+                                       trust_checkpoint=o.trust_checkpoint), **views, window_batch=o.batch_size)
+    if isinstance(model, BackboneView):
+        model.check_input(size)
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
     k = o.k or DEFAULT_K
     if o.method == "kmeans" and fitted is None and k > tokens:
@@ -290,6 +324,9 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
             segmenter = fitted = fit_kmeans(cache, k, seed=o.seed, niter=o.niter, nredo=o.nredo, **identity)
         elif o.method == "cd" and fitted is None:
             segmenter = fitted = fit_cd(cache, k, o.cd, seed=o.seed, niter=o.niter, nredo=o.nredo, **identity)
+        if o.clustering is None and fitted is not None:  # a new fit: record how its tokens were seen
+            window = None if views["window"] is None else list(views["window"])
+            fitted.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
         coarse, logits = _coarse_labels(cache, segmenter, size, o.crf, images, o.upsample)
     labels = _full_size(coarse, logits, images, _label_dtype(segmenter.num_labels), o.processes)
     if o.save_clustering is not None:

@@ -5,7 +5,13 @@ several times more busy threads than the machine has, and slow each other down o
 shared machine. The count is, in order: ``set_threads(n)`` (the CLI's ``--threads``),
 the ``UNSEG_THREADS`` variable, ``OMP_NUM_THREADS``, the cores this process may run on;
 it never exceeds those cores. Independent jobs (k-means seeds and restarts) share it:
-``parallel_map`` runs ``w`` jobs at once with ``count // w`` faiss threads each.
+``parallel_map`` runs ``w`` jobs at once with ``count // w`` faiss threads each, or with a
+fixed count per job where the result must not depend on the machine.
+
+Results do not depend on the count: a BLAS product splits its work over its threads, and
+how it splits changes the rounding of float sums, so the numeric steps whose output is kept
+(PCA, k-means, assignment) run their products on one BLAS thread each and get their speed
+from independent blocks run side by side (``serial_blas`` and ``per_job=1``).
 
 Data-loader workers need nothing here: torch's worker loop already sets one torch
 thread per worker process (``torch.utils.data._utils.worker``).
@@ -16,11 +22,14 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import TypeVar
+
+from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
 
-__all__ = ["available_cores", "resolve_threads", "set_threads", "get_threads", "parallel_map"]
+__all__ = ["available_cores", "resolve_threads", "set_threads", "get_threads", "parallel_map", "serial_blas"]
 
 ENV = "UNSEG_THREADS"
 T = TypeVar("T")
@@ -64,7 +73,7 @@ def resolve_threads(n: int | None = None) -> int:
 
 
 def set_threads(n: int | None = None) -> int:
-    """Apply the policy to torch, faiss and (when threadpoolctl is installed) every BLAS; returns the count.
+    """Apply the policy to torch, faiss and every BLAS (numpy's, faiss's); returns the count.
 
     Call it once at startup, from the main thread: faiss's OpenMP count is per thread,
     which is why :func:`parallel_map` sets it again in each of its workers.
@@ -76,12 +85,7 @@ def set_threads(n: int | None = None) -> int:
     count = resolve_threads(n)
     torch.set_num_threads(count)
     faiss.omp_set_num_threads(count)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # numpy's and scipy's BLAS keep their own count (set OPENBLAS_NUM_THREADS before start)
-        pass
-    else:
-        threadpool_limits(count)
+    threadpool_limits(count)
     _threads = count
     return count
 
@@ -97,24 +101,36 @@ def _faiss_threads(count: int) -> None:
     faiss.omp_set_num_threads(count)
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None) -> list[R]:
+def serial_blas() -> AbstractContextManager:
+    """Every BLAS (numpy's, faiss's) on one thread inside the block: products whose rounding does
+    not depend on the thread count. Run independent blocks side by side with :func:`parallel_map`."""
+    return threadpool_limits(1, user_api="blas")
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None,
+                 per_job: int | None = None) -> list[R]:
     """``[fn(i) for i in items]`` with up to ``threads`` (default :func:`get_threads`) jobs at once.
 
-    For work that releases the GIL (faiss). The busy threads never exceed ``threads``:
-    ``w`` jobs run side by side with ``threads // w`` faiss threads each. Results come
-    back in the order of ``items``; a job's exception is raised here.
+    For work that releases the GIL (faiss, numpy products). The busy threads never exceed
+    ``threads``: ``w`` jobs run side by side with ``threads // w`` faiss threads each, or with
+    ``per_job`` threads each (then ``threads // per_job`` jobs at once), so that a job computes
+    the same whatever the machine. Results come back in the order of ``items``; a job's
+    exception is raised here.
     """
     items = list(items)
     total = get_threads() if threads is None else resolve_threads(threads)
-    workers = max(1, min(total, len(items)))
+    if per_job is not None and per_job < 1:
+        raise ValueError(f"per_job must be >= 1, got {per_job}")
+    workers = max(1, min(total // (per_job or 1), len(items)))
+    inner = per_job or total // workers
     if workers == 1:
         import faiss
 
         before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(total)
+        faiss.omp_set_num_threads(inner)
         try:
             return [fn(item) for item in items]
         finally:
             faiss.omp_set_num_threads(before)
-    with ThreadPoolExecutor(workers, initializer=_faiss_threads, initargs=(total // workers,)) as pool:
+    with ThreadPoolExecutor(workers, initializer=_faiss_threads, initargs=(inner,)) as pool:
         return list(pool.map(fn, items))

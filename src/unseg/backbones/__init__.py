@@ -10,11 +10,13 @@ from ..errors import WeightsError
 from .base import BACKBONES, Backbone, BackboneSpec
 from .cnn import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, ResNet50
 from .module import ModuleBackbone, as_backbone
+from .views import BackboneView, MultiScale, SlidingWindow, views_name, window_positions, with_views
 from .vit import ViTBackbone
 from .weights import hub_access, load_backbone_weights
 
 __all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "get_backbone_spec",
-           "load_backbone_weights", "DEFAULT_BACKBONE", "ModuleBackbone", "as_backbone"]
+           "load_backbone_weights", "DEFAULT_BACKBONE", "ModuleBackbone", "as_backbone",
+           "BackboneView", "SlidingWindow", "MultiScale", "with_views", "views_name", "window_positions"]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

@@ -16,15 +16,27 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from ..threads import parallel_map
+from ..threads import parallel_map, serial_blas
 
 __all__ = ["StandardPCA", "KMeansResult", "kmeans", "fit_centroids", "assign"]
 
 log = logging.getLogger(__name__)
 GRAM_ROWS = 512  # rows per float32 product in StandardPCA.fit: short float32 sums, merged in float64
-ASSIGN_ROWS = 1 << 20  # points per assignment block (a multiple of faiss's 4096-query blocks)
+ASSIGN_ROWS = 1 << 16  # points per assignment job (a multiple of faiss's 4096-query blocks)
+TRANSFORM_ROWS = 1 << 16  # rows per PCA projection job
 FAISS_BLAS_MIN_ROWS = 20  # faiss computes distances without BLAS below this many queries (other rounding)
 REDO_SEED_STRIDE = 15486557  # faiss Clustering: restart r starts from rand_perm(n, seed + 1 + r * stride)
+
+
+_Moments = tuple[int, np.ndarray, np.ndarray]  # rows, mean, centred scatter
+
+
+def _merge(a: _Moments, b: _Moments) -> _Moments:
+    """Moments of two parts together (Chan et al.'s pairwise update), in float64."""
+    (n, mean, scatter), (rows, m, s) = a, b
+    total = n + rows
+    delta = m - mean
+    return total, mean + delta * (rows / total), scatter + s + np.outer(delta, delta) * (n * rows / total)
 
 
 class StandardPCA:
@@ -54,28 +66,21 @@ class StandardPCA:
         a short sum; the components then agree with float64 to ~1e-7 and projections to ~1e-5,
         but k-means can still move a few boundary points, so float64 is the default.
         """
-        n, mean, scatter = 0, None, None
+        moments, dim = None, None
         for chunk in chunks:
             x = np.asarray(chunk)
-            if x.ndim != 2 or (mean is not None and x.shape[1] != mean.shape[0]):
-                expected = "(n, D)" if mean is None else f"(n, {mean.shape[0]})"
+            if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+                expected = "(n, D)" if dim is None else f"(n, {dim})"
                 raise ValueError(f"PCA chunk of shape {x.shape} is not {expected}")
-            step = max(len(x), 1) if self.dtype == np.float64 else GRAM_ROWS
-            for start in range(0, len(x), step):
-                part = np.asarray(x[start:start + step], dtype=self.dtype)
-                m = part.mean(axis=0, dtype=np.float64)
-                xc = part - m.astype(self.dtype)
-                s = np.asarray(xc.T @ xc, dtype=np.float64)
-                if mean is None:
-                    n, mean, scatter = len(part), m, s
-                    continue
-                total = n + len(part)
-                delta = m - mean
-                scatter = scatter + s + np.outer(delta, delta) * (n * len(part) / total)
-                mean = mean + delta * (len(part) / total)
-                n = total
-        if mean is None:
+            dim = x.shape[1]
+            step = max(len(x), 1) if self.dtype == np.float64 else TRANSFORM_ROWS
+            with serial_blas():  # each block's products on one thread, the blocks side by side
+                blocks = parallel_map(self._moments, [x[s:s + step] for s in range(0, len(x), step)])
+            for block in blocks:  # merged in order: the same sums whatever the thread count
+                moments = block if moments is None else _merge(moments, block)
+        if moments is None:
             raise ValueError("PCA was given no data to fit")
+        n, mean, scatter = moments
         var = np.diag(scatter) / n
         # sklearn's rule: a variance within rounding error of zero is a constant feature, left unscaled
         eps = np.finfo(np.float64).eps
@@ -86,13 +91,27 @@ class StandardPCA:
             self.components_, self.explained_variance_ = None, var / scale**2
             return self
         cov = scatter / n / np.outer(scale, scale)
-        eigval, eigvec = np.linalg.eigh(cov)
+        with serial_blas():
+            eigval, eigvec = np.linalg.eigh(cov)
         order = np.argsort(eigval)[::-1][: self.dim]
         comps = eigvec[:, order].T
         rows = np.arange(self.dim)
         comps *= np.sign(comps[rows, np.abs(comps).argmax(axis=1)])[:, None]
         self.components_, self.explained_variance_ = comps, eigval[order]
         return self
+
+    def _moments(self, rows: np.ndarray) -> _Moments:
+        """(rows, float64 mean, float64 centred scatter) of a block: one part in float64, parts of
+        ``GRAM_ROWS`` rows merged in order in float32."""
+        step = max(len(rows), 1) if self.dtype == np.float64 else GRAM_ROWS
+        moments = None
+        for start in range(0, len(rows), step):
+            part = np.asarray(rows[start:start + step], dtype=self.dtype)
+            m = part.mean(axis=0, dtype=np.float64)
+            xc = part - m.astype(self.dtype)
+            block = (len(part), m, np.asarray(xc.T @ xc, dtype=np.float64))
+            moments = block if moments is None else _merge(moments, block)
+        return moments
 
     @property
     def out_dim(self) -> int:
@@ -108,10 +127,17 @@ class StandardPCA:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != len(self.mean_):
             raise ValueError(f"input of shape {x.shape} is not (n, {len(self.mean_)})")
-        z = (x.astype(np.float32) - self.mean_.astype(np.float32)) / self.scale_.astype(np.float32)
-        if self.components_ is None:
-            return z
-        return z @ self.components_.T.astype(np.float32)
+        mean, scale = self.mean_.astype(np.float32), self.scale_.astype(np.float32)
+        comps = None if self.components_ is None else self.components_.T.astype(np.float32)
+        out = np.empty((len(x), self.out_dim), np.float32)
+
+        def project(start: int) -> None:
+            z = (x[start:start + TRANSFORM_ROWS].astype(np.float32) - mean) / scale
+            out[start:start + len(z)] = z if comps is None else z @ comps
+
+        with serial_blas():  # fixed blocks, one BLAS thread each: rounding independent of the thread count
+            parallel_map(project, range(0, len(x), TRANSFORM_ROWS))
+        return out
 
 
 @dataclass
@@ -146,9 +172,14 @@ def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool,
     index = faiss.IndexFlatIP(x.shape[1]) if spherical else faiss.IndexFlatL2(x.shape[1])
     index.add(centroids)
     labels, score = np.empty(len(x), np.int64), np.empty(len(x), np.float32)
-    for start, stop in _blocks(len(x), block or ASSIGN_ROWS):
+
+    def search(bounds: tuple[int, int]) -> None:
+        start, stop = bounds
         s, i = index.search(np.ascontiguousarray(x[start:stop], dtype=np.float32), 1)
         labels[start:stop], score[start:stop] = i[:, 0], s[:, 0]
+
+    # fixed blocks, one faiss thread each: the same distances (and ties) whatever the thread count
+    parallel_map(search, _blocks(len(x), block or ASSIGN_ROWS), per_job=1)
     return labels, score
 
 
@@ -228,7 +259,8 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 1
                         len(samples[k, seed]), k, k * min_points)
         jobs += [_Restart(samples[k, seed], k, seed + 1 + r * REDO_SEED_STRIDE, niter, spherical) for r in range(nredo)]
     order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j].x) * jobs[j].k)  # longest first: even finish
-    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads)))
+    # one faiss thread per restart: a restart's centroids do not depend on the thread count
+    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads, per_job=1)))
     better = (lambda a, b: a > b) if spherical else (lambda a, b: a < b)
     out = []
     for i in range(len(runs)):

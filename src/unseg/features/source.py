@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from ..backbones import DEFAULT_BACKBONE, Backbone, as_backbone, create_backbone
+from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneView, as_backbone, create_backbone, views_name, with_views
+from ..backbones.views import DEFAULT_OVERLAP
 from ..datasets import SegmentationDataset, create_dataset
 from .cache import FeatureCache, cached_masks
 from .extract import extract_features, require_complete, weights_fingerprint
@@ -63,6 +64,10 @@ class Source:
     ``backbone``: a registered name (``unseg backbones``), a unseg :class:`Backbone`, or any
     ``nn.Module`` mapping (B, 3, H, W) images to (B, D, H/stride, W/stride) features (``stride``
     given here or as its attribute). It is built once and reused for every split.
+
+    ``window`` (px, one value or H W) runs the backbone on overlapping windows of the input
+    (``window_overlap``: the fraction two neighbours share), ``scales`` on the input resized by
+    each factor, averaged (docs/upsampling.md, "Large photos"); features stay on the input's grid.
     """
 
     backbone: str | nn.Module = DEFAULT_BACKBONE
@@ -81,16 +86,24 @@ class Source:
     skip_corrupt: bool = False
     progress: bool = True
     stride: int | None = None  # a plain module's feature stride, when it has no ``stride`` attribute
+    window: int | Sequence[int] | None = None  # sliding window (px); None: the whole input in one pass
+    window_overlap: float = DEFAULT_OVERLAP
+    scales: Sequence[float] = (1.0,)
     _model: Backbone | None = field(default=None, init=False, repr=False, compare=False)
 
     def build_backbone(self) -> Backbone:
-        """The backbone, built (or wrapped) on first use and kept."""
+        """The backbone, built (or wrapped) on first use and kept; with a window or scales, seen through them
+        (windows per forward pass: ``batch_size``), and checked against the input size before any extraction."""
         if self._model is None:
             if isinstance(self.backbone, str):
-                self._model = create_backbone(self.backbone, self.weights, download=self.download, role=self.role,
-                                              trust_checkpoint=self.trust_checkpoint)
+                model = create_backbone(self.backbone, self.weights, download=self.download, role=self.role,
+                                        trust_checkpoint=self.trust_checkpoint)
             else:
-                self._model = as_backbone(self.backbone, self.stride)
+                model = as_backbone(self.backbone, self.stride)
+            model = with_views(model, self.window, self.window_overlap, self.scales, window_batch=self.batch_size)
+            if isinstance(model, BackboneView):
+                model.check_input(as_size(self.input_size))
+            self._model = model
         return self._model
 
     def build_dataset(self, split: str) -> SegmentationDataset:
@@ -118,10 +131,17 @@ class Source:
                           mask_size, **self.extract_options())
 
     def describe(self) -> dict[str, Any]:
+        """The settings a result reports; a window or scales also show in the backbone's name, as in its cache's."""
         if isinstance(self.backbone, str):
-            name, weights = self.backbone, self.weights or "default"
+            name = self.backbone + views_name(self.window, self.window_overlap, self.scales)
+            weights = self.weights or "default"
         else:
             model = self.build_backbone()
             name, weights = model.cache_name, f"fingerprint {weights_fingerprint(model)}"
+        views = {}
+        if self.window is not None:
+            views.update(window=list(as_size(self.window)), window_overlap=self.window_overlap)
+        if tuple(self.scales) != (1.0,):
+            views["scales"] = list(self.scales)
         return {"backbone": name, "weights": weights, "dataset": self.dataset,
-                "input_size": list(as_size(self.input_size))}
+                "input_size": list(as_size(self.input_size)), **views}
