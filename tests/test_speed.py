@@ -208,6 +208,21 @@ def test_hnsw_configured_exhaustive_returns_the_exact_neighbours():
     np.testing.assert_array_equal(exact[:, 0], np.arange(60))
 
 
+def test_exact_knn_table_is_the_same_for_any_thread_count(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(20, 64)).repeat(150, axis=0) + 0.3 * rng.normal(size=(3000, 64))).astype(np.float32)
+    faiss.normalize_L2(x)
+    tables = []
+    for n in (1, 3):
+        threads.set_threads(n)
+        try:
+            tables.append(knn.nearest_neighbours(x, 30, batch=512, method="exact"))
+        finally:
+            threads.set_threads(None)
+    np.testing.assert_array_equal(tables[0], tables[1])
+
+
 def test_unknown_knn_method_is_refused():
     with pytest.raises(SettingError, match="'ivf'.*auto, exact, hnsw"):
         knn.nearest_neighbours(np.eye(3, dtype=np.float32), 2, method="ivf")

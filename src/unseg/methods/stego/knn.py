@@ -51,7 +51,9 @@ def nearest_neighbours(descriptors: np.ndarray, k: int, batch: int = 4096, metho
     (a flat index), "hnsw" (faiss's approximate graph index with ``hnsw_m`` links per node;
     a larger ``ef_search`` finds more of the true neighbours, and ``ef_search`` >= N on a
     small set finds them all), or "auto": exact up to :data:`EXACT_MAX` images, else HNSW
-    (recall against exact: ``benchmarks/bench_knn.py``).
+    (recall against exact: ``benchmarks/bench_knn.py``). The exact table is the same for any
+    thread count (tests/test_speed.py); an HNSW graph is built on all threads at once, so it can
+    differ slightly between runs.
     """
     if method not in KNN_METHODS:
         raise SettingError(f"kNN method {method!r} is not one of {', '.join(KNN_METHODS)}")
