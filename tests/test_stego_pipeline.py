@@ -49,6 +49,14 @@ def test_train_then_eval_a_checkpoint_from_the_cli(tmp_path, capsys):
     assert scores["cluster"]["miou"] == pytest.approx(again.cluster.miou)
     assert scores["linear"]["miou"] == pytest.approx(again.linear.miou)
     assert sorted(scores["mapping"]) == list(range(11))
+    # the same head scored on features seen through windows: their own cache, the view in the JSON
+    assert main(["eval", "stego", "--config", CONFIG, *TINY, "--checkpoint", str(out / "stego.ckpt"),
+                 "--cache-dir", str(tmp_path / "cache"), "--json", str(report), "--window", "112"]) == 0
+    windowed = json.loads(report.read_text())
+    assert windowed["backbone_view"] == "EfficientNetLite0-win112o0.25"
+    val = split_data(load_config(StegoConfig, CONFIG, TINY), "val", tmp_path / "cache", views={"window": 112})
+    assert val.cache.root.name.startswith("camvid-val-EfficientNetLite0-win112o0.25-224x224")
+    assert windowed["cluster"]["miou"] == pytest.approx(evaluate_run(out / "stego.ckpt", val, 11).cluster.miou)
     # evaluating with another number of classes than the checkpoint's is refused by name
     assert main(["eval", "stego", "--config", CONFIG, *TINY, "n_classes=5", "--checkpoint",
                  str(out / "stego.ckpt"), "--cache-dir", str(tmp_path / "cache")]) == 2

@@ -265,13 +265,15 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
     from .methods.stego.pipeline import evaluate_run, split_data
 
     cfg = _stego_config(args)
-    val = split_data(cfg, cfg.val_split, args.cache_dir)
+    views = _views(args)
+    val = split_data(cfg, cfg.val_split, args.cache_dir, views=views)
     scores = evaluate_run(args.checkpoint, val, cfg.n_classes, crf=args.crf, processes=args.processes,
                           trust_checkpoint=args.trust_checkpoint, upsample=_upsampling(args),
                           keep_predictions=args.report is not None, **_scoring(args))
-    print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA, "
+    seen = f" through {val.cache.meta['backbone']}" if views else ""
+    print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px{seen}, flip TTA, "
           f"{args.upsample or 'bilinear'} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary())
-    _write_json(args.json, scores.to_dict())
+    _write_json(args.json, {**scores.to_dict(), **({"backbone_view": val.cache.meta["backbone"]} if views else {})})
     if args.report:
         from .visualisation.report import dataset_report
 
@@ -434,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path)
     _add_scoring(p, STEGO_MATCHING)
     _add_upsample(p, None, "bilinear", "STEGO's, codes to the masks' size")
+    _add_views(p.add_argument_group("large photos (default: the whole val_input_size input at scale 1)"))
     _add_report(p)
     p.set_defaults(func=cmd_eval_stego)
 

@@ -30,16 +30,18 @@ TRAIN_MASK_SIZE = 100  # label resolution of the linear probe's training loss on
 
 
 def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None, device: str = "auto",
-               mask_size: int | None = None) -> SplitData:
+               mask_size: int | None = None, views: dict[str, Any] | None = None) -> SplitData:
     """Cached features and masks of ``split``: training splits five-cropped (if configured) at
-    ``input_size``; evaluation splits at ``val_input_size`` with masks at that size."""
+    ``input_size``; evaluation splits at ``val_input_size`` with masks at that size. ``views``:
+    :class:`unseg.features.Source`'s ``window``, ``window_overlap``, ``scales`` (e.g. to score
+    a head on features of a larger input seen through windows)."""
     if cfg.root is None:
         raise ValueError("the config has no dataset root: set root=PATH")
     training = split == cfg.train_split
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     size = cfg.input_size if training else cfg.val_input_size
     source = Source(cfg.backbone, cfg.weights, dataset=cfg.dataset, root=cfg.root, input_size=size,
-                    cache_dir=cache_root, device=device, progress=False)
+                    cache_dir=cache_root, device=device, progress=False, **(views or {}))
     dataset = source.build_dataset(split)
     if training and cfg.five_crop:
         dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / f"{cfg.dataset}-{split}-{cfg.crop_ratio}",
