@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones import DEFAULT_BACKBONE, BackboneView, create_backbone, views_name, with_views
+from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
 from .backbones.views import DEFAULT_OVERLAP
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
 from .errors import ImageError, LayoutError, SettingError, WeightsError
@@ -301,9 +301,8 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     if fitted is not None:
         _check_views(fitted, views, o.clustering)
     model = with_views(create_backbone(name, o.weights, download=o.download, role=o.role,
-                                       trust_checkpoint=o.trust_checkpoint), **views, window_batch=o.batch_size)
-    if isinstance(model, BackboneView):
-        model.check_input(size)
+                                       trust_checkpoint=o.trust_checkpoint), **views, window_batch=o.batch_size,
+                       input_size=size)
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
     k = o.k or DEFAULT_K
     if o.method == "kmeans" and fitted is None and k > tokens:

@@ -246,10 +246,11 @@ class MultiScale(BackboneView):
 
 def with_views(backbone: Backbone, window: int | Sequence[int] | None = None,
                window_overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,),
-               window_batch: int = DEFAULT_WINDOW_BATCH) -> Backbone:
+               window_batch: int = DEFAULT_WINDOW_BATCH, input_size: tuple[int, int] | None = None) -> Backbone:
     """``backbone`` seen through a sliding window and/or several scales; itself when neither is asked for.
 
-    With both, every scaled input is tiled: ``MultiScale(SlidingWindow(backbone))``.
+    With both, every scaled input is tiled: ``MultiScale(SlidingWindow(backbone))``. With
+    ``input_size`` (H, W) the views are checked against it here, before any extraction starts.
     """
     view = backbone
     if window is not None:
@@ -258,4 +259,6 @@ def with_views(backbone: Backbone, window: int | Sequence[int] | None = None,
         _check_overlap(window_overlap)  # an overlap without a window is still a value to get right
     if tuple(scales) != (1.0,):
         view = MultiScale(view, scales)
+    if input_size is not None and isinstance(view, BackboneView):
+        view.check_input(input_size)
     return view

@@ -23,7 +23,7 @@ __all__ = ["StandardPCA", "KMeansResult", "kmeans", "fit_centroids", "assign"]
 log = logging.getLogger(__name__)
 GRAM_ROWS = 512  # rows per float32 product in StandardPCA.fit: short float32 sums, merged in float64
 ASSIGN_ROWS = 1 << 16  # points per assignment job (a multiple of faiss's 4096-query blocks)
-TRANSFORM_ROWS = 1 << 16  # rows per PCA projection job
+TRANSFORM_ROWS = 1 << 16  # rows per PCA job: a projection block, and a float32 fit block (of GRAM_ROWS parts)
 FAISS_BLAS_MIN_ROWS = 20  # faiss computes distances without BLAS below this many queries (other rounding)
 REDO_SEED_STRIDE = 15486557  # faiss Clustering: restart r starts from rand_perm(n, seed + 1 + r * stride)
 

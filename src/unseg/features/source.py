@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
-from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneView, as_backbone, create_backbone, views_name, with_views
+from ..backbones import DEFAULT_BACKBONE, Backbone, as_backbone, create_backbone, views_name, with_views
 from ..backbones.views import DEFAULT_OVERLAP
 from ..datasets import SegmentationDataset, create_dataset
 from .cache import FeatureCache, cached_masks
@@ -100,10 +100,8 @@ class Source:
                                         trust_checkpoint=self.trust_checkpoint)
             else:
                 model = as_backbone(self.backbone, self.stride)
-            model = with_views(model, self.window, self.window_overlap, self.scales, window_batch=self.batch_size)
-            if isinstance(model, BackboneView):
-                model.check_input(as_size(self.input_size))
-            self._model = model
+            self._model = with_views(model, self.window, self.window_overlap, self.scales,
+                                     window_batch=self.batch_size, input_size=as_size(self.input_size))
         return self._model
 
     def build_dataset(self, split: str) -> SegmentationDataset:
