@@ -1,15 +1,17 @@
 """Feature extraction against the bare forward, on CamVid, in one run.
 
-Times three things on the same images, batches and threads, alternating, ``--repeats`` times
-(so a load change on a shared machine hits all three alike); the ratio is taken on each one's
+Times four things on the same images, batches and threads, alternating, ``--repeats`` times
+(so a load change on a shared machine hits all alike); the ratio is taken on each one's
 best run, the least disturbed by other processes, and on the medians:
 
 * ``bare``: the backbone's forward on batches already decoded and in memory (the floor);
 * ``extraction``: :func:`unseg.extract_features` end to end (decode + resize in loader
   workers, forward, copy out, shard write), into a fresh cache each time;
+* ``bare old``: the bare forward of the old path's model (its layout alone);
 * ``old``: the extraction loop as it was before (one loader per shard, workers decoding
-  whole batches at normal priority, outputs concatenated, shards written in the foreground),
-  kept here only to measure against (fp32 only).
+  whole batches at normal priority, outputs concatenated, shards written in the foreground,
+  a CNN in the default memory layout instead of channels-last), kept here only to measure
+  against (fp32 only).
 
 The ratio ``bare / extraction`` is 1.00 when extraction adds nothing to the forward. The model
 is warmed up (one forward) before any timing, so no side pays the first call's setup. Then the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import statistics
 import tempfile
@@ -33,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from unseg import create_backbone, create_dataset, extract_features
 from unseg.evaluation.clustering import cluster_labels, project_tokens, score_labels
+from unseg.backbones.cnn import ConvBackbone
 from unseg.features import as_size, image_to_tensor, resolve_device
 from unseg.features.cache import cached_masks, mark_complete, prepare_cache_dir, write_shard
 from unseg.features.extract import PRECISIONS, _Images, cache_dir_for, cache_meta
@@ -105,13 +109,19 @@ def main() -> None:
         backbone.forward_with_saliency(batches[0].to(device))  # warm-up, for every side alike
         sync(device)
 
-    def bare() -> None:
+    old_backbone = (copy.deepcopy(backbone).lay_out(torch.contiguous_format) if isinstance(backbone, ConvBackbone)
+                    else backbone)
+    with torch.no_grad():
+        old_backbone.forward_with_saliency(batches[0].to(device))  # its warm-up
+    sync(device)
+
+    def bare(model=backbone) -> None:
         with torch.no_grad(), autocast:
             for x in batches:
-                backbone.forward_with_saliency(x.to(device))
+                model.forward_with_saliency(x.to(device))
         sync(device)
 
-    times: dict[str, list[float]] = {"bare": [], "extraction": [], "old": []}
+    times: dict[str, list[float]] = {"bare": [], "extraction": [], "old": [], "bare old": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             runs = {
@@ -122,8 +132,9 @@ def main() -> None:
                 "bare": bare,
             }
             if args.precision == "fp32":
-                runs["old"] = lambda: old_extract(backbone, dataset, size, Path(tmp) / f"old{r}", args.batch_size,
+                runs["old"] = lambda: old_extract(old_backbone, dataset, size, Path(tmp) / f"old{r}", args.batch_size,
                                                   args.workers, device)
+                runs["bare old"] = lambda: bare(old_backbone)
             for name, run in runs.items():
                 start = time.perf_counter()
                 run()
@@ -134,7 +145,7 @@ def main() -> None:
         best = {k: min(v) for k, v in times.items() if v}
         median = {k: statistics.median(v) for k, v in times.items() if v}
         print(f"{'path':12s} {'img/s':>7s} {'best s':>7s} {'median s':>9s}  bare / path (best, median)  runs (s)")
-        for name in ("bare", "extraction", "old"):
+        for name in ("bare", "extraction", "old", "bare old"):
             if name in best:
                 print(f"{name:12s} {n / best[name]:7.2f} {best[name]:7.2f} {median[name]:9.2f}  "
                       f"{best['bare'] / best[name]:5.2f} {median['bare'] / median[name]:5.2f}"
@@ -142,6 +153,9 @@ def main() -> None:
         ratio = f"{best['bare'] / best['extraction']:.2f}"
         old = f" (old path: {best['bare'] / best['old']:.2f})" if "old" in best else ""
         print(f"extraction / bare forward speed, best runs: {ratio}{old}  (1.00 = nothing beyond the forward)")
+        if "old" in best:
+            print(f"extraction is {best['old'] / best['extraction']:.2f}x (best) / "
+                  f"{median['old'] / median['extraction']:.2f}x (median) as fast as the old path")
 
         if args.k:
             masks = cached_masks(cache, dataset, (100, 100))

@@ -36,7 +36,7 @@ def steps_per_second(module: StegoModule, loader: DataLoader, steps: int) -> flo
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--root", default="../shared/data/camvid")
-    p.add_argument("--config", default="configs/stego/camvid_effnet.yaml")
+    p.add_argument("--config", default="stego/camvid_effnet")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--cache-dir")
     args = p.parse_args()

@@ -251,7 +251,8 @@ def test_resnet50_torchvision_layout(tmp_path, with_fc):
         ref = torch.nn.Sequential(*list(source.children())[:-2])(X16)  # conv1 .. layer4 (dilated)
     got = feats(loaded, X16)
     assert got.shape == ref.shape == (2, 2048, 2, 3)
-    assert torch.allclose(got, ref, **TOL)
+    assert torch.allclose(feats(loaded.lay_out(torch.contiguous_format), X16), ref, **TOL)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()  # channels-last: other summation order
     assert not torch.allclose(got, feats(random_backbone("resnet50", 22), X16), rtol=1e-3, atol=1e-3)
 
 
@@ -522,10 +523,46 @@ def test_no_weights_needs_a_local_file(name):
         create_backbone(name)
 
 
-@pytest.mark.parametrize("name, dim", [("efficientnet_lite0", 432), ("efficientnet_lite1", 432),
-                                       ("efficientnet_lite2", 472)])
+@pytest.mark.parametrize("name, dim", [("efficientnet_lite0", 432), ("efficientnet_lite0_stage5", 304),
+                                       ("efficientnet_lite1", 432), ("efficientnet_lite2", 472)])
 def test_efficientnet_needs_no_weights_argument(name, dim):
     assert create_backbone(name).embed_dim == dim
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_cnns_run_channels_last_and_keep_it_when_loading_weights(tmp_path, name):
+    """The fast layout survives a checkpoint load, and gives the default layout's features and
+    saliency (to float rounding: the kernels sum in another order)."""
+    import copy
+
+    fast = random_backbone(name, 3)
+    path = tmp_path / "weights.pth"
+    torch.save(fast.weight_state_dict(), path)
+    loaded = create_backbone(name, weights=path)
+    stem = "conv_stem" if name.startswith("efficientnet") else "conv1"
+    assert getattr(loaded.model, stem).weight.is_contiguous(memory_format=torch.channels_last)
+    default = copy.deepcopy(loaded).lay_out(torch.contiguous_format)
+    assert not getattr(default.model, stem).weight.is_contiguous(memory_format=torch.channels_last)
+    x = images(64, 96)
+    with torch.no_grad():
+        (f, s), (f0, s0) = loaded.forward_with_saliency(x), default.forward_with_saliency(x)
+    assert f.is_contiguous() and s.is_contiguous()
+    assert (f - f0).abs().max() <= 1e-5 * f0.abs().max() and torch.allclose(s, s0, rtol=1e-4, atol=1e-6)
+
+
+def test_efficientnet_deep_stage_is_its_own_cache_and_shares_the_weights():
+    """The stage-5 tap reads the same weights (same fingerprint) but other features, so its
+    caches must not answer for the default's."""
+    from unseg.features.extract import weights_fingerprint
+
+    default, stage5 = create_backbone("efficientnet_lite0"), create_backbone("efficientnet_lite0_stage5")
+    assert weights_fingerprint(default) == weights_fingerprint(stage5)
+    assert default.cache_name != stage5.cache_name
+    with torch.no_grad():
+        a, b = default(X16), stage5(X16)
+    assert torch.equal(a[:, :112], b[:, :112]) and not torch.allclose(a[:, 112:304], b[:, 112:])
+    with pytest.raises(ValueError, match="deep_stage 4"):
+        type(default)(pretrained=False, deep_stage=4)
 
 
 def test_download_offline_fails_fast_and_says_how():

