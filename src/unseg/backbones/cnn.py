@@ -25,7 +25,7 @@ def _norm_saliency(deep: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class ConvBackbone(Backbone):
     """A CNN that runs in channels-last memory layout: on CPU (oneDNN) EfficientNet-Lite0's
     forward at 448 px is about 1.4x faster than in the default layout, with features equal to
-    ~4e-5 (less than the 1 vs 2 thread difference; benchmarks/bench_features.py times both)."""
+    ~5e-5 (the order of the 1 vs 2 thread difference; benchmarks/bench_features.py times both)."""
 
     memory_format = torch.channels_last
 
