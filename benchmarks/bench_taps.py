@@ -30,13 +30,20 @@ DEFAULT_TAPS = ["b4+b6", "b2", "b3", "b4", "b5", "b6", "head", "b4+b5", "b5+b6",
 
 
 @torch.no_grad()
-def stage_outputs(backbone, dataset, size: int, batch: int = 16) -> dict[str, np.ndarray]:
-    """Tap name -> (N*h*w, C) tokens on the stride-16 grid, in image order."""
+def stage_outputs(backbone, dataset, size: int, mask_size: tuple[int, int] = (100, 100),
+                  batch: int = 16) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(tap name -> (N*h*w, C) tokens on the stride-16 grid, (N, *mask_size) label maps), in image
+    order; each image is decoded once for both."""
     m, grid = backbone.model, size // 16
     taps: dict[str, list[np.ndarray]] = {}
+    masks = []
     for start in range(0, len(dataset), batch):
-        x = torch.stack([image_to_tensor(dataset.load_image(s), (size, size), backbone.mean, backbone.std)
-                         for s in dataset.samples[start:start + batch]])
+        tensors = []
+        for sample in dataset.samples[start:start + batch]:
+            image = dataset.load_image(sample)
+            tensors.append(image_to_tensor(image, (size, size), backbone.mean, backbone.std))
+            masks.append(resize_mask(dataset.load_mask(sample, image.size), mask_size))
+        x = torch.stack(tensors)
         y = m.bn1(m.conv_stem(x))
         outs = {}
         for i, stage in enumerate(m.blocks):
@@ -48,7 +55,7 @@ def stage_outputs(backbone, dataset, size: int, batch: int = 16) -> dict[str, np
             v = (F.adaptive_avg_pool2d(v, grid) if v.shape[-1] > grid
                  else F.interpolate(v, size=(grid, grid), mode="bilinear", align_corners=False))
             taps.setdefault(name, []).append(v.permute(0, 2, 3, 1).reshape(-1, v.shape[1]).numpy())
-    return {name: np.concatenate(parts) for name, parts in taps.items()}
+    return {name: np.concatenate(parts) for name, parts in taps.items()}, np.stack(masks)
 
 
 def score(tokens: np.ndarray, masks: np.ndarray, n: int, grid: int, num_classes: int, k: int,
@@ -76,9 +83,7 @@ def main() -> None:
     dataset = create_dataset("camvid", args.root, "val")
     backbone = create_backbone(args.backbone).eval()
     start = time.perf_counter()
-    taps = stage_outputs(backbone, dataset, args.input_size)
-    masks = np.stack([resize_mask(dataset.load_mask(s, dataset.load_image(s).size), (100, 100))
-                      for s in dataset.samples])
+    taps, masks = stage_outputs(backbone, dataset, args.input_size)
     grid = args.input_size // 16
     print(f"# {args.backbone} taps on camvid/val ({len(dataset)} images) at {args.input_size}px, "
           f"channels {', '.join(f'{k} {v.shape[1]}' for k, v in taps.items())}; "
