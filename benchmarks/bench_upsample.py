@@ -1,4 +1,4 @@
-"""Time and peak memory per image of each feature upsampler (docs/upsampling.md).
+"""Time and peak memory per image of each feature upsampler (``unseg docs upsampling``).
 
 Synthetic features of a backbone's shape (default: EfficientNet-Lite0, 432 channels on a
 28x28 grid at 448 px) and a random guide, upsampled to each target size. Memory: the peak

@@ -1,4 +1,4 @@
-"""Backbones: every checkpoint layout of docs/checkpoints.md loads into the right weights
+"""Backbones: every checkpoint layout of ``unseg docs checkpoints`` loads into the right weights
 (and network), files of another architecture fail with a clear WeightsError, and features /
 saliency are exactly what the methods define (patch tokens with position embeddings
 resampled by the authors' rule, written out here; last-block CLS attention averaged over heads).

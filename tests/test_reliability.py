@@ -1,4 +1,4 @@
-"""Reliability (docs/reliability.md): a cache answers only for the files it was built from, every user
+"""Reliability (``unseg docs reliability``): a cache answers only for the files it was built from, every user
 error is one line with exit status 2, images decode as viewers show them, a resumed STEGO run equals
 an uninterrupted one, and --download gives up within seconds offline."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CBFE and community detection (docs/methods.md) on synthetic cases with known answers,
+"""CBFE and community detection (``unseg docs methods``) on synthetic cases with known answers,
 and the pipeline on the sample."""
 import json
 

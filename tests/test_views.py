@@ -1,4 +1,4 @@
-"""Large photos (docs/upsampling.md): a sliding window stitches what the full forward gives a patch-local
+"""Large photos (``unseg docs upsampling``): a sliding window stitches what the full forward gives a patch-local
 network, multi-scale averages resized maps, both keep the weights' fingerprint but name their caches apart,
 and bad settings are one line."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading checkpoints safely (docs/checkpoints.md): files whose unpickling would run code are
+"""Reading checkpoints safely (``unseg docs checkpoints``): files whose unpickling would run code are
 refused before anything runs; Lightning files whose hyper-parameters are pickled objects of
 modules that are not installed still load; ``.safetensors`` files load; ``trust_checkpoint``
 is the only way to full unpickling; and every load says which network it took.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -13,11 +14,12 @@ from .errors import UnsegError
 _ROLE_HELP = ("which network of a teacher/student checkpoint; auto = what the authors' evaluation reads: "
               "the student (model.*) of a Leopart checkpoint, the teacher of a DINO training checkpoint")
 _TRUST_HELP = ("unpickle the --weights / --checkpoint file fully, which runs any code it holds: only for files "
-               "you trust (default: a safe loader that runs nothing; docs/checkpoints.md)")
+               "you trust (default: a safe loader that runs nothing; `unseg docs checkpoints`)")
 
 
 def _add_views(g: argparse._ArgumentGroup) -> None:
-    """``--window``, ``--window-overlap``, ``--scales``: how the backbone sees a large input (docs/upsampling.md)."""
+    """``--window``, ``--window-overlap``, ``--scales``: how the backbone sees a large input
+    (``unseg docs upsampling``)."""
     g.add_argument("--window", type=int, nargs="+", metavar="PX",
                    help="run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
                         "stride, at most the input size) and stitch their features (default: the whole input at once)")
@@ -87,7 +89,7 @@ def _add_scoring(p: argparse.ArgumentParser, matching_default: str) -> None:
     p.add_argument("--matching", choices=METHODS,
                    help=f"cluster-to-class rule (default {matching_default}): hungarian-iou maximises IoU "
                         "(Leopart), hungarian-pixels maximises matched pixels (STEGO), greedy is many-to-one by "
-                        "precision, auto is hungarian-iou when K <= #classes else greedy (docs/evaluation.md)")
+                        "precision, auto is hungarian-iou when K <= #classes else greedy (`unseg docs evaluation`)")
     p.add_argument("--absent-classes", choices=ABSENT_RULES,
                    help=f"a class in neither ground truth nor prediction: skip = left out of the mIoU (STEGO), "
                         f"zero = IoU 0 averaged over all classes (Leopart's PredsmIoU) (default {DEFAULT_ABSENT})")
@@ -95,11 +97,11 @@ def _add_scoring(p: argparse.ArgumentParser, matching_default: str) -> None:
 
 def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str = "none",
                   meaning: str = "token labels, nearest-upsampled") -> None:
-    """Feature upsampling before clustering / probes (docs/upsampling.md); ``target`` None: the
+    """Feature upsampling before clustering / probes (``unseg docs upsampling``); ``target`` None: the
     command upsamples to a fixed size (no --upsample-size / --upsample-factor)."""
     from .features.upsample import UPSAMPLERS
 
-    g = p.add_argument_group("feature upsampling (docs/upsampling.md)")
+    g = p.add_argument_group("feature upsampling (`unseg docs upsampling`)")
     g.add_argument("--upsample", choices=UPSAMPLERS,
                    help=f"assign labels on upsampled features: bilinear, or guided = joint bilateral upsampling "
                         f"that follows the image's edges (default {default}: {meaning})")
@@ -161,6 +163,19 @@ def cmd_datasets(args: argparse.Namespace) -> None:
         print(f"{name:16s} {len(cls.class_names):4d} classes  splits: {splits}")
         if args.layout:
             print(cls.layout)
+
+
+def cmd_docs(args: argparse.Namespace) -> None:
+    from .pages import page, topics
+
+    if args.topic is not None:
+        print(page(args.topic), end="")
+        return
+    titles = topics()
+    width = max(map(len, titles), default=0)
+    for name, title in titles.items():
+        print(f"{name:{width}s}  {title}")
+    print("\n`unseg docs TOPIC` prints a page")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -384,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", action="store_true", help="also print each expected folder layout")
     p.set_defaults(func=cmd_datasets)
 
+    p = sub.add_parser("docs", help="print a documentation page shipped with unseg (no TOPIC: list them)")
+    p.add_argument("topic", nargs="?", metavar="TOPIC", help="e.g. methods, evaluation, upsampling")
+    p.set_defaults(func=cmd_docs)
+
     p = sub.add_parser("extract", help="extract dense features into the cache (resumable; one shard set per rank)")
     _add_source(p)
     p.add_argument("--split", nargs="+", default=["val"], help="splits to extract (default val)")
@@ -396,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE, else 1)")
     p.set_defaults(func=cmd_extract)
 
-    ev = sub.add_parser("eval", help="evaluation protocols (docs/evaluation.md)")
+    ev = sub.add_parser("eval", help="evaluation protocols (`unseg docs evaluation`)")
     ev = ev.add_subparsers(dest="protocol", required=True)
     p = ev.add_parser("cluster", help="k-means on frozen features: K = #classes (Hungarian) and overclustering")
     _add_source(p)
@@ -498,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stego(p)
     p.set_defaults(func=cmd_stego_knn)
     p = stego.add_parser("sweep", help="STEGO vs raw / PCA / random projections over code dims "
-                                        "(the study, docs/methods.md)")
+                                        "(the study, `unseg docs methods`)")
     _add_stego(p)
     p.add_argument("--dims", type=int, nargs="+", help="code dimensions (default 3 8 16 32 70 128)")
     p.add_argument("--methods", nargs="+", help="default: stego pca random raw")
@@ -571,6 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnsegError as exc:
         print(f"unseg: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that quit early (`unseg docs methods | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 1
     return 0
 
 

@@ -190,7 +190,7 @@ def _build(cls: type[T], data: Any, prefix: str, where: Where, base: T | None) -
 
 # Keys every method's config uses with one meaning (Lightning Trainer and DataLoader settings, counts
 # and sizes), with their allowed values: a value of the right type but out of range fails when the
-# config is read, naming the key, where it came from and what is allowed (docs/reliability.md).
+# config is read, naming the key, where it came from and what is allowed (`unseg docs reliability`).
 PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
               "transformer-engine", "transformer-engine-float16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")

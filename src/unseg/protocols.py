@@ -4,7 +4,7 @@ Each protocol loads its splits through :meth:`unseg.features.Source.load_split` 
 result that carries its settings (a printed number always states its protocol), says what
 ran (``describe()``, the text ``unseg eval`` prints) and writes a report folder from the
 data it already holds (``write_report(dir)``). The scoring itself lives in the leaf modules
-``unseg.evaluation`` and ``unseg.unsupervised`` (docs/evaluation.md).
+``unseg.evaluation`` and ``unseg.unsupervised`` (``unseg docs evaluation``).
 """
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = 
                         absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None) -> ClusteringEvaluation:
     """Overclustering (K > #classes, greedy matching) and K = #classes (Hungarian) on a frozen backbone.
 
-    ``upsample``: assign clusters on upsampled features (docs/upsampling.md); the guided
+    ``upsample``: assign clusters on upsampled features (``unseg docs upsampling``); the guided
     upsampler reads the split's images, resized to the target grid, one at a time.
     """
     data = source.load_split(split, mask_size)

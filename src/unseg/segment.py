@@ -4,7 +4,7 @@ Images of any size are resized to the backbone's square input; their segment map
 back at each image's own size. Methods:
 
 - ``kmeans``: standardise + PCA 50 + k-means (k segments) on the images' tokens;
-- ``cd``: community detection (docs/methods.md) on an overclustering of the tokens, optionally
+- ``cd``: community detection (``unseg docs methods``) on an overclustering of the tokens, optionally
   after cluster-based foreground extraction; k is Infomap's preferred number of segments;
 - ``stego``: a trained STEGO head and its cluster probe (``checkpoint``).
 
@@ -186,10 +186,10 @@ class SegmentOptions:
     ``unseg[crf]``). ``niter``, ``nredo``: faiss k-means iterations and restarts when fitting
     (the protocol's 100 and 5). ``trust_checkpoint``: unpickle ``weights`` / ``checkpoint``
     fully, which runs any code they hold (trusted files only). ``upsample``: segment upsampled
-    features (docs/upsampling.md), e.g. ``Upsampling("guided")`` for masks that follow the
+    features (``unseg docs upsampling``), e.g. ``Upsampling("guided")`` for masks that follow the
     image's edges at the input size (memory: one image's features at a time). ``window``,
     ``window_overlap``, ``scales``: see the backbone through a sliding window and/or several
-    scales (docs/upsampling.md, "Large photos"; windows per forward pass: ``batch_size``);
+    scales (``unseg docs upsampling``, "Large photos"; windows per forward pass: ``batch_size``);
     default the clustering's, else the whole input at scale 1.
     """
 
@@ -218,7 +218,7 @@ class SegmentOptions:
     niter: int = 100
     nredo: int = 5
     trust_checkpoint: bool = False
-    # guided upsampling to the input size: the best measured on CamVid (docs/upsampling.md)
+    # guided upsampling to the input size: the best measured on CamVid (`unseg docs upsampling`)
     upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
 
     def describe(self) -> str:

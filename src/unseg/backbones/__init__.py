@@ -50,10 +50,12 @@ log = logging.getLogger(__name__)
 
 
 def list_backbones() -> list[BackboneSpec]:
+    """Every registered backbone's spec (what ``unseg backbones`` prints), by name."""
     return [BACKBONES.get(n) for n in BACKBONES.names()]
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
+    """The spec of backbone ``name``; an unknown name fails listing the known ones."""
     return BACKBONES.get(name)
 
 
@@ -62,7 +64,7 @@ def create_backbone(name: str, weights: str | Path | None = None, *, download: b
                     trust_checkpoint: bool = False) -> Backbone:
     """Build backbone ``name`` in eval mode.
 
-    ``weights``: a local checkpoint of any layout of docs/checkpoints.md, or ``"random"``;
+    ``weights``: a local checkpoint of any layout of ``unseg docs checkpoints``, or ``"random"``;
     ``role`` picks the network of a two-network file ("auto": what the authors' evaluation
     reads), and which one was loaded is logged. The file is read without running code from
     it unless ``trust_checkpoint``. Without ``weights`` the offline backbone loads its

@@ -2,7 +2,7 @@
 
 The module maps (B, 3, H, W) images, normalised with ``mean`` / ``std``, to (B, D, h, w)
 features at ``stride``. It has no CLS attention, so its saliency is the CNN backbones'
-proxy: the L2 norm of the features (docs/checkpoints.md). Caches follow the module's class
+proxy: the L2 norm of the features (``unseg docs checkpoints``). Caches follow the module's class
 name and a fingerprint of its state dict, as they follow a registered backbone's weights.
 """
 from __future__ import annotations

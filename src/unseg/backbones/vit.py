@@ -1,6 +1,6 @@
 """DINO / DINOv2 Vision Transformers (timm modules), any input size, with CLS-attention saliency.
 
-timm's VisionTransformer uses DINO's own state-dict keys (docs/checkpoints.md), so a
+timm's VisionTransformer uses DINO's own state-dict keys (``unseg docs checkpoints``), so a
 backbone's ``weight_state_dict`` is exactly a DINO backbone ``.pth``. The token embedding
 is written out here rather than taken from timm, because the position embeddings must be
 resampled exactly as the authors' models do it (:func:`resample_pos_embed`); timm's own

@@ -1,4 +1,4 @@
-"""Load a backbone from any checkpoint layout (docs/checkpoints.md), safely.
+"""Load a backbone from any checkpoint layout (``unseg docs checkpoints``), safely.
 
 Supported, detected from the file's content:
 

@@ -1,4 +1,4 @@
-"""Clustering: standardise + PCA, faiss k-means, and cluster-to-class matching (docs/evaluation.md)."""
+"""Clustering: standardise + PCA, faiss k-means, and cluster-to-class matching (``unseg docs evaluation``)."""
 from __future__ import annotations
 
 from .kmeans import KMeansResult, StandardPCA, assign, kmeans

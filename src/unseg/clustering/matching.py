@@ -1,4 +1,4 @@
-"""Cluster-to-class matching: the project's only matching code (rules: docs/evaluation.md).
+"""Cluster-to-class matching: the project's only matching code (rules: ``unseg docs evaluation``).
 
 Two one-to-one Hungarian rules, because the papers differ: ``hungarian-iou`` maximises the
 summed IoU of matched pairs (Leopart's clustering protocol), ``hungarian-pixels`` the
@@ -22,10 +22,14 @@ __all__ = ["UNMATCHED", "METHODS", "class_predictions", "CLUSTERING_MATCHING", "
            "hungarian_match", "pixel_match", "greedy_match", "apply_matching", "resolve_method", "match"]
 
 UNMATCHED = -1
+"""The class of a cluster that no class took, in a mapping."""
 METHODS = ("auto", "hungarian-iou", "hungarian-pixels", "greedy")
+"""The matching rules (the module docstring says what each maximises)."""
 # each protocol's default rule, defined once (the CLI shows these)
-CLUSTERING_MATCHING = "auto"  # Leopart's clustering protocol: hungarian-iou for K <= C, else greedy
-STEGO_MATCHING = "hungarian-pixels"  # STEGO's cluster probe (its UnsupervisedMetrics)
+CLUSTERING_MATCHING = "auto"
+"""Leopart's clustering protocol: hungarian-iou for K <= C, else greedy."""
+STEGO_MATCHING = "hungarian-pixels"
+"""STEGO's cluster probe (its ``UnsupervisedMetrics``)."""
 
 
 class MatchingError(UnsegError, ValueError):

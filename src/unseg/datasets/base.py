@@ -102,7 +102,7 @@ class SegmentationDataset:
 def read_image(path: Path) -> Image.Image:
     """Decode an image file to RGB as a viewer shows it, or fail naming the file.
 
-    The one place image files are opened (docs/reliability.md): EXIF orientation is applied,
+    The one place image files are opened (``unseg docs reliability``): EXIF orientation is applied,
     16- and 32-bit grey levels are scaled to 8 bits (a plain conversion would clip them to
     white), and every other mode (grey, palette, RGBA, CMYK, ...) goes through PIL's RGB conversion.
     """
@@ -205,4 +205,5 @@ def create_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> Se
 
 
 def list_datasets() -> list[str]:
+    """The registered dataset names (``create_dataset`` takes them), sorted."""
     return DATASETS.names()

@@ -2,7 +2,7 @@
 
 K == #classes with Hungarian matching maximising IoU is the fully unsupervised protocol;
 K > #classes with greedy many-to-one matching by precision is overclustering (Leopart's
-rules, docs/evaluation.md). Both are this one function with another K: the matching
+rules, ``unseg docs evaluation``). Both are this one function with another K: the matching
 follows from K unless given.
 """
 from __future__ import annotations
@@ -156,7 +156,7 @@ def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int
 
     ``upsample`` (default none: token maps nearest-upsampled to the masks): k-means is fitted
     on the tokens as always, then every pixel of the upsampled feature maps is assigned
-    (:func:`dense_confusions`; docs/upsampling.md); ``guides`` feeds the guided upsampler.
+    (:func:`dense_confusions`; ``unseg docs upsampling``); ``guides`` feeds the guided upsampler.
 
     ``matching``: a rule of :data:`unseg.clustering.matching.METHODS`; ``absent``: one of
     :data:`unseg.evaluation.metrics.ABSENT_RULES`. Each result names the rule that ran.

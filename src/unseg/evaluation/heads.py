@@ -1,4 +1,4 @@
-"""Supervised probes on a frozen backbone (docs/evaluation.md): a linear head and an FCN head.
+"""Supervised probes on a frozen backbone (``unseg docs evaluation``): a linear head and an FCN head.
 
 Training follows the protocol on images (RandomResizedCrop(scale 0.8-1) + flip, frozen
 backbone, CE on label maps at ``mask_size``); ``augment=False`` trains on the cached
@@ -53,7 +53,7 @@ class FCNHead(nn.Module):
 
 
 HEADS = {"linear": LinearHead, "fcn": FCNHead}
-# docs/evaluation.md protocol defaults per head: epochs, lr, lr-step epochs, batch size
+# `unseg docs evaluation` protocol defaults per head: epochs, lr, lr-step epochs, batch size
 HEAD_DEFAULTS = {"linear": {"epochs": 25, "lr": 0.01, "milestones": [20], "batch_size": 60},
                  "fcn": {"epochs": 30, "lr": 0.01, "milestones": [15], "batch_size": 64}}
 

@@ -1,4 +1,4 @@
-"""Confusion matrices and the scores read from them: the project's only metric code (docs/evaluation.md).
+"""Confusion matrices and the scores read from them: the project's only metric code (``unseg docs evaluation``).
 
 Conventions:
 
@@ -25,9 +25,10 @@ from ..errors import UnsegError
 __all__ = ["confusion_matrix", "SegmentationScores", "scores_from_confusion", "ConfusionAccumulator", "ABSENT_RULES",
            "DEFAULT_ABSENT", "MetricError", "check_absent"]
 
-ABSENT_RULES = ("skip", "zero")  # a class in neither ground truth nor prediction: left out of the mIoU, or IoU 0
-# every protocol's default: STEGO's rule; "zero" gives Leopart's PredsmIoU average (docs/evaluation.md)
+ABSENT_RULES = ("skip", "zero")
+"""The IoU of a class in neither ground truth nor prediction: left out of the mIoU ("skip"), or 0 ("zero")."""
 DEFAULT_ABSENT = "skip"
+"""Every protocol's default: STEGO's rule; "zero" gives Leopart's PredsmIoU average (``unseg docs evaluation``)."""
 
 
 class MetricError(UnsegError, ValueError):

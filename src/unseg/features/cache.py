@@ -15,7 +15,7 @@ Every file is written to a temporary name and renamed, so a killed extraction le
 only whole shards; it resumes from the first missing one. Ranks of a multi-GPU run
 write disjoint shards (shard i belongs to rank i % world_size).
 
-A cache answers only for the files it was built from (docs/reliability.md): the image files'
+A cache answers only for the files it was built from (``unseg docs reliability``): the image files'
 identity is part of its folder name, so changed images get a new cache, and saved masks are
 reused only while their files, folder and decoding settings are the same.
 """

@@ -67,7 +67,7 @@ class Source:
 
     ``window`` (px, one value or H W) runs the backbone on overlapping windows of the input
     (``window_overlap``: the fraction two neighbours share), ``scales`` on the input resized by
-    each factor, averaged (docs/upsampling.md, "Large photos"); features stay on the input's grid.
+    each factor, averaged (``unseg docs upsampling``, "Large photos"); features stay on the input's grid.
     """
 
     backbone: str | nn.Module = DEFAULT_BACKBONE

@@ -11,7 +11,7 @@ from torchvision.transforms import functional as TF
 from ..backbones.base import as_size
 from ..datasets.base import IGNORE_INDEX
 
-DEFAULT_INPUT_SIZE = 448  # the protocols' input resolution (Leopart's; docs/evaluation.md)
+DEFAULT_INPUT_SIZE = 448  # the protocols' input resolution (Leopart's; `unseg docs evaluation`)
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float],

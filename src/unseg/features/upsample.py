@@ -4,7 +4,7 @@ A backbone sees an image as a coarse grid of tokens (e.g. 28x28 at stride 16), s
 segmentation read off it has token-sized staircases and loses anything thinner than a
 token. Upsampling the features before they are clustered or read by a probe gives one
 label per pixel of a finer grid; the guided upsampler also follows the photograph's own
-edges (docs/upsampling.md):
+edges (``unseg docs upsampling``):
 
 - ``bilinear``: ``F.interpolate`` (``align_corners=False``): smooth, blurs across edges;
 - ``guided``: joint bilateral upsampling (Kopf et al., SIGGRAPH 2007). Each output pixel

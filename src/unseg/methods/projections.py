@@ -1,4 +1,4 @@
-"""The STEGO study's baselines (docs/methods.md): fixed linear maps from backbone features to a code.
+"""The STEGO study's baselines (``unseg docs methods``): fixed linear maps from backbone features to a code.
 
 Each is a frozen 1x1 convolution, so it plugs in wherever a trained STEGO head does and
 is scored by the same probes: ``raw`` (identity, "only DINO"), ``pca`` (StandardScaler +

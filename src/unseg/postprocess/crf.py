@@ -1,4 +1,4 @@
-"""Fully connected CRF refinement of segmentation logits (docs/methods.md, STEGO's ``crf.py``).
+"""Fully connected CRF refinement of segmentation logits (``unseg docs methods``, STEGO's ``crf.py``).
 
 Unary: -log softmax of the logits bilinearly resized (align_corners=False) to the image.
 Pairwise: a Gaussian kernel (sxy 1, compat 3) and a bilateral kernel (sxy 67, srgb 3,

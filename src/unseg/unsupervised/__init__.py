@@ -1,4 +1,4 @@
-"""Fully unsupervised segmentation (Leopart, docs/methods.md): cluster-based foreground extraction (``cbfe``),
+"""Fully unsupervised segmentation (Leopart, ``unseg docs methods``): cluster-based foreground extraction (``cbfe``),
 community detection on the cluster co-occurrence graph (``community``), the evaluation pipeline with
 its hyper-parameter search (``pipeline``; from names: :func:`unseg.protocols.fully_unsupervised`) and fitted segmenters that are saved and reused (``fitted``)."""
 from .cbfe import ForegroundExtraction, ThresholdSearch, cluster_based_foreground, search_threshold

@@ -1,4 +1,4 @@
-"""Cluster-based foreground extraction, CBFE (Leopart, docs/methods.md).
+"""Cluster-based foreground extraction, CBFE (Leopart, ``unseg docs methods``).
 
 A backbone's saliency is a noisy foreground cue: sharp on objects, spotty at their
 borders. CBFE cleans it with clusters: spherical k-means (k = 200) on the tokens of

@@ -1,4 +1,4 @@
-"""Community detection on the cluster co-occurrence graph (Leopart, docs/methods.md).
+"""Community detection on the cluster co-occurrence graph (Leopart, ``unseg docs methods``).
 
 Overclustering splits an object into many clusters; clusters of one object touch each
 other in image after image. Counting which cluster ids sit next to which (grey-level
@@ -40,10 +40,10 @@ __all__ = ["Overclustering", "cooccurrence_offsets", "cooccurrence", "cooccurren
            "check_hyper_parameters"]
 
 CD_KEYS = ("k", "markov_time", "weight_threshold")  # overclustering k, Infomap Markov time, edge threshold
-# the CD hyper-parameters the authors found by TPE on VOC train, per backbone (docs/methods.md): the
-# "published" preset of the protocol and the defaults of ``unseg segment --method cd``
 PUBLISHED = {"dino_vits16": {"k": 149, "markov_time": 2.0, "weight_threshold": 0.09},
              "dino_vitb8": {"k": 109, "markov_time": 0.4, "weight_threshold": 0.07}}
+"""The CD hyper-parameters the authors found by TPE on VOC train, per backbone (``unseg docs methods``):
+the "published" preset of the protocol and the defaults of ``unseg segment --method cd``."""
 
 
 def published_hyper_parameters(backbone: object) -> dict[str, float]:

@@ -35,7 +35,7 @@ FORMAT = "unseg-clustering-1"
 @dataclass
 class CDSettings:
     """Community detection on users' images. Defaults: the authors' ViT-S/16 hyper-parameters
-    (docs/methods.md). ``fg_threshold`` None skips CBFE (every token is clustered); a value, e.g. one
+    (``unseg docs methods``). ``fg_threshold`` None skips CBFE (every token is clustered); a value, e.g. one
     found by ``fully_unsupervised`` on a labelled dataset, keeps clusters at least that precise."""
 
     k: int = PUBLISHED["dino_vits16"]["k"]

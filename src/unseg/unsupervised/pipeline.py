@@ -1,4 +1,4 @@
-"""Fully unsupervised segmentation of a labelled split pair (Leopart; docs/methods.md): the stages and their scores.
+"""Fully unsupervised segmentation of a labelled split pair (Leopart; ``unseg docs methods``): stages and scores.
 
 Three stages, each scored on val with Hungarian matching (K x #classes, dataset-level
 confusion at ``mask_size``; unmatched predictions count as errors):

@@ -1,4 +1,4 @@
-"""Leopart (Ziegler & Asano, CVPR 2022; docs/methods.md): dense self-supervised fine-tuning of any backbone.
+"""Leopart (Ziegler & Asano, CVPR 2022; ``unseg docs methods``): dense self-supervised fine-tuning of any backbone.
 
 ``crops`` (multi-crop with intersection boxes), ``sinkhorn`` (Sinkhorn-Knopp and the
 queue), ``model`` (student / teacher network, foreground masks, RoI-aligned loss,

@@ -1,4 +1,4 @@
-"""Leopart checkpoints in the authors' Lightning layout (docs/checkpoints.md), written atomically.
+"""Leopart checkpoints in the authors' Lightning layout (``unseg docs checkpoints``), written atomically.
 
 Layout (a Lightning checkpoint's ``state_dict``)::
 

@@ -1,4 +1,4 @@
-"""Every setting of a Leopart run, with the defaults of docs/methods.md ("Leopart fine-tuning").
+"""Every setting of a Leopart run, with the defaults of ``unseg docs methods`` ("Leopart fine-tuning").
 
 Kept apart from the module and the entry point so a config can be read, checked and
 written (``unseg configs``, ``config.yaml`` of a run) without building a network.
@@ -17,7 +17,7 @@ __all__ = ["ValConfig", "LeopartConfig", "check_config"]
 
 @dataclass
 class ValConfig:
-    """In-training overclustering validation (docs/methods.md); off while ``root`` is unset.
+    """In-training overclustering validation (``unseg docs methods``); off while ``root`` is unset.
 
     Every ``every_epochs`` epochs the teacher's backbone embeds the first ``num_images``
     images of the split (None: all) at ``input_size``, and :func:`evaluate_clustering` scores
@@ -38,7 +38,10 @@ class ValConfig:
 
 @dataclass
 class LeopartConfig:
-    """Every setting of a Leopart run. Defaults: docs/methods.md, else the authors' ImageNet-100 ViT-S/16 config."""
+    """Every setting of a Leopart run.
+
+    Defaults: ``unseg docs methods``, else the authors' ImageNet-100 ViT-S/16 config.
+    """
 
     # data
     dataset: str = "imagenet100"
@@ -47,7 +50,7 @@ class LeopartConfig:
     crops: CropConfig = field(default_factory=CropConfig)
     # networks
     backbone: str = "dino_vits16"
-    weights: str | None = None  # initial weights (any layout of docs/checkpoints.md) or "random"
+    weights: str | None = None  # initial weights (any layout of `unseg docs checkpoints`) or "random"
     download: bool = False  # fetch hub weights when ``weights`` is unset
     drop_path_rate: float = 0.1  # student only; 0 for backbones without stochastic depth (resnet50)
     hidden_dim: int = 2048

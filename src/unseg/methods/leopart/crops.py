@@ -1,4 +1,4 @@
-"""Leopart's multi-crop (docs/methods.md): global and local crops of one image, and where each pair overlaps.
+"""Leopart's multi-crop (``unseg docs methods``): global and local crops of one image, and where each pair overlaps.
 
 Every crop is a RandomResizedCrop of the original image; every crop after the first is
 redrawn until it shares more than ``min_intersection`` of the image area with every
@@ -35,7 +35,7 @@ class CropError(UnsegError, ValueError):
 
 @dataclass
 class CropConfig:
-    """Multi-crop settings. Defaults: docs/methods.md (the authors' ``LeopartTransforms``)."""
+    """Multi-crop settings. Defaults: ``unseg docs methods`` (the authors' ``LeopartTransforms``)."""
 
     num_global: int = 2
     num_local: int = 4

@@ -1,4 +1,4 @@
-"""Leopart's network and loss (docs/methods.md): backbone + projection head + prototypes; RoI-aligned cross-entropy.
+"""Leopart's network and loss (``unseg docs methods``): backbone, projection head, prototypes; RoI-aligned cross-entropy.
 
 The same :class:`LeopartNet` is the student and (as its EMA) the teacher. Its state dict
 in a checkpoint is Leopart's: the backbone's own keys, ``projection_head.{0,2,4}.*`` and
@@ -45,6 +45,7 @@ class LeopartNet(nn.Module):
 
     @torch.no_grad()
     def normalise_prototypes(self) -> None:
+        """L2-normalise each prototype in place (before each step: scores stay cosine similarities)."""
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
     def head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

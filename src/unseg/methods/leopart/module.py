@@ -1,4 +1,4 @@
-"""The Leopart Lightning module: student, EMA teacher, queue, loss and schedules (docs/methods.md).
+"""The Leopart Lightning module: student, EMA teacher, queue, loss and schedules (``unseg docs methods``).
 
 One training step: normalise both networks' prototypes; the teacher (EMA of the student,
 no gradients) embeds the global crops; per assignment crop, Sinkhorn-Knopp over the

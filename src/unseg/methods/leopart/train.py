@@ -1,4 +1,4 @@
-"""``train_leopart``: a Leopart fine-tuning run (docs/methods.md) from a config to a run folder.
+"""``train_leopart``: a Leopart fine-tuning run (``unseg docs methods``) from a config to a run folder.
 
 The run is assembled from the package's parts: :mod:`.config` (settings), :mod:`.module`
 (student, teacher, loss, schedules), :mod:`.data` (multi-crop batches), :mod:`.callbacks`

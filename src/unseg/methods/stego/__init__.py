@@ -1,4 +1,4 @@
-"""STEGO (Hamilton et al., ICLR 2022; docs/methods.md): a head trained on a frozen backbone by feature correspondences.
+"""STEGO (Hamilton et al., ICLR 2022; ``unseg docs methods``): a head trained on frozen features' correspondences.
 
 ``model`` (head and probes), ``loss`` (correspondence loss), ``train`` (config, Lightning
 module, ``train_stego``), ``checkpoint`` (the authors' layout), ``evaluate`` (probes with

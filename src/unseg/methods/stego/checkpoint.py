@@ -1,4 +1,4 @@
-"""STEGO checkpoints in the authors' released layout (docs/checkpoints.md), written atomically and read back.
+"""STEGO checkpoints in the authors' released layout (``unseg docs checkpoints``), written atomically and read back.
 
 Layout (a Lightning checkpoint's ``state_dict`` and ``hyper_parameters``)::
 

@@ -2,7 +2,7 @@
 
 The cluster probe is unsupervised: its clusters are matched one-to-one to classes on the
 dataset-level confusion, by default with STEGO's rule (the assignment that maximises
-matched pixels; docs/evaluation.md). The linear probe is read as it is. Scores (x100)
+matched pixels; ``unseg docs evaluation``). The linear probe is read as it is. Scores (x100)
 come from the project's one metric and matching code.
 """
 from __future__ import annotations
@@ -93,9 +93,9 @@ def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: L
     """Score both probes on cached features against ``masks`` ((N, H, W), cache order, 255 = ignore).
 
     Codes are upsampled to the masks' size before the probes: bilinearly, or by ``upsample``
-    (e.g. guided by ``guides``, the images in cache order at the masks' size; docs/upsampling.md). ``refine`` (e.g.
-    a dense CRF) post-processes each image's probe outputs before the argmax. ``keep_predictions``
-    keeps the cluster probe's matched per-image predictions (for reports). ``matching``
+    (e.g. guided by ``guides``, the images in cache order at the masks' size; ``unseg docs upsampling``).
+    ``refine`` (e.g. a dense CRF) post-processes each image's probe outputs before the argmax.
+    ``keep_predictions`` keeps the cluster probe's matched per-image predictions (for reports). ``matching``
     (a rule of :data:`unseg.clustering.matching.METHODS`) maps clusters to classes;
     ``absent`` (:data:`unseg.evaluation.metrics.ABSENT_RULES`) applies to both probes' mIoU.
     """

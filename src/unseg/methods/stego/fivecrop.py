@@ -1,4 +1,4 @@
-"""STEGO's five-crop preprocessing (docs/methods.md), done once and stored as an image folder.
+"""STEGO's five-crop preprocessing (``unseg docs methods``), done once and stored as an image folder.
 
 STEGO trains on COCO-Stuff and Cityscapes through five crops of every image: the four
 corners and the center, each ``crop_ratio`` (0.5) of the image's height and width

@@ -1,4 +1,4 @@
-"""Image-level nearest neighbours for STEGO's inter-image (kNN) correspondence pairs (docs/methods.md).
+"""Image-level nearest neighbours for STEGO's inter-image (kNN) correspondence pairs (``unseg docs methods``).
 
 Each image gets a global descriptor, the L2-normalised spatial mean of its backbone
 features, and its top-k images by cosine similarity (index 0 is the image itself; the
@@ -38,7 +38,8 @@ def global_descriptors(cache: FeatureCache, batch: int = 256) -> np.ndarray:
     return desc
 
 
-EXACT_MAX = 200_000  # "auto" searches exactly up to this many images: exact costs N^2, HNSW about N log N
+EXACT_MAX = 200_000
+"""The most images ``"auto"`` searches exactly: exact costs N^2, HNSW about N log N."""
 KNN_METHODS = ("auto", "exact", "hnsw")
 
 

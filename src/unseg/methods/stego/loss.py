@@ -1,4 +1,4 @@
-"""STEGO's feature-correspondence loss (docs/methods.md#correspondence-loss).
+"""STEGO's feature-correspondence loss (``unseg docs methods``, "Correspondence loss").
 
 The frozen backbone says which pairs of positions belong together: F, the cosine
 similarity of their features, minus a shift b. The head's codes are pulled together
@@ -11,7 +11,7 @@ continuous positions per image (bilinear ``grid_sample``, border padding,
 ``align_corners=True``) between an image and itself (intra), its kNN positive (inter) and
 another image of the batch (negatives, ``neg_samples`` draws). As in the authors' code, an
 image's samples are taken at a first set of positions and every partner's (positive or
-negative) at a second set; see docs/evaluation.md for the negative-partner rule.
+negative) at a second set; see ``unseg docs evaluation`` for the negative-partner rule.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class CorrespondenceConfig:
     """Weights and shifts of the three pair types. Defaults: the authors' ``train_config.yml`` (ViT-S/8).
 
     A shift may be ``"auto"``: training on cached features sets it from the features'
-    similarity statistics (:mod:`unseg.methods.stego.shifts`, docs/upsampling.md) before the first step.
+    similarity statistics (:mod:`unseg.methods.stego.shifts`, ``unseg docs upsampling``) before the first step.
     """
 
     pointwise: bool = True

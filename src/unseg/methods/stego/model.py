@@ -1,4 +1,4 @@
-"""STEGO's segmentation head and its two probes (docs/methods.md).
+"""STEGO's segmentation head and its two probes (``unseg docs methods``).
 
 Submodule and parameter names follow the authors' checkpoints, so a state dict moves
 between them by a prefix only: the head's ``cluster1.0``, ``cluster2.0``, ``cluster2.2``

@@ -9,7 +9,7 @@ the loss does (same sampling, pointwise normalisation, kNN positives and negativ
 partners) on a sample of training batches and sets each shift to the ``1 - fraction``
 quantile of its pair type, so that ``fraction`` of that type's pairs attract.
 
-The default fractions (docs/upsampling.md, "STEGO shifts"): a pair should attract when
+The default fractions (``unseg docs upsampling``, "STEGO shifts"): a pair should attract when
 both positions likely show the same thing. Same image: about a third of random position
 pairs of a street or indoor scene fall in the same segment (the sum of squared segment
 areas), so 0.35; kNN image: similar scenes share fewer regions position for position,
@@ -34,8 +34,11 @@ __all__ = ["SHIFTS", "DEFAULT_ATTRACT", "AUTO", "pair_similarities", "shifts_fro
            "shifts_from_features", "auto_shifts", "resolve_shifts"]
 
 AUTO = "auto"
+"""The value of a shift setting that asks this rule for it."""
 SHIFTS = {"pos_intra": "pos_intra_shift", "pos_inter": "pos_inter_shift", "neg_inter": "neg_inter_shift"}
-DEFAULT_ATTRACT = {"pos_intra": 0.35, "pos_inter": 0.25, "neg_inter": 0.05}  # fraction of pairs with F > shift
+"""Pair type -> the :class:`~unseg.methods.stego.CorrespondenceConfig` field of its shift."""
+DEFAULT_ATTRACT = {"pos_intra": 0.35, "pos_inter": 0.25, "neg_inter": 0.05}
+"""Pair type -> the fraction of its pairs that attract (F > shift); the module docstring says why."""
 
 
 def _feature_map(features: FeatureCache | np.ndarray | torch.Tensor, i: int) -> torch.Tensor:

@@ -1,12 +1,12 @@
-"""Training a STEGO head (docs/methods.md) with Lightning, on cached backbone features or on images.
+"""Training a STEGO head (``unseg docs methods``) with Lightning, on cached backbone features or on images.
 
 The backbone is frozen, so its features of a training image never change: the study's
-speed-up (docs/methods.md) trains on a :class:`~unseg.features.FeatureCache` and never runs the
+speed-up (``unseg docs methods``) trains on a :class:`~unseg.features.FeatureCache` and never runs the
 backbone. The images path runs the frozen backbone inside the module instead. Both feed
 the same head, loss and probes; a batch is ``{"x", "x_pos"[, "label"]}`` where ``x`` is a
 feature map (cache) or an image (images) and ``x_pos`` its kNN positive.
 
-Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (docs/checkpoints.md), so
+Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (``unseg docs checkpoints``), so
 :func:`~unseg.methods.stego.checkpoint.load_stego` reads them as well as the final
 ``stego.ckpt``.
 """
@@ -45,7 +45,7 @@ __all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampl
 
 @dataclass
 class StegoConfig:
-    """Every setting of a STEGO run. Defaults: docs/methods.md, else the authors' ``train_config.yml``."""
+    """Every setting of a STEGO run. Defaults: ``unseg docs methods``, else the authors' ``train_config.yml``."""
 
     # data: what the pipeline builds the training cache (or image dataset) and kNN table from;
     # train_stego itself receives them built and checks only ``data_source``
@@ -66,7 +66,7 @@ class StegoConfig:
     dim: int = 70
     dropout: float = 0.1
     # training only: F (the feature correlation) reads Dropout2d(dropout) of the backbone features,
-    # a draw separate from the head's own two, as in the authors' featurizer (docs/evaluation.md)
+    # a draw separate from the head's own two, as in the authors' featurizer (`unseg docs evaluation`)
     correlation_dropout: bool = True
     loss: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     knn_k: int = 30
