@@ -1,5 +1,5 @@
-"""Dense CRF: cleans a noisy segmentation along image edges, runs the same in worker processes,
-and without pydensecrf fails naming the extra to install."""
+"""Dense CRF: cleans a noisy segmentation along image edges, runs the same in worker processes (as
+many as the thread policy allows), and without pydensecrf fails naming the extra to install."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from unseg import threads
 from unseg.errors import MissingExtraError
-from unseg.postprocess import crf_batch, dense_crf
+from unseg.postprocess import crf, crf_batch, dense_crf
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
                                reason='pydensecrf is not installed (pip install "unseg[crf]")')
@@ -56,6 +57,36 @@ def test_crf_batch_in_processes_equals_inline():
     for a, b, image, x in zip(inline, parallel, images, logits):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, dense_crf(image, x))
+
+
+@needs_crf
+@pytest.mark.parametrize("count", [1, 2])
+def test_crf_batch_runs_as_many_processes_as_the_thread_policy_allows(monkeypatch, count):
+    """Not the machine's cores: ``--threads`` / UNSEG_THREADS / OMP_NUM_THREADS bound the pool too."""
+    sizes = []
+
+    class RecordingPool:  # multiprocessing.Pool's interface, run inline
+        def __init__(self, processes: int, initializer=None) -> None:
+            sizes.append(processes)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            pass
+
+        def starmap(self, fn, pairs, chunksize):
+            return [fn(*pair) for pair in pairs]
+
+    monkeypatch.setattr(crf.multiprocessing, "Pool", RecordingPool)
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)  # a machine with more cores than the count
+    pairs = [two_regions(seed)[:2] for seed in range(3)]
+    try:
+        threads.set_threads(count)
+        assert len(crf_batch([p[0] for p in pairs], [p[1] for p in pairs])) == 3
+    finally:
+        threads.set_threads(None)
+    assert sizes == ([] if count == 1 else [count])  # one thread: inline, no pool
 
 
 def test_missing_pydensecrf_names_the_extra(monkeypatch):

@@ -355,10 +355,10 @@ def test_stego_killed_after_a_checkpoint_and_resumed_equals_the_uninterrupted_ru
 def test_download_without_internet_fails_within_seconds(tmp_path, monkeypatch):
     import huggingface_hub.constants as hub
 
-    import unseg.backbones.weights as weights
+    import unseg.backbones.hub as downloads
     from unseg.backbones import create_backbone
 
-    monkeypatch.setattr(weights, "_can_connect", lambda host, port, timeout: False)  # as on a machine offline
+    monkeypatch.setattr(downloads, "_can_connect", lambda host, port, timeout: False)  # as on a machine offline
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)  # the tests' own offline switch off: only ours acts
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):

@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from unseg.backbones import create_backbone
-from unseg.backbones.weights import PickledObject, load_backbone_weights, read_checkpoint, to_plain
+from unseg.backbones.safe_load import PickledObject, read_checkpoint, to_plain
+from unseg.backbones.weights import load_backbone_weights
 from unseg.cli import _source, build_parser, main
 from unseg.errors import WeightsError
 from unseg.methods.stego import load_stego
@@ -204,7 +205,7 @@ def test_trust_checkpoint_unpickles_fully_with_a_warning(nets, tmp_path, caplog)
     target, path = tmp_path / "written", tmp_path / "trusted.pth"
     torch.save({"teacher": {f"backbone.{k}": v for k, v in nets["teacher"].items()},
                 "args": argparse.Namespace(lr=0.1), "side_effect": _payloads(target)["Path.write_text"]}, path)
-    with caplog.at_level(logging.WARNING, logger="unseg.backbones.weights"):
+    with caplog.at_level(logging.WARNING, logger="unseg.backbones.safe_load"):
         ckpt = read_checkpoint(path, trust_checkpoint=True)
     assert isinstance(ckpt["args"], argparse.Namespace) and target.read_text() == "x"  # it really ran
     assert any("--trust-checkpoint" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

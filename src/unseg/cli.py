@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path, help="ours or a released STEGO .ckpt")
     p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
-    p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
+    p.add_argument("--processes", type=int, help="CRF worker processes (default: the thread count, --threads)")
     p.add_argument("--json", type=Path)
     _add_scoring(p, STEGO_MATCHING)
     _add_upsample(p, None, "bilinear", "STEGO's, codes to the masks' size")
@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, help="images (with --window: windows) per forward pass (default 16)")
     p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
-    p.add_argument("--processes", type=int, help="CRF worker processes (default: all cores)")
+    p.add_argument("--processes", type=int, help="CRF worker processes (default: the thread count, --threads)")
     _add_upsample(p, "the input size", "guided", "joint bilateral upsampling to the input size")
     p.set_defaults(func=cmd_segment)
 

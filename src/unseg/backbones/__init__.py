@@ -9,10 +9,11 @@ from pathlib import Path
 from ..errors import WeightsError
 from .base import BACKBONES, Backbone, BackboneSpec
 from .cnn import EfficientNetLite0, EfficientNetLite1, EfficientNetLite2, ResNet50
+from .hub import hub_access
 from .module import ModuleBackbone, as_backbone
 from .views import BackboneView, MultiScale, SlidingWindow, views_name, window_positions, with_views
 from .vit import ViTBackbone
-from .weights import hub_access, load_backbone_weights
+from .weights import load_backbone_weights
 
 __all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "get_backbone_spec",
            "load_backbone_weights", "DEFAULT_BACKBONE", "ModuleBackbone", "as_backbone",

@@ -1,8 +1,8 @@
 """The one backbone interface: dense features (B, D, h, w) and a saliency map (B, h, w)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -51,16 +51,14 @@ class Backbone(nn.Module):
         """The network's name in feature-cache folders and their identity (with the weights' fingerprint)."""
         return type(self).__name__
 
-    def load_weights(self, path: str | Path, role: str = "auto", trust_checkpoint: bool = False) -> str:
-        """Load a local checkpoint of any supported layout (see :mod:`unseg.backbones.weights`);
-        returns the line saying which network was loaded."""
-        from .weights import load_backbone_weights
-
-        return load_backbone_weights(self, path, role=role, trust_checkpoint=trust_checkpoint)
-
     def weight_state_dict(self) -> dict[str, torch.Tensor]:
         """Parameters in the layout the original checkpoints use (DINO's keys for ViTs)."""
         return self.model.state_dict()
+
+    def weight_shapes(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Size]:
+        """The shape each tensor of :meth:`weight_state_dict` must have to load ``state`` (a checkpoint's),
+        checked before loading to name a mismatch; a network that adopts another shape says so here."""
+        return {k: v.shape for k, v in self.weight_state_dict().items()}
 
     def load_weight_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`weight_state_dict`; strict, so a wrong layout fails."""

@@ -17,6 +17,7 @@ settings never answers.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Sequence
 
 import torch
@@ -104,11 +105,11 @@ class BackboneView(Backbone):
     def cache_name(self) -> str:
         return self.inner.cache_name + self.suffix
 
-    def load_weights(self, *args, **kwargs) -> str:  # the loader recognises the wrapped network's type
-        return self.inner.load_weights(*args, **kwargs)
-
     def weight_state_dict(self) -> dict[str, torch.Tensor]:
         return self.inner.weight_state_dict()
+
+    def weight_shapes(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Size]:
+        return self.inner.weight_shapes(state)
 
     def load_weight_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.inner.load_weight_state_dict(state)

@@ -11,6 +11,7 @@ Tested with timm 1.0.31 and torch 2.14.1.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import timm
 import torch
@@ -46,6 +47,14 @@ class ViTBackbone(Backbone):
     def accepts_pos_embed(self, pos: torch.Tensor) -> bool:
         """Whether ``pos`` is a position embedding of this model on some square grid."""
         return pos_embed_grid(pos, self.embed_dim, self.pos_prefix_tokens) is not None
+
+    def weight_shapes(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Size]:
+        """A position embedding of another grid is adopted as it is (and resampled per input)."""
+        shapes = super().weight_shapes(state)
+        pos = state.get("pos_embed")
+        if isinstance(pos, torch.Tensor) and self.accepts_pos_embed(pos):
+            shapes["pos_embed"] = pos.shape
+        return shapes
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, prefix (class, register) tokens and position embedding: (B, prefix + h*w, D)."""

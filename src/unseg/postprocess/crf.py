@@ -8,13 +8,13 @@ does not change the result and the image is used as RGB.
 
 pydensecrf is optional (``pip install "unseg[crf]"``, PyPI ``pydensecrf2``, built from
 source) and imported only when a CRF runs. Inference is single-threaded C++, so
-:func:`crf_batch` spreads images over processes.
+:func:`crf_batch` spreads images over processes, as many as the one thread policy allows
+(:mod:`unseg.threads`).
 """
 from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MissingExtraError
+from ..threads import get_threads
 
 __all__ = ["dense_crf", "crf_batch", "MAX_ITER", "POS_XY_STD", "POS_W", "BI_XY_STD", "BI_RGB_STD", "BI_W"]
 
@@ -73,12 +74,13 @@ def _init_worker() -> None:
 def crf_batch(images: Sequence[np.ndarray], logits: Sequence[Logits], processes: int | None = None) -> list[np.ndarray]:
     """:func:`dense_crf` of each (image, logits) pair, in ``processes`` worker processes.
 
-    ``None`` uses every CPU; 1 runs inline. Pairs go to the workers in chunks.
+    ``None`` uses the thread count (:func:`unseg.threads.get_threads`: ``--threads``, ``UNSEG_THREADS``,
+    ...); 1 runs inline. Pairs go to the workers in chunks.
     """
     if len(images) != len(logits):
         raise ValueError(f"{len(images)} images but {len(logits)} logits")
     _pydensecrf()  # fail here, not once per worker
-    processes = min(processes or os.cpu_count() or 1, len(images))
+    processes = min(processes or get_threads(), len(images))
     if processes <= 1:
         return [dense_crf(i, x) for i, x in zip(images, logits)]
     chunk = math.ceil(len(images) / (4 * processes))

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...backbones import Backbone
-from ...backbones.weights import read_checkpoint, to_plain
+from ...backbones.safe_load import read_checkpoint, to_plain
 from ...config import dump_config
 from ...errors import WeightsError
 from ...io import save_torch
