@@ -35,7 +35,7 @@ for _name, (_timm, _dim, _patch, _file) in _VITS.items():
                                       partial(ViTBackbone, _timm)))
 BACKBONES.add("resnet50", BackboneSpec("resnet50", 2048, 16,
                                        "--weights PATH (torchvision layout, e.g. dino_resnet50_pretrain.pth) "
-                                       "| --download (torchvision IMAGENET1K_V2)", ResNet50))
+                                       f"| --download (torchvision {ResNet50.pretrained_weights.url})", ResNet50))
 _EFFNETS = {  # name: (class, deep stage, feature dim = stride-16 stage + deep stride-32 stage channels)
     "efficientnet_lite0": (EfficientNetLite0, 6, 112 + 320),
     "efficientnet_lite0_stage5": (EfficientNetLite0, 5, 112 + 192),
@@ -83,9 +83,10 @@ def create_backbone(name: str, weights: str | Path | None = None, *, download: b
             with nullcontext() if name in _OFFLINE else hub_access():  # offline: fail in seconds
                 backbone = spec.build(pretrained=True, **kwargs)
         except Exception as exc:  # hub / network failures come in many types
+            detail = str(exc) if isinstance(exc, WeightsError) else f"{type(exc).__name__}: {exc}"
             raise WeightsError(
-                f"could not fetch pretrained weights for backbone {name!r} ({type(exc).__name__}: {exc}). "
-                f"Without internet, download them elsewhere and pass a local file: {spec.weights}"
+                f"could not fetch pretrained weights for backbone {name!r} ({detail}). Without a working "
+                f"connection, download them elsewhere and pass a local file: {spec.weights}"
             ) from None
     else:
         raise WeightsError(

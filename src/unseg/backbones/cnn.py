@@ -130,12 +130,13 @@ class ResNet50(ConvBackbone):
 
     embed_dim = 2048
     stride = 16
+    pretrained_weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2  # what pretrained=True downloads
 
     def __init__(self, pretrained: bool = False, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if drop_path_rate:
             raise ValueError(f"resnet50 has no stochastic depth: drop_path_rate={drop_path_rate} must be 0")
-        weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2 if pretrained else None
+        weights = self.pretrained_weights if pretrained else None
         self.model = torchvision.models.resnet50(weights=weights, replace_stride_with_dilation=[False, False, True])
         self.model.fc = torch.nn.Identity()
         self.lay_out(self.memory_format)
