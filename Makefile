@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install install-dev bench clean
+.PHONY: demo test test-fast install install-dev docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: $(PY) pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install -e ".[docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,6 +33,9 @@ test: install-dev
 test-fast: install-dev  # everything but the slow end-to-end runs: about a minute
 	$(PY) -m pytest -q -m "not slow"
 
+docs: $(VENV)/.installed-docs  # the site into site/ (open site/index.html); any warning, e.g. a broken link or reference, fails
+	$(PY) -m mkdocs build --strict
+
 bench: install  # CPU benchmarks; on a machine with a GPU also `bash benchmarks/gpu_check.sh`
 	$(PY) benchmarks/bench_features.py
 	$(PY) benchmarks/bench_clustering.py
@@ -39,4 +46,4 @@ bench: install  # CPU benchmarks; on a machine with a GPU also `bash benchmarks/
 	$(PY) benchmarks/bench_leopart.py
 
 clean:
-	rm -rf demo_out .pytest_cache build dist
+	rm -rf demo_out .pytest_cache build dist site
