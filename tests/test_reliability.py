@@ -13,7 +13,7 @@ from PIL import Image
 
 from unseg.cli import main
 from unseg.datasets import create_dataset
-from unseg.errors import ConfigError, ImageError, SettingError, UnsegError, WeightsError
+from unseg.errors import ConfigError, ImageError, SettingError, UnsegError
 from unseg.features import extract_features
 from unseg.features.cache import cached_masks
 
