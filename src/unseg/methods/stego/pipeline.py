@@ -16,7 +16,9 @@ import torch
 
 from ...features import Source, SplitData, default_cache_root
 from ...features.upsample import Upsampling, iter_guides
+from ...errors import ConfigError, SettingError
 from ...io import save_json
+from ..trainer import check_run_folder
 from ..projections import PROJECTIONS, projection_head
 from .checkpoint import load_stego
 from ...clustering.matching import STEGO_MATCHING
@@ -36,7 +38,8 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
     :class:`unseg.features.Source`'s ``window``, ``window_overlap``, ``scales`` (e.g. to score
     a head on features of a larger input seen through windows)."""
     if cfg.root is None:
-        raise ValueError("the config has no dataset root: set root=PATH")
+        raise ConfigError("key 'root' is not set: pass root=PATH, the dataset's folder (a shipped config names "
+                          "no folder of yours)")
     training = split == cfg.train_split
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     size = cfg.input_size if training else cfg.val_input_size
@@ -50,13 +53,16 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
 
 
 def fit_stego(cfg: StegoConfig, out_dir: str | Path, cache_dir: str | Path | None = None, resume: str | None = None,
-              head: torch.nn.Conv2d | None = None, train: SplitData | None = None) -> Any:
-    """Train on the cached training split with its kNN table; returns the Lightning module."""
+              head: torch.nn.Conv2d | None = None, train: SplitData | None = None, overwrite: bool = False) -> Any:
+    """Train on the cached training split with its kNN table; returns the Lightning module. ``out_dir``
+    holding a run is refused unless ``resume`` or ``overwrite`` is given (:func:`train_stego`)."""
     if cfg.data_source != "cache":
-        raise ValueError("fit_stego trains on cached features (data_source: cache); for images call train_stego")
+        raise ConfigError("fit_stego trains on cached features (data_source: cache); for images call train_stego")
+    check_run_folder(out_dir, resume, overwrite)  # before the data is prepared
     train = train or split_data(cfg, cfg.train_split, cache_dir)
     knn = knn_indices(train.cache, cfg.knn_k)
-    return train_stego(cfg, train.cache, knn, masks=train.masks, out_dir=out_dir, resume=resume, head=head)
+    return train_stego(cfg, train.cache, knn, masks=train.masks, out_dir=out_dir, resume=resume, head=head,
+                       overwrite=overwrite)
 
 
 def crf_refine(data: SplitData, processes: int | None = None) -> Refine:
@@ -108,7 +114,7 @@ def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods:
     ``miou_vs_dim.png`` to ``out_dir``."""
     unknown = [m for m in methods if m != "stego" and m not in PROJECTIONS]
     if unknown:
-        raise ValueError(f"sweep methods {unknown} are not among stego, {', '.join(PROJECTIONS)}")
+        raise SettingError(f"sweep methods {unknown} are not among stego, {', '.join(PROJECTIONS)}")
     out = Path(out_dir)
     train = split_data(cfg, cfg.train_split, cache_dir)
     val = split_data(cfg, cfg.val_split, cache_dir)
@@ -118,7 +124,9 @@ def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods:
         for seed in seeds:
             run_cfg = replace(cfg, dim=dim, seed=seed, progress_bar=False)
             head = None if method == "stego" else projection_head(method, train.cache, dim, seed=seed)
-            module = fit_stego(run_cfg, out / f"{method}-{dim}-{seed}", cache_dir, head=head, train=train)
+            # a sweep's runs are its own scratch: a sweep run again replaces them
+            module = fit_stego(run_cfg, out / f"{method}-{dim}-{seed}", cache_dir, head=head, train=train,
+                               overwrite=True)
             for refined in ([False, True] if crf else [False]):
                 scores = evaluate_run(module, val, cfg.n_classes, crf=refined)
                 rows.append({"method": method, "dim": dim, "seed": seed, "crf": refined,
