@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import shutil
 import subprocess
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import torch
 
-from unseg.cli import build_parser, main, parser_actions
+from unseg.cli import build_parser, main
 from unseg.kinds import Kind, Size
 
 # --- the table, read off the parser ---------------------------------------------------------------
@@ -177,14 +175,8 @@ HARNESS_COMMANDS = sorted({row.values[0] for row in TABLE})
 # --- where bad paths live ----------------------------------------------------------------------------
 
 
-def _mount(where: Path, options: str) -> bool:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode == 0
-
-
 @pytest.fixture(scope="module")
-def spots(image_folder) -> Iterator[dict[str, str]]:
+def spots(image_folder, mount_tmpfs) -> Iterator[dict[str, str]]:
     """Paths the bad values name, in a folder every user may enter (so an unreadable file is unreadable
     for its own sake): a file, a folder, missing ones, unreadable ones, a read-only file system (a read-only
     tmpfs; else a folder of mode 555 when not root; else none), YAML files, images and masks."""
@@ -204,7 +196,7 @@ def spots(image_folder) -> Iterator[dict[str, str]]:
     image_folder(root / "masks", 2)
     readonly = root / "readonly"
     readonly.mkdir()
-    mounted = _mount(readonly, "ro,size=64k")
+    mounted = mount_tmpfs(readonly, "ro,size=64k")
     if not mounted and os.geteuid() != 0:
         readonly.chmod(0o555)
     for folder in ("images", "masks", "folder"):
@@ -221,22 +213,6 @@ def spots(image_folder) -> Iterator[dict[str, str]]:
     (root / "unreadable_folder").chmod(0o755)
     readonly.chmod(0o755)
     shutil.rmtree(root)
-
-
-@contextmanager
-def unprivileged(needed: bool) -> Iterator[None]:
-    """Run as the user ``nobody`` when root (root reads any file, so "unreadable" would mean nothing)."""
-    if not needed or os.geteuid() != 0:
-        yield
-        return
-    nobody = pwd.getpwnam("nobody")
-    os.setegid(nobody.pw_gid)
-    os.seteuid(nobody.pw_uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(0)
 
 
 def listing(root: Path) -> set[str]:
@@ -272,12 +248,12 @@ def guarded(tmp_path, monkeypatch):
     return scratch
 
 
-def run_refused(argv: list[str], spots: dict[str, str], case: Path, capsys) -> str:
+def run_refused(argv: list[str], spots: dict[str, str], case: Path, capsys, as_nobody) -> str:
     """Run ``argv`` (``{name}`` words filled in); assert exit status 2, one line on stderr, nothing on stdout,
     no traceback, and nothing made or changed under ``case`` or the spots; return the line."""
     words = [w.format(case=case, **spots) for w in argv]
     before = listing(case), listing(Path(spots["root"]))
-    with unprivileged(any("unreadable" in w for w in argv)):
+    with as_nobody(any("unreadable" in w for w in argv)):
         code = main(words)
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
@@ -316,12 +292,12 @@ def test_the_table_covers_every_command_and_option():
 
 
 @pytest.mark.parametrize("path, option, words", TABLE)
-def test_a_bad_value_is_one_line_naming_the_option(path, option, words, spots, guarded, tmp_path, capsys):
+def test_a_bad_value_is_one_line_naming_the_option(path, option, words, spots, guarded, tmp_path, capsys, as_nobody):
     if "{readonly}" in "".join(words) and not spots["readonly"]:
         pytest.skip("no read-only place here: root, and tmpfs cannot be mounted")
     action = next(a for p, parser in commands(build_parser()) if p == path
                   for a in value_actions(parser) if name_of(a) == option)
-    line = run_refused(argv_for(path, action, words), spots, tmp_path, capsys)
+    line = run_refused(argv_for(path, action, words), spots, tmp_path, capsys, as_nobody)
     assert option in line, line
     assert any(w in line for w in ("expect", "choose from", "required")), line  # says what it expects
 
@@ -364,11 +340,11 @@ if not torch.cuda.is_available():
 
 
 @pytest.mark.parametrize("argv, needles", LISTED, ids=[" ".join(a[:4]) + " ..." + a[-1] for a, _ in LISTED])
-def test_the_listed_values_are_one_line_before_any_work(argv, needles, spots, guarded, tmp_path, capsys):
+def test_the_listed_values_are_one_line_before_any_work(argv, needles, spots, guarded, tmp_path, capsys, as_nobody):
     (tmp_path / "empty.yaml").write_text("")
     words = [*argv, *([w for k, v in SOURCE.items() if k not in argv for w in [k, *v]]
                       if argv[0] in ("extract", "eval") and argv[1] != "stego" else [])]
     line = run_refused([w.replace("{empty_yaml}", str(tmp_path / "empty.yaml")) for w in words], spots, tmp_path,
-                       capsys)
+                       capsys, as_nobody)
     for needle in needles:
         assert needle in line, (needle, line)

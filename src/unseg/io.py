@@ -85,6 +85,15 @@ def save_torch(obj: Any, path: str | Path) -> None:
             raise
 
 
+def save_npy(array: Any, path: str | Path) -> None:
+    """``np.save`` atomically. Written through Python's file API (numpy's fast path reports a full disk
+    as a count of bytes), so a full disk is an OutputError that says so."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(_WriteRecorder(fh), array)
+
+
 def save_json(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))

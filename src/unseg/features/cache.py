@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..errors import CacheError
-from ..io import atomic_path, save_json
+from ..io import save_json, save_npy
 
 log = logging.getLogger(__name__)
 # settings of how a cache is stored, not of what it holds: a cache of any of them answers for the others
@@ -179,9 +179,7 @@ def write_shard(root: Path, index: int, feats: np.ndarray, saliency: np.ndarray,
                 ids: list[str], skipped: list[str]) -> None:
     """Arrays first, the id list last: its presence is what marks the shard complete."""
     for suffix, array in (("feats.npy", feats), ("sal.npy", saliency)):
-        with atomic_path(shard_path(root, index, suffix)) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, array)
+        save_npy(array, shard_path(root, index, suffix))
     save_json({"ids": ids, "skipped": skipped}, shard_path(root, index, "json"))
 
 
@@ -292,9 +290,7 @@ def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np
                       for i in cache.ids])
     try:
         stamp.unlink(missing_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, masks)
+        save_npy(masks, path)
         save_json({"digest": digest}, stamp)  # last: the maps count as saved only once it is there
     except OSError as exc:
         log.info("label maps not saved in the feature cache %s (%s); they are remade next time", cache.root, exc)

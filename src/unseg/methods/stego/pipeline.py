@@ -26,7 +26,7 @@ from ...evaluation.metrics import DEFAULT_ABSENT
 from .evaluate import Refine, StegoScores, evaluate_stego
 from .fivecrop import five_crop_dataset
 from .knn import knn_indices
-from .train import StegoConfig, train_stego
+from .train import StegoConfig, check_config, train_stego
 
 TRAIN_MASK_SIZE = 100  # label resolution of the linear probe's training loss on cached features
 
@@ -58,7 +58,8 @@ def fit_stego(cfg: StegoConfig, out_dir: str | Path, cache_dir: str | Path | Non
     holding a run is refused unless ``resume`` or ``overwrite`` is given (:func:`train_stego`)."""
     if cfg.data_source != "cache":
         raise ConfigError("fit_stego trains on cached features (data_source: cache); for images call train_stego")
-    check_run_folder(out_dir, resume, overwrite)  # before the data is prepared
+    check_config(cfg)  # before the data is prepared
+    check_run_folder(out_dir, resume, overwrite)
     train = train or split_data(cfg, cfg.train_split, cache_dir)
     knn = knn_indices(train.cache, cfg.knn_k)
     return train_stego(cfg, train.cache, knn, masks=train.masks, out_dir=out_dir, resume=resume, head=head,

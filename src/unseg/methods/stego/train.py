@@ -40,7 +40,8 @@ from .loss import CorrespondenceConfig, correspondence_terms
 from .shifts import auto_shifts, resolve_shifts
 from .model import ClusterProbe, LinearProbe, StegoHead
 
-__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampler", "PairsData", "train_stego"]
+__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampler", "PairsData", "train_stego",
+           "check_config"]
 
 
 @dataclass
@@ -87,6 +88,13 @@ class StegoConfig:
     logger: LoggerName = "csv"  # under logs/: "csv" (metrics.csv), "tensorboard" (needs tensorboard) or "none"
     progress_bar: bool = True
     deterministic: bool = True
+
+
+def check_config(cfg: StegoConfig) -> None:
+    """Settings that are each valid alone but not together (the loader checks types and ranges per key)."""
+    if cfg.knn_k <= cfg.num_neighbors:
+        raise ConfigError(f"key 'knn_k' = {cfg.knn_k} must be more than key 'num_neighbors' = {cfg.num_neighbors}: "
+                          f"a positive is drawn from the kNN neighbours 1..num_neighbors (0 is the image itself)")
 
 
 class _Pairs(Dataset):
@@ -344,6 +352,9 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         raise ValueError("masks go with cached features; on the images path the dataset's own masks are used")
     out = Path(out_dir)
     check_logger(cfg.logger)
+    if np.ndim(knn) == 2 and np.shape(knn)[1] <= cfg.num_neighbors:
+        raise ConfigError(f"the kNN table has {np.shape(knn)[1]} columns; key 'num_neighbors' = {cfg.num_neighbors} "
+                          "draws from neighbours 1..num_neighbors, so it needs more (key 'knn_k')")
     resume = check_run_folder(out, resume, overwrite)
     require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed, workers=True)
