@@ -287,18 +287,19 @@ def test_a_damaged_cache_is_one_line_from_an_evaluation(camvid_cli, capsys):
 
 # --- a cache answers only for the bytes it saw ---------------------------------------------------------------
 
-def bmp_folder(root: Path, n: int, seed: int = 0) -> Path:
-    """``n`` BMP images of 40x30: the same byte size whatever their pixels."""
+def same_size_images(root: Path, n: int, seed: int = 0) -> Path:
+    """``n`` uncompressed PNGs of 40x30, img00.png ...: the same byte size whatever their pixels."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / f"img{i:02d}.bmp")
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / f"img{i:02d}.png",
+                                                                                compress_level=0)
     return root
 
 
 @pytest.mark.parametrize("how", ["in place", "renamed over"])
 def test_an_image_replaced_with_the_same_size_and_mtime_is_noticed(tmp_path, tiny_vit, how):
-    folder = bmp_folder(tmp_path / "imgs", 3)
+    folder = same_size_images(tmp_path / "imgs", 3)
     backbone = tiny_vit()
 
     def extract():
@@ -306,9 +307,9 @@ def test_an_image_replaced_with_the_same_size_and_mtime_is_noticed(tmp_path, tin
                                 num_workers=0, progress=False)
 
     first = extract()
-    path = folder / "img01.bmp"
+    path = folder / "img01.png"
     st = path.stat()
-    other = bmp_folder(tmp_path / "other", 2, seed=5) / "img01.bmp"
+    other = same_size_images(tmp_path / "other", 2, seed=5) / "img01.png"
     assert other.stat().st_size == st.st_size
     if how == "in place":
         path.write_bytes(other.read_bytes())
@@ -323,7 +324,7 @@ def test_an_image_replaced_with_the_same_size_and_mtime_is_noticed(tmp_path, tin
 
 
 def test_hashed_identity_follows_the_bytes_not_the_file(tmp_path, tiny_vit):
-    folder = bmp_folder(tmp_path / "imgs", 3)
+    folder = same_size_images(tmp_path / "imgs", 3)
     backbone = tiny_vit()
     calls = []
     inner = backbone.forward_with_saliency
@@ -334,16 +335,36 @@ def test_hashed_identity_follows_the_bytes_not_the_file(tmp_path, tiny_vit):
                                 num_workers=0, progress=False, hash_images=True)
 
     first = extract()
-    path = folder / "img01.bmp"
+    path = folder / "img01.png"
     data = path.read_bytes()
     path.unlink()
     path.write_bytes(data)  # a new inode and change time, the same bytes: the cache answers
     calls.clear()
     assert extract().root == first.root and calls == []
     st = path.stat()
-    path.write_bytes(bmp_folder(tmp_path / "other", 2, seed=5).joinpath("img01.bmp").read_bytes())
+    path.write_bytes(same_size_images(tmp_path / "other", 2, seed=5).joinpath("img01.png").read_bytes())
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert extract().root != first.root
+
+
+def test_stego_five_crops_follow_their_source_images(tmp_path, stego_config):
+    from unseg.methods.stego.pipeline import split_data
+
+    root = tmp_path / "camvid"
+    same_size_images(root / "train", 4)  # CamVid's layout: the images, their label maps, the split's list
+    (root / "trainannot").mkdir()
+    for i in range(4):
+        Image.fromarray(np.zeros((30, 40), np.uint8)).save(root / "trainannot" / f"img{i:02d}.png")
+    (root / "train.txt").write_text("\n".join(f"img{i:02d}" for i in range(4)))
+    cfg = stego_config(dataset="camvid", root=str(root), backbone="efficientnet_lite0", input_size=32, five_crop=True)
+    first = split_data(cfg, "train", tmp_path / "cache" / "features")
+    path = root / "train" / "img01.png"
+    st = path.stat()
+    path.write_bytes(same_size_images(tmp_path / "other", 2, seed=5).joinpath("img01.png").read_bytes())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = split_data(cfg, "train", tmp_path / "cache" / "features")
+    assert second.dataset.root != first.dataset.root  # new crops, cut from the new image
+    assert not np.allclose(second.cache.features(5), first.cache.features(5))  # img01's first crop
 
 
 # --- images and folders ------------------------------------------------------------------------------------

@@ -331,6 +331,8 @@ LISTED = [
      ["'lr_head' = -1.0", "> 0"]),
     (["train", "leopart", "--config", "{leopart_yaml}", "root={images}", "lr_backbone=-1e-5", "--out", "{case}/run"],
      ["'lr_backbone' = -1e-05", "> 0"]),
+    (["train", "stego", "--config", "{stego_yaml}", "root={images}", "knn_k=5", "--out", "{case}/run"],
+     ["'knn_k' = 5 must be more than key 'num_neighbors' = 7"]),
     (["eval", "cluster", "--upsample", "guided", "--guide-radius", "1000"], ["--guide-radius", "0..16"]),
     (["eval", "cluster", "--upsample", "bilinear", "--upsample-factor", "1e9"], ["--upsample-factor", "8192"]),
 ]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ...features import Source, SplitData, default_cache_root
+from ...features.extract import images_digest
 from ...features.upsample import Upsampling, iter_guides
 from ...errors import ConfigError, SettingError
 from ...io import save_json
@@ -47,8 +48,9 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
                     cache_dir=cache_root, device=device, progress=False, **(views or {}))
     dataset = source.build_dataset(split)
     if training and cfg.five_crop:
-        dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / f"{cfg.dataset}-{split}-{cfg.crop_ratio}",
-                                    crop_ratio=cfg.crop_ratio)
+        # the crops answer only for the images they were cut from: their identity names the folder
+        crops = f"{cfg.dataset}-{split}-{cfg.crop_ratio}-{images_digest(dataset)}"
+        dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / crops, crop_ratio=cfg.crop_ratio)
     return source.load_split(mask_size=mask_size or (TRAIN_MASK_SIZE if training else size), dataset=dataset)
 
 
