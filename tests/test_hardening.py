@@ -22,7 +22,7 @@ from PIL import Image
 from unseg.cli import main
 from unseg.datasets import create_dataset
 from unseg.demo import sample_root
-from unseg.errors import CacheError, ImageError, LayoutError, OutputError, SettingError
+from unseg.errors import CacheError, LayoutError, OutputError, SettingError
 from unseg.features import FeatureCache, extract_features
 
 

@@ -134,7 +134,7 @@ def test_a_read_only_complete_cache_serves_an_evaluation(tmp_path, monkeypatch, 
     import unseg.features.cache as cache_module
     import unseg.features.extract as extract_module
 
-    monkeypatch.setattr(cache_module, "atomic_path", refuse)  # root ignores chmod: refuse every write instead
+    monkeypatch.setattr(cache_module, "save_npy", refuse)  # root ignores chmod: refuse every write instead
     monkeypatch.setattr(cache_module, "save_json", refuse)
     monkeypatch.setattr(extract_module, "require_writable", refuse)
     code, err = run_cli(["eval", "cluster", *source, "--split", "", "--k", "2", "--seeds", "1", "--nredo", "1"],

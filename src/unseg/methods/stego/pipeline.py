@@ -18,7 +18,7 @@ from ...features import Source, SplitData, default_cache_root
 from ...features.extract import images_digest
 from ...features.upsample import Upsampling, iter_guides
 from ...errors import ConfigError, SettingError
-from ...io import save_json
+from ...io import atomic_path, save_json
 from ..trainer import check_run_folder
 from ..projections import PROJECTIONS, projection_head
 from .checkpoint import load_stego
@@ -141,8 +141,7 @@ def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods:
 
 
 def write_sweep(rows: list[dict[str, Any]], out: Path, cfg: StegoConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as fh:
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -167,7 +166,8 @@ def write_sweep(rows: list[dict[str, Any]], out: Path, cfg: StegoConfig) -> None
     ax.set_title(f"{cfg.dataset} / {cfg.backbone}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "miou_vs_dim.png", dpi=120)
+    with atomic_path(out / "miou_vs_dim.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 

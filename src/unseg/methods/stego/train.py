@@ -354,7 +354,7 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     check_logger(cfg.logger)
     if np.ndim(knn) == 2 and np.shape(knn)[1] <= cfg.num_neighbors:
         raise ConfigError(f"the kNN table has {np.shape(knn)[1]} columns; key 'num_neighbors' = {cfg.num_neighbors} "
-                          "draws from neighbours 1..num_neighbors, so it needs more (key 'knn_k')")
+                          f"draws from neighbours 1..{cfg.num_neighbors}, so it needs more (key 'knn_k')")
     resume = check_run_folder(out, resume, overwrite)
     require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed, workers=True)
