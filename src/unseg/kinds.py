@@ -130,7 +130,7 @@ class Kind:
         return f"expects {self.expects}; got {text!r}" + (f" ({reason})" if reason else "")
 
     def check(self, value: Any, name: str) -> Any:
-        """An API value of this kind, or a SettingError naming ``name``; the CLI has parsed it already."""
+        """An API value of this kind, or a SettingError naming ``name`` (the base kind accepts any value)."""
         return value
 
     def __repr__(self) -> str:
