@@ -11,6 +11,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub: no test reaches the network
 
+import pwd  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from functools import partial  # noqa: E402
 from html.parser import HTMLParser  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -139,6 +143,65 @@ def tiny_leopart() -> Iterator[SimpleNamespace]:
         yield SimpleNamespace(backbone=TINY_LEOPART, config=config,
                               images=lambda root, n=4: _image_folder(root, n, size=(64, 48)))
     torch.set_num_threads(threads)
+
+
+# --- file systems that refuse: full, read-only, unreadable -------------------------------------------
+
+def _mount_tmpfs(where: Path, options: str) -> bool:
+    """Mount a tmpfs at ``where`` (root only); False when this machine does not allow it."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def mount_tmpfs() -> Callable[[Path, str], bool]:
+    """``mount_tmpfs(where, options)``: mount a tmpfs there (e.g. ``"ro,size=64k"``); False where not allowed.
+    The caller unmounts it (``umount``)."""
+    return _mount_tmpfs
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Callable[..., Path]]:
+    """``small_disk(name, size="64k", read_only=False)``: a folder on a tmpfs of that size (a full disk is a real
+    ENOSPC, a read-only one a real EROFS, for every writer); the test is skipped where tmpfs cannot be mounted."""
+    mounted: list[Path] = []
+
+    def make(name: str = "disk", size: str = "64k", read_only: bool = False) -> Path:
+        where = tmp_path / name
+        if not _mount_tmpfs(where, f"size={size}" + (",ro" if read_only else "")):
+            pytest.skip("a small tmpfs cannot be mounted here (needs root)")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:  # lazily: a memory map of a failed test's cache may still hold it
+        subprocess.run(["umount", "--lazy", str(where)], check=True)
+
+
+@contextmanager
+def _as_nobody(active: bool = True) -> Iterator[None]:
+    """Run as the user ``nobody`` when root: root reads and writes any file whatever its mode."""
+    if not active or os.geteuid() != 0:
+        yield
+        return
+    nobody = pwd.getpwnam("nobody")
+    os.setegid(nobody.pw_gid)
+    os.seteuid(nobody.pw_uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture(scope="session")
+def as_nobody() -> Callable[..., Any]:
+    """``with as_nobody():`` the block runs as ``nobody`` when the tests run as root (so a mode-000 file is
+    unreadable); as the user itself otherwise. Paths it uses must be reachable by that user."""
+    return _as_nobody
 
 
 # --- HTML reports ---------------------------------------------------------------------------------

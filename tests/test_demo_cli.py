@@ -62,8 +62,8 @@ def test_cli_cluster_on_the_sample_writes_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--backbone", "nope"], "unknown backbone 'nope'"),
-    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--backbone", "nope"], "argument --backbone: expects a registered backbone name; got 'nope'"),
+    (["--dataset", "nope"], "argument --dataset: expects a registered dataset name; got 'nope'"),
     (["--backbone", "dino_vits16"], "--weights"),
     (["--split", "test"], "test.txt"),
 ])

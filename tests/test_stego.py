@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from unseg.config import config_from_dict, dump_config, load_config
 from unseg.errors import ConfigError, UnsegError, WeightsError
+from unseg.kinds import UsageError
 from unseg.features.cache import FeatureCache
 from unseg.methods.stego import (CachedPairs, ClusterProbe, CorrespondenceConfig, ImagePairs, LinearProbe,
                                  StegoConfig, StegoHead, StegoModule, correspondence_terms, evaluate_stego,
@@ -492,17 +493,19 @@ def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path, feature
         evaluate_stego(head, cluster_probe, linear_probe, cache, masks, 3, device="cpu", matching="best")
 
 
-def test_matching_options_on_the_command_line():
+def test_matching_options_on_the_command_line(tmp_path):
     from unseg.cli import _scoring, build_parser
 
     parser = build_parser()
-    stego = ["eval", "stego", "--config", "c.yaml", "--checkpoint", "s.ckpt"]
-    cluster = ["eval", "cluster", "--root", "data"]
+    (tmp_path / "c.yaml").write_text("dim: 8\n")
+    (tmp_path / "s.ckpt").write_bytes(b"")  # files the options name must exist; nothing reads them here
+    stego = ["eval", "stego", "--config", str(tmp_path / "c.yaml"), "--checkpoint", str(tmp_path / "s.ckpt")]
+    cluster = ["eval", "cluster", "--root", str(tmp_path)]
     for base in (stego, cluster):
         assert _scoring(parser.parse_args(base)) == {}  # the protocol's own default applies
         args = parser.parse_args([*base, "--matching", "hungarian-iou", "--absent-classes", "zero"])
         assert _scoring(args) == {"matching": "hungarian-iou", "absent": "zero"}
-        with pytest.raises(SystemExit):
+        with pytest.raises(UsageError, match="--matching"):
             parser.parse_args([*base, "--matching", "hungarian"])
 
 

@@ -221,7 +221,7 @@ def test_torchscript_archive_is_not_executed(tmp_path):
         read_checkpoint(path)
 
 
-def test_every_command_reading_weights_or_checkpoints_has_trust_checkpoint():
+def test_every_command_reading_weights_or_checkpoints_has_trust_checkpoint(tmp_path):
     def parsers(parser):
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
@@ -236,7 +236,9 @@ def test_every_command_reading_weights_or_checkpoints_has_trust_checkpoint():
             assert "--trust-checkpoint" in options, name
             checked.append(name)
     assert {"eval cluster", "eval stego", "segment", "extract"} <= set(checked)
-    args = build_parser().parse_args(["eval", "cluster", "--root", ".", "--weights", "w.pth", "--trust-checkpoint"])
+    (tmp_path / "w.pth").write_bytes(b"")  # the option needs an existing file; nothing reads it here
+    args = build_parser().parse_args(["eval", "cluster", "--root", ".", "--weights", str(tmp_path / "w.pth"),
+                                      "--trust-checkpoint"])
     source = _source(args)  # the role left out falls through to the API's default
     assert args.trust_checkpoint and args.weights_role is None and source.role == "auto" and source.trust_checkpoint
 

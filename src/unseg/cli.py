@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .errors import UnsegError
+from .io import output_error
+from .kinds import (COUNT, COUNTS, DEVICE, FRACTION, MAX_SIDE, NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE,
+                    PROBABILITY, SEED, SEEDS, CacheFolder, ConfigRef, InputFile, InputFolder, InputPath, Integer,
+                    OutputFile, OutputFolder, Override, Parser, Real, Registered, Resume, Size, Text, UsageError,
+                    nearest_existing)
 
 
 _ROLE_HELP = ("which network of a teacher/student checkpoint; auto = what the authors' evaluation reads: "
@@ -17,39 +24,65 @@ _TRUST_HELP = ("unpickle the --weights / --checkpoint file fully, which runs any
                "you trust (default: a safe loader that runs nothing; `unseg docs checkpoints`)")
 
 
+def _backbone_names() -> list[str]:
+    from .backbones import list_backbones
+
+    return [spec.name for spec in list_backbones()]
+
+
+def _dataset_names() -> list[str]:
+    from .datasets import DATASETS
+
+    return DATASETS.names()
+
+
+BACKBONE = Registered("backbone", _backbone_names)
+DATASET = Registered("dataset", _dataset_names)
+WEIGHTS = InputFile("an existing checkpoint file, or 'random'", special=("random",))
+SPLIT = Text("a split name ('' for a folder dataset's own folder)")
+
+
 def _add_views(g: argparse._ArgumentGroup) -> None:
     """``--window``, ``--window-overlap``, ``--scales``: how the backbone sees a large input
     (``unseg docs upsampling``)."""
-    g.add_argument("--window", type=int, nargs="+", metavar="PX",
+    g.add_argument("--window", type=Size("window"), nargs="+", metavar="PX",
                    help="run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
                         "stride, at most the input size) and stitch their features (default: the whole input at once)")
-    g.add_argument("--window-overlap", type=float, metavar="F",
+    g.add_argument("--window-overlap", type=FRACTION, metavar="F",
                    help="with --window: fraction of a window shared with its neighbour, in [0, 1) (default 0.25)")
-    g.add_argument("--scales", type=float, nargs="+", metavar="S",
+    g.add_argument("--scales", type=Real(0, low_open=True, many=True), nargs="+", metavar="S",
                    help="average the features of the input resized by each factor, e.g. 1 1.5 (default 1); with "
                         "--window every scaled input is tiled")
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backbone and data")
-    g.add_argument("--backbone", help="registered backbone (see `unseg backbones`; default efficientnet_lite0)")
-    g.add_argument("--weights", help="local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt")
+    g.add_argument("--backbone", type=BACKBONE, help="registered backbone (see `unseg backbones`; default "
+                                                     "efficientnet_lite0)")
+    g.add_argument("--weights", type=WEIGHTS,
+                   help="local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt")
     g.add_argument("--weights-role", choices=["auto", "teacher", "student"], help=_ROLE_HELP)
     g.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     g.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
-    g.add_argument("--dataset", help="registered dataset (see `unseg datasets`; default camvid)")
-    g.add_argument("--root", required=True, help="dataset folder")
-    g.add_argument("--masks", help="folder dataset: folder of <image stem>.png label maps")
-    g.add_argument("--num-classes", type=int, help="folder dataset: ids >= this are ignored")
-    g.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+    g.add_argument("--dataset", type=DATASET, help="registered dataset (see `unseg datasets`; default camvid)")
+    g.add_argument("--root", type=InputFolder(), required=True,
+                   help="dataset folder")
+    g.add_argument("--masks", type=InputFolder("an existing, readable folder of label maps"),
+                   help="folder dataset: folder of <image stem>.png label maps")
+    g.add_argument("--num-classes", type=COUNT, help="folder dataset: ids >= this are ignored")
+    g.add_argument("--input-size", type=Size("input size"), nargs="+", metavar="PX",
                    help="input resolution: one value (square) or H W (default 448)")
     _add_views(g)
-    g.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features or ~/.cache/unseg/features)")
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    g.add_argument("--batch-size", type=int, help="images (with --window: windows) per forward pass (default 16)")
-    g.add_argument("--workers", type=int, help="data-loading processes (default 2)")
+    g.add_argument("--cache-dir", type=CacheFolder(),
+                   help="feature cache folder (default $UNSEG_CACHE/features or ~/.cache/unseg/features)")
+    g.add_argument("--hash-images", action="store_true",
+                   help="identify images by a hash of their bytes, not by their file's size, times and inode: "
+                        "for file systems that do not keep those (``unseg docs reliability``); slower")
+    g.add_argument("--device", type=DEVICE, help="auto (default), cpu, cuda, cuda:1, ...")
+    g.add_argument("--batch-size", type=COUNT, help="images (with --window: windows) per forward pass (default 16)")
+    g.add_argument("--workers", type=NON_NEGATIVE, help="data-loading processes (default 2)")
     g.add_argument("--skip-corrupt", action="store_true", help="skip (and log) unreadable images instead of failing")
-    g.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    g.add_argument("--json", type=OutputFile(), help="also write the results as JSON to this file")
 
 
 def _given(**values: object) -> dict:
@@ -58,7 +91,7 @@ def _given(**values: object) -> dict:
 
 
 def _views(args: argparse.Namespace) -> dict:
-    return _given(window=_size(args.window), window_overlap=args.window_overlap,
+    return _given(window=args.window, window_overlap=args.window_overlap,
                   scales=None if args.scales is None else tuple(args.scales))
 
 
@@ -66,11 +99,11 @@ def _source(args: argparse.Namespace):
     from .features import Source
 
     return Source(**_given(backbone=args.backbone, weights=args.weights, role=args.weights_role, dataset=args.dataset,
-                           input_size=_size(args.input_size), cache_dir=args.cache_dir, device=args.device,
+                           input_size=args.input_size, cache_dir=args.cache_dir, device=args.device,
                            batch_size=args.batch_size, num_workers=args.workers, **_views(args)),
                   download=args.download, trust_checkpoint=args.trust_checkpoint, root=args.root,
                   dataset_options=_given(masks=args.masks, num_classes=args.num_classes),
-                  skip_corrupt=args.skip_corrupt, progress=sys.stderr.isatty())
+                  skip_corrupt=args.skip_corrupt, hash_images=args.hash_images, progress=sys.stderr.isatty())
 
 
 def _write_json(path: Path | None, payload: object) -> None:
@@ -99,19 +132,21 @@ def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str =
                   meaning: str = "token labels, nearest-upsampled") -> None:
     """Feature upsampling before clustering / probes (``unseg docs upsampling``); ``target`` None: the
     command upsamples to a fixed size (no --upsample-size / --upsample-factor)."""
-    from .features.upsample import UPSAMPLERS
+    from .features.upsample import MAX_GUIDE_RADIUS, UPSAMPLERS
 
     g = p.add_argument_group("feature upsampling (`unseg docs upsampling`)")
     g.add_argument("--upsample", choices=UPSAMPLERS,
                    help=f"assign labels on upsampled features: bilinear, or guided = joint bilateral upsampling "
                         f"that follows the image's edges (default {default}: {meaning})")
     if target is not None:
-        g.add_argument("--upsample-size", type=int, nargs="+", metavar="PX",
+        g.add_argument("--upsample-size", type=Size("upsampling size"), nargs="+", metavar="PX",
                        help=f"target grid: one value (square) or H W (default {target})")
-        g.add_argument("--upsample-factor", type=float, help="target grid = this factor x the token grid")
-    g.add_argument("--guide-radius", type=int, help="guided: window radius in tokens (default 2)")
-    g.add_argument("--guide-sigma-spatial", type=float, help="guided: spatial sigma in tokens (default 1)")
-    g.add_argument("--guide-sigma-range", type=float, help="guided: colour sigma, RGB in 0..1 (default 0.1)")
+        g.add_argument("--upsample-factor", type=Real(0, MAX_SIDE, low_open=True),
+                       help="target grid = this factor x the token grid")
+    g.add_argument("--guide-radius", type=Integer(0, MAX_GUIDE_RADIUS),
+                   help="guided: window radius in tokens (default 2)")
+    g.add_argument("--guide-sigma-spatial", type=POSITIVE, help="guided: spatial sigma in tokens (default 1)")
+    g.add_argument("--guide-sigma-range", type=POSITIVE, help="guided: colour sigma, RGB in 0..1 (default 0.1)")
 
 
 def _upsampling(args: argparse.Namespace, default: str | None = None):
@@ -123,8 +158,8 @@ def _upsampling(args: argparse.Namespace, default: str | None = None):
     method = args.upsample or default
     if method is None:
         return None
-    size = _size(getattr(args, "upsample_size", None))
-    return Upsampling(method, **_given(size=as_size(size) if size is not None else None,
+    size = getattr(args, "upsample_size", None)
+    return Upsampling(method, **_given(size=as_size(size, "upsampling size") if size is not None else None,
                                               factor=getattr(args, "upsample_factor", None), radius=args.guide_radius,
                                               sigma_spatial=args.guide_sigma_spatial,
                                               sigma_range=args.guide_sigma_range))
@@ -180,11 +215,13 @@ def cmd_docs(args: argparse.Namespace) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> None:
     from .features import extract_features
+    from .features.extract import distributed_rank
 
+    rank, world_size = distributed_rank(args.rank, args.world_size)
     source = _source(args)
     for split in args.split:
         cache = extract_features(source.build_backbone(), source.build_dataset(split), source.input_size,
-                                 rank=args.rank, world_size=args.world_size, **source.extract_options(),
+                                 rank=rank, world_size=world_size, **source.extract_options(),
                                  **_given(shard_size=args.shard_size, dtype=args.dtype, precision=args.precision))
         if cache is None:
             print(f"{split}: this rank's shards are written; other ranks are still running")
@@ -197,7 +234,7 @@ def cmd_cluster(args: argparse.Namespace) -> None:
     from .protocols import clustering_protocol
 
     options = _given(split=args.split, ks=args.k, seeds=None if args.seeds is None else range(args.seeds),
-                     mask_size=_size(args.mask_size), niter=args.niter, nredo=args.nredo, upsample=_upsampling(args))
+                     mask_size=args.mask_size, niter=args.niter, nredo=args.nredo, upsample=_upsampling(args))
     if args.pca_dim is not None:
         options["pca_dim"] = args.pca_dim or None  # 0: no PCA
     result = clustering_protocol(_source(args), **options, **_scoring(args))
@@ -234,22 +271,38 @@ def _stego_config(args: argparse.Namespace):
     return load_config(StegoConfig, args.config, args.overrides, method="stego")
 
 
+def _add_config(p: argparse.ArgumentParser, method: str, example: str) -> None:
+    p.add_argument("--config", type=ConfigRef(method), required=True,
+                   help="shipped config name (`unseg configs`, e.g. camvid_effnet) or a YAML file")
+    p.add_argument("overrides", type=Override(), nargs="*", help=f"key=value settings over the config, e.g. {example}")
+
+
 def _add_stego(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="shipped config name (`unseg configs`, e.g. camvid_effnet) "
-                                                   "or a YAML file")
-    p.add_argument("overrides", nargs="*", help="key=value settings over the config, e.g. root=DATA max_steps=500")
-    p.add_argument("--cache-dir", help="feature cache folder (default $UNSEG_CACHE/features)")
+    _add_config(p, "stego", "root=DATA max_steps=500")
+    p.add_argument("--cache-dir", type=CacheFolder(),
+                   help="feature cache folder (default $UNSEG_CACHE/features)")
+
+
+def _add_run(p: argparse.ArgumentParser, default: str, holds: str) -> None:
+    """``--out``, ``--resume``, ``--overwrite``: where a training run lives and what happens to one already there."""
+    p.add_argument("--out", type=OutputFolder(), default=default, help=f"run folder: {holds} (default %(default)s)")
+    p.add_argument("--resume", type=Resume(),
+                   help="continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; one that is "
+                        "missing or not a training checkpoint of this run's model is an error, never a silent "
+                        "fresh start")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, a folder holding a run is refused)")
 
 
 def _check_run(cfg, args: argparse.Namespace) -> None:
-    """What a training run would find out only after its data preparation: the device, the logger and --resume."""
+    """What a training run would find out only after its data preparation: the device, the logger and the
+    run folder (a run there is continued with --resume or replaced with --overwrite, never silently)."""
     from .config import require_accelerator
-    from .io import resume_checkpoint
-    from .methods.trainer import check_logger
+    from .methods.trainer import check_logger, check_run_folder
 
     require_accelerator(cfg.accelerator)
     check_logger(cfg.logger)
-    resume_checkpoint(args.resume, args.out)
+    check_run_folder(args.out, args.resume, args.overwrite)
 
 
 def cmd_train_stego(args: argparse.Namespace) -> None:
@@ -257,7 +310,7 @@ def cmd_train_stego(args: argparse.Namespace) -> None:
 
     cfg = _stego_config(args)
     _check_run(cfg, args)
-    module = fit_stego(cfg, args.out, args.cache_dir, resume=args.resume)
+    module = fit_stego(cfg, args.out, args.cache_dir, resume=args.resume, overwrite=args.overwrite)
     print(f"STEGO head written to {Path(args.out) / 'stego.ckpt'} (STEGO's checkpoint layout)")
     if not args.no_eval:
         scores = evaluate_run(module, split_data(cfg, cfg.val_split, args.cache_dir), cfg.n_classes)
@@ -270,7 +323,7 @@ def cmd_train_leopart(args: argparse.Namespace) -> None:
 
     cfg = load_config(LeopartConfig, args.config, args.overrides, method="leopart")
     _check_run(cfg, args)
-    module = train_leopart(cfg, args.out, resume=args.resume)
+    module = train_leopart(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     if module.trainer.is_global_zero:
         print(f"Leopart weights written to {Path(args.out) / 'leopart.ckpt'} (Leopart's layout: --weights loads "
               f"the student, as Leopart's evaluation does; --weights-role teacher the teacher)")
@@ -318,7 +371,7 @@ def cmd_stego_sweep(args: argparse.Namespace) -> None:
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--report", type=Path, metavar="DIR",
+    p.add_argument("--report", type=OutputFolder(), metavar="DIR",
                    help="also write a report folder: metrics.json, per-class IoU chart, confusion image and a "
                         "gallery of the best and worst images")
 
@@ -326,10 +379,6 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 def _print_reports(reports: list) -> None:
     for report in reports:
         print(f"report written to {report.root}/ (open {report.gallery})")
-
-
-def _size(values: list[int] | None):
-    return None if not values else (values[0] if len(values) == 1 else tuple(values[:2]))
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
@@ -341,7 +390,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     options = SegmentOptions(**_given(
         method=args.method, backbone=args.backbone, weights=args.weights, k=args.k, out_dir=args.out,
         clustering=args.clustering, save_clustering=args.save_clustering, checkpoint=args.checkpoint,
-        input_size=_size(args.input_size), seed=args.seed, role=args.weights_role, device=args.device,
+        input_size=args.input_size, seed=args.seed, role=args.weights_role, device=args.device,
         batch_size=args.batch_size, num_workers=args.workers, processes=args.processes,
         upsample=_upsampling(args, SegmentOptions().upsample.method), **_views(args)),
         cd=cd, crf=args.crf, skip_invalid=args.skip_invalid, download=args.download,
@@ -380,11 +429,13 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``unseg`` parser: every option that takes a value names its kind (:mod:`unseg.kinds`) as ``type=``."""
     from .clustering.matching import CLUSTERING_MATCHING, STEGO_MATCHING
+    from .methods.projections import PROJECTIONS
 
-    parser = argparse.ArgumentParser(prog="unseg", description=__doc__)
+    parser = Parser(prog="unseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--threads", type=int, metavar="N",
+    parser.add_argument("--threads", type=COUNT, metavar="N",
                         help="busy threads for torch, faiss, BLAS and parallel k-means (default: $UNSEG_THREADS, "
                              "else $OMP_NUM_THREADS, else all cores; never more than the cores)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -405,28 +456,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", help="extract dense features into the cache (resumable; one shard set per rank)")
     _add_source(p)
-    p.add_argument("--split", nargs="+", default=["val"], help="splits to extract (default val)")
-    p.add_argument("--shard-size", type=int, help="images per shard file (default 256)")
+    p.add_argument("--split", type=Text(SPLIT.expects, many=True), nargs="+", default=["val"],
+                   help="splits to extract (default val)")
+    p.add_argument("--shard-size", type=COUNT, help="images per shard file (default 256)")
     p.add_argument("--dtype", choices=["float32", "float16"], help="storage type (default float32)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                    help="forward precision: fp32 (default) or autocast to bf16 / fp16 (CUDA only); "
                         "the cache records it")
-    p.add_argument("--rank", type=int, help="this process's rank (default: $RANK from torchrun, else 0)")
-    p.add_argument("--world-size", type=int, help="number of ranks (default: $WORLD_SIZE, else 1)")
+    p.add_argument("--rank", type=NON_NEGATIVE, help="this process's rank, below --world-size "
+                                                     "(default: $RANK from torchrun, else 0)")
+    p.add_argument("--world-size", type=COUNT, help="number of ranks (default: $WORLD_SIZE, else 1)")
     p.set_defaults(func=cmd_extract)
 
     ev = sub.add_parser("eval", help="evaluation protocols (`unseg docs evaluation`)")
     ev = ev.add_subparsers(dest="protocol", required=True)
     p = ev.add_parser("cluster", help="k-means on frozen features: K = #classes (Hungarian) and overclustering")
     _add_source(p)
-    p.add_argument("--split", help="evaluation split (default val)")
-    p.add_argument("--k", type=int, nargs="+", help="cluster counts (default 100)")
-    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5)")
-    p.add_argument("--mask-size", type=int, nargs="+", metavar="PX",
+    p.add_argument("--split", type=SPLIT, help="evaluation split (default val)")
+    p.add_argument("--k", type=COUNTS, nargs="+", help="cluster counts (default 100)")
+    p.add_argument("--seeds", type=COUNT, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--mask-size", type=Size("mask size"), nargs="+", metavar="PX",
                    help="label resolution: one value (square) or H W (default 100)")
-    p.add_argument("--pca-dim", type=int, help="PCA dimensions, 0 = no PCA (default 50)")
-    p.add_argument("--niter", type=int, help="k-means iterations (default 100)")
-    p.add_argument("--nredo", type=int, help="k-means restarts (default 5)")
+    p.add_argument("--pca-dim", type=Integer(0, meaning="0 = no PCA"),
+                   help="PCA dimensions, at most the feature width; 0 = no PCA (default 50)")
+    p.add_argument("--niter", type=COUNT, help="k-means iterations (default 100)")
+    p.add_argument("--nredo", type=COUNT, help="k-means restarts (default 5)")
     _add_scoring(p, CLUSTERING_MATCHING)
     _add_upsample(p, "the mask size")
     _add_report(p)
@@ -436,23 +490,26 @@ def build_parser() -> argparse.ArgumentParser:
         _add_source(p)
         _add_report(p)
         p.set_defaults(func=cmd_head, head=head)
-        p.add_argument("--train-split", help="training split (default train)")
-        p.add_argument("--split", help="evaluation split (default val)")
-        p.add_argument("--mask-size", type=int, help="training label resolution (default 100)")
-        p.add_argument("--eval-mask-size", type=int, help="evaluation label resolution (default: input size)")
+        p.add_argument("--train-split", type=SPLIT, help="training split (default train)")
+        p.add_argument("--split", type=SPLIT, help="evaluation split (default val)")
+        p.add_argument("--mask-size", type=Size("mask size"), nargs="+", metavar="PX",
+                       help="training label resolution: one value (square) or H W (default 100)")
+        p.add_argument("--eval-mask-size", type=Size("evaluation mask size"), nargs="+", metavar="PX",
+                       help="evaluation label resolution (default: input size)")
         p.add_argument("--no-augment", action="store_true", help="train on cached features (fast, no augmentation)")
-        p.add_argument("--epochs", type=int)
-        p.add_argument("--lr", type=float)
-        p.add_argument("--head-batch-size", type=int)
-        p.add_argument("--seed", type=int, help="(default 0)")
+        p.add_argument("--epochs", type=COUNT)
+        p.add_argument("--lr", type=POSITIVE)
+        p.add_argument("--head-batch-size", type=COUNT)
+        p.add_argument("--seed", type=SEED, help="(default 0)")
 
     p = ev.add_parser("stego", help="score a STEGO checkpoint's cluster and linear probes")
     _add_stego(p)
-    p.add_argument("--checkpoint", required=True, type=Path, help="ours or a released STEGO .ckpt")
+    p.add_argument("--checkpoint", type=InputFile("an existing STEGO checkpoint file"), required=True,
+                   help="ours or a released STEGO .ckpt")
     p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
-    p.add_argument("--processes", type=int, help="CRF worker processes (default: the thread count, --threads)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--processes", type=COUNT, help="CRF worker processes (default: the thread count, --threads)")
+    p.add_argument("--json", type=OutputFile())
     _add_scoring(p, STEGO_MATCHING)
     _add_upsample(p, None, "bilinear", "STEGO's, codes to the masks' size")
     _add_views(p.add_argument_group("large photos (default: the whole val_input_size input at scale 1)"))
@@ -462,54 +519,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = ev.add_parser("unsupervised", help="fully unsupervised: k-means, + CBFE, + community detection")
     _add_source(p)
     _add_report(p)
-    p.add_argument("--train-split", help="split for the CBFE threshold and the CD search (default train)")
-    p.add_argument("--split", help="evaluation split (default val)")
-    p.add_argument("--background", nargs="+", metavar="CLASS",
+    p.add_argument("--train-split", type=SPLIT, help="split for the CBFE threshold and the CD search (default train)")
+    p.add_argument("--split", type=SPLIT, help="evaluation split (default val)")
+    p.add_argument("--background", type=Text("class names or ids", many=True), nargs="+", metavar="CLASS",
                    help="classes (names or ids) that are background for CBFE (default: a class named background; "
                         "none -> no CBFE)")
-    p.add_argument("--fg-k", type=int, help="CBFE spherical k-means clusters (default 200)")
-    p.add_argument("--cd-k", type=int, help="CD overclustering k (give with --markov-time, --weight-threshold)")
-    p.add_argument("--markov-time", type=float)
-    p.add_argument("--weight-threshold", type=float)
+    p.add_argument("--fg-k", type=COUNT, help="CBFE spherical k-means clusters (default 200)")
+    p.add_argument("--cd-k", type=COUNT, help="CD overclustering k (give with --markov-time, --weight-threshold)")
+    p.add_argument("--markov-time", type=POSITIVE)
+    p.add_argument("--weight-threshold", type=NON_NEGATIVE_REAL)
     p.add_argument("--published", action="store_true", help="use the authors' CD hyper-parameters for --backbone")
-    p.add_argument("--trials", type=int, help="TPE trials when searching (default 300, the authors')")
-    p.add_argument("--runs", type=int, help="Infomap runs (seeds 0..N-1, Infomap seeds 1..N; default 10)")
-    p.add_argument("--seeds", type=int, help="k-means seeds of the k-means and CBFE stages (default 5)")
-    p.add_argument("--mask-size", type=int, help="label resolution (default 100)")
+    p.add_argument("--trials", type=COUNT, help="TPE trials when searching (default 300, the authors')")
+    p.add_argument("--runs", type=COUNT, help="Infomap runs (seeds 0..N-1, Infomap seeds 1..N; default 10)")
+    p.add_argument("--seeds", type=COUNT, help="k-means seeds of the k-means and CBFE stages (default 5)")
+    p.add_argument("--mask-size", type=Size("mask size"), nargs="+", metavar="PX",
+                   help="label resolution: one value (square) or H W (default 100)")
     p.set_defaults(func=cmd_unsupervised)
 
     p = ev.add_parser("retrieval", help="dense nearest-neighbour retrieval (Hummingbird protocol)")
     _add_source(p)
     _add_report(p)
-    p.add_argument("--train-split", help="memory bank split (default train)")
-    p.add_argument("--split", help="evaluation split (default val)")
-    p.add_argument("--neighbours", type=int, help="nearest neighbours (default 30)")
-    p.add_argument("--temperature", type=float, help="softmax temperature (default 0.02)")
+    p.add_argument("--train-split", type=SPLIT, help="memory bank split (default train)")
+    p.add_argument("--split", type=SPLIT, help="evaluation split (default val)")
+    p.add_argument("--neighbours", type=COUNT, help="nearest neighbours (default 30)")
+    p.add_argument("--temperature", type=POSITIVE, help="softmax temperature (default 0.02)")
     p.add_argument("--labels", choices=["distribution", "majority"],
                    help="label of a memory patch: its class distribution (Hummingbird, default) or majority class")
-    p.add_argument("--memory-size", type=int, help="random subset of memory patches (default: all)")
-    p.add_argument("--eval-mask-size", type=int, help="evaluation label resolution (default: input size)")
-    p.add_argument("--seed", type=int, help="memory subset seed (default 0)")
+    p.add_argument("--memory-size", type=COUNT, help="random subset of memory patches (default: all)")
+    p.add_argument("--eval-mask-size", type=Size("evaluation mask size"), nargs="+", metavar="PX",
+                   help="evaluation label resolution (default: input size)")
+    p.add_argument("--seed", type=SEED, help="memory subset seed (default 0)")
     p.set_defaults(func=cmd_retrieval)
 
     train = sub.add_parser("train", help="train a method").add_subparsers(dest="method", required=True)
     p = train.add_parser("stego", help="train a STEGO head on cached features of a frozen backbone")
     _add_stego(p)
-    p.add_argument("--out", default="runs/stego", help="run folder: config, logs, checkpoints, stego.ckpt")
-    p.add_argument("--resume", help="continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; "
-                                    "one that is missing or not a training checkpoint is an error, never a silent "
-                                    "fresh start")
+    _add_run(p, "runs/stego", "config, logs, checkpoints, stego.ckpt")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation on the val split")
     p.set_defaults(func=cmd_train_stego)
 
     p = train.add_parser("leopart", help="fine-tune a backbone with the Leopart loss (dense self-supervision)")
-    p.add_argument("--config", required=True, help="shipped config name (`unseg configs`, e.g. camvid_effnet) "
-                                                   "or a YAML file")
-    p.add_argument("overrides", nargs="*", help="key=value settings over the config, e.g. root=DATA epochs=10")
-    p.add_argument("--out", default="runs/leopart", help="run folder: config, logs, checkpoints, leopart.ckpt")
-    p.add_argument("--resume", help="continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; "
-                                    "one that is missing or not a training checkpoint is an error, never a silent "
-                                    "fresh start")
+    _add_config(p, "leopart", "root=DATA epochs=10")
+    _add_run(p, "runs/leopart", "config, logs, checkpoints, leopart.ckpt")
     p.set_defaults(func=cmd_train_leopart)
 
     stego = sub.add_parser("stego", help="STEGO tools").add_subparsers(dest="tool", required=True)
@@ -519,81 +570,146 @@ def build_parser() -> argparse.ArgumentParser:
     p = stego.add_parser("sweep", help="STEGO vs raw / PCA / random projections over code dims "
                                         "(the study, `unseg docs methods`)")
     _add_stego(p)
-    p.add_argument("--dims", type=int, nargs="+", help="code dimensions (default 3 8 16 32 70 128)")
-    p.add_argument("--methods", nargs="+", help="default: stego pca random raw")
-    p.add_argument("--seeds", type=int, nargs="+", help="seed values, e.g. 0 1 2 (default 0)")
+    p.add_argument("--dims", type=COUNTS, nargs="+", help="code dimensions (default 3 8 16 32 70 128)")
+    p.add_argument("--methods", choices=["stego", *PROJECTIONS], nargs="+", help="default: stego pca random raw")
+    p.add_argument("--seeds", type=SEEDS, nargs="+", help="seed values, e.g. 0 1 2 (default 0)")
     p.add_argument("--crf", action="store_true", help="also score every run with a dense CRF")
-    p.add_argument("--out", help="output folder (default runs/stego_sweep)")
+    p.add_argument("--out", type=OutputFolder(), help="output folder (default runs/stego_sweep)")
     p.set_defaults(func=cmd_stego_sweep)
 
     p = sub.add_parser("segment", help="segment your own images, no labels: label PNGs, overlays, index.html")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    p.add_argument("paths", type=InputPath("existing image files or folders of images", many=True), nargs="+",
+                   metavar="PATH", help="image files or folders of images")
     p.add_argument("--method", choices=["kmeans", "stego", "cd"], help="(default kmeans)")
-    p.add_argument("--out", required=True, help="output folder: labels/, overlays/, index.html")
-    p.add_argument("--k", type=int, help="segments: k-means clusters or preferred communities (default 8)")
-    p.add_argument("--backbone", help="registered backbone (default: the clustering's, else efficientnet_lite0)")
-    p.add_argument("--weights", help="local checkpoint of the backbone")
+    p.add_argument("--out", type=OutputFolder(), required=True, help="output folder: labels/, overlays/, index.html")
+    p.add_argument("--k", type=COUNT, help="segments: k-means clusters or preferred communities (default 8)")
+    p.add_argument("--backbone", type=BACKBONE,
+                   help="registered backbone (default: the clustering's, else efficientnet_lite0)")
+    p.add_argument("--weights", type=WEIGHTS, help="local checkpoint of the backbone")
     p.add_argument("--weights-role", choices=["auto", "teacher", "student"], help=_ROLE_HELP)
     p.add_argument("--download", action="store_true", help="fetch hub weights when --weights is not given")
-    p.add_argument("--checkpoint", help="--method stego: a STEGO .ckpt (head and cluster probe)")
+    p.add_argument("--checkpoint", type=InputFile("an existing STEGO checkpoint file"),
+                   help="--method stego: a STEGO .ckpt (head and cluster probe)")
     p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("--crf", action="store_true", help="refine with a dense CRF (extra: unseg[crf])")
-    p.add_argument("--clustering", metavar="FILE", help="apply a clustering saved with --save-clustering")
-    p.add_argument("--save-clustering", metavar="FILE", help="save the fitted clustering (kmeans, cd) for reuse")
-    p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+    p.add_argument("--clustering", type=InputFile("an existing clustering file (--save-clustering)"),
+                   metavar="FILE", help="apply a clustering saved with --save-clustering")
+    p.add_argument("--save-clustering", type=OutputFile(), metavar="FILE",
+                   help="save the fitted clustering (kmeans, cd) for reuse")
+    p.add_argument("--input-size", type=Size("input size"), nargs="+", metavar="PX",
                    help="backbone input: one value (square) or H W (default: the clustering's, else 448)")
     _add_views(p.add_argument_group("large photos (default: the clustering's, else the whole input at scale 1)"))
     g = p.add_argument_group("--method cd (defaults: the authors' ViT-S/16 values)")
-    g.add_argument("--cd-k", type=int, help="overclustering k")
-    g.add_argument("--markov-time", type=float, help="Infomap Markov time")
-    g.add_argument("--weight-threshold", type=float, help="co-occurrence edge threshold")
-    g.add_argument("--fg-threshold", type=float, help="CBFE precision threshold (default: no foreground extraction)")
-    g.add_argument("--fg-k", type=int, help="CBFE spherical k-means clusters (default 200)")
+    g.add_argument("--cd-k", type=COUNT, help="overclustering k")
+    g.add_argument("--markov-time", type=POSITIVE, help="Infomap Markov time")
+    g.add_argument("--weight-threshold", type=NON_NEGATIVE_REAL, help="co-occurrence edge threshold")
+    g.add_argument("--fg-threshold", type=PROBABILITY,
+                   help="CBFE precision threshold (default: no foreground extraction)")
+    g.add_argument("--fg-k", type=COUNT, help="CBFE spherical k-means clusters (default 200)")
     p.add_argument("--skip-invalid", action="store_true", help="skip (and log by name) unreadable files")
-    p.add_argument("--seed", type=int, help="k-means / Infomap seed (default 0)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, ...")
-    p.add_argument("--batch-size", type=int, help="images (with --window: windows) per forward pass (default 16)")
-    p.add_argument("--workers", type=int, help="data-loading processes (default 2)")
-    p.add_argument("--processes", type=int, help="CRF worker processes (default: the thread count, --threads)")
+    p.add_argument("--seed", type=SEED, help="k-means / Infomap seed (default 0)")
+    p.add_argument("--device", type=DEVICE, help="auto (default), cpu, cuda, ...")
+    p.add_argument("--batch-size", type=COUNT, help="images (with --window: windows) per forward pass (default 16)")
+    p.add_argument("--workers", type=NON_NEGATIVE, help="data-loading processes (default 2)")
+    p.add_argument("--processes", type=COUNT, help="CRF worker processes (default: the thread count, --threads)")
     _add_upsample(p, "the input size", "guided", "joint bilateral upsampling to the input size")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")
-    p.add_argument("--out", help="output folder (default demo_out)")
-    p.add_argument("--seeds", type=int, help="k-means seeds 0..N-1 (default 5)")
-    p.add_argument("--device", help="auto (default), cpu, cuda, ...")
+    p.add_argument("--out", type=OutputFolder(), help="output folder (default demo_out)")
+    p.add_argument("--seeds", type=COUNT, help="k-means seeds 0..N-1 (default 5)")
+    p.add_argument("--device", type=DEVICE, help="auto (default), cpu, cuda, ...")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """The folders a command writes to must be writable before it computes anything."""
-    from .io import require_writable
+def parser_actions(parser: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+    """Every action of ``parser`` and of its subcommands' parsers, recursively."""
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # a parser once, whatever its aliases
+                yield from parser_actions(sub)
 
-    for name in ("out", "report"):
-        if getattr(args, name, None) is not None:
-            require_writable(getattr(args, name), f"--{name} folder")
-    if getattr(args, "json", None) is not None:
-        require_writable(Path(args.json).parent, "folder of the --json file")
+
+def _new_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
+    """The first missing folder on the way to each output the command names (its --out, --report, --json, cache):
+    what the command will have created, to remove again if it fails and leaves them empty."""
+    found = []
+    for action in parser_actions(parser):
+        value = getattr(args, action.dest, None)
+        if value is None or not isinstance(action.type, (OutputFolder, OutputFile, CacheFolder)):
+            continue
+        target = Path(value).expanduser().absolute()
+        target = target.parent if isinstance(action.type, OutputFile) else target
+        existing = nearest_existing(target)
+        if existing != target:
+            found.append(existing / target.relative_to(existing).parts[0])
+    return found
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold no file; anything written stays."""
+    for path, _, _ in os.walk(folder, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+@contextlib.contextmanager
+def _stderr_logging(verbose: bool) -> Iterator[None]:
+    """unseg's log lines on stderr while a command runs, through one handler on the ``unseg`` logger.
+
+    Lightning's loggers keep their own handlers; a handler on the root logger (``basicConfig``)
+    would print each of their lines a second time. The loggers are restored afterwards.
+    """
+    logger, backbones = logging.getLogger("unseg"), logging.getLogger("unseg.backbones")
+    levels = logger.level, backbones.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    backbones.setLevel(logging.INFO)  # always say which network a file gave
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(levels[0])
+        backbones.setLevel(levels[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("unseg.backbones").setLevel(logging.INFO)  # always say which network a file gave
+    """Run one command; bad input ends it with one line ``unseg: error: ...`` and exit status 2, and the
+    output folders it created are removed again if it leaves them empty."""
+    parser = build_parser()
     try:
-        from .threads import set_threads
-
-        set_threads(args.threads)
-        _check_outputs(args)
-        args.func(args)
-    except UnsegError as exc:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
         print(f"unseg: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # output piped into a reader that quit early (`unseg docs methods | head`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
-        return 1
-    return 0
+    created = _new_folders(parser, args)
+    with _stderr_logging(args.verbose):
+        try:
+            from .threads import set_threads
+
+            set_threads(args.threads)
+            args.func(args)
+            return 0
+        except UnsegError as exc:
+            message = str(exc)
+        except BrokenPipeError:  # output piped into a reader that quit early (`unseg docs methods | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+            return 1
+        except OSError as exc:  # a write outside the package's own (a logger's file) on a full or read-only disk
+            if exc.errno not in _DISK_ERRNOS:
+                raise
+            message = str(output_error(exc, exc.filename or "a file"))
+    print(f"unseg: error: {message}", file=sys.stderr)
+    for folder in created:
+        _remove_empty(folder)
+    return 2
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import yaml
 
 from .errors import ConfigError
 from .io import atomic_path
+from .kinds import FRACTION, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -123,8 +124,8 @@ def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML ({exc})") from None
+    except yaml.YAMLError as exc:  # its message spans lines: said in one
+        raise ConfigError(f"config file {path} is not valid YAML ({' '.join(str(exc).split())})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -141,7 +142,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def _set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
@@ -199,6 +200,11 @@ _AT_LEAST = {"batch_size": 1, "num_workers": 0, "devices": 1, "num_nodes": 1, "m
              "checkpoint_every": 1, "checkpoint_every_epochs": 1, "every_epochs": 1, "log_every": 1,
              "knn_k": 1, "num_neighbors": 1, "n_classes": 1, "extra_clusters": 0, "dim": 1, "num_prototypes": 1,
              "input_size": 1, "val_input_size": 1, "mask_size": 1, "num_images": 1, "queue_length": 0}
+# number-valued keys with one meaning in every config, and the kind of number each must be
+_REAL = {"lr_head": POSITIVE, "lr_probes": POSITIVE, "lr_backbone": POSITIVE, "final_lr": NON_NEGATIVE_REAL,
+         "weight_decay": NON_NEGATIVE_REAL, "weight_decay_end": NON_NEGATIVE_REAL, "dropout": FRACTION,
+         "drop_path_rate": FRACTION, "momentum_teacher": PROBABILITY, "momentum_teacher_end": PROBABILITY,
+         "temperature": POSITIVE}
 
 
 def _check_value(name: str, value: Any, key: str, where: Where) -> None:
@@ -207,6 +213,8 @@ def _check_value(name: str, value: Any, key: str, where: Where) -> None:
     if name in _AT_LEAST and isinstance(value, int) and value < _AT_LEAST[name]:
         raise ConfigError(f"{where(key)}: key {key!r} = {value} is not allowed; it must be at least "
                           f"{_AT_LEAST[name]}")
+    if name in _REAL and isinstance(value, float) and not _REAL[name].allows(value):
+        raise ConfigError(f"{where(key)}: key {key!r} = {value} is not allowed; it must be {_REAL[name].expects}")
 
 
 def require_accelerator(accelerator: str) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .clustering.matching import CLUSTERING_MATCHING, class_predictions
-from .evaluation.clustering import ClusteringResult, evaluate_clustering
+from .evaluation.clustering import ClusteringResult, check_clustering_settings, evaluate_clustering
 from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
 from .evaluation.metrics import DEFAULT_ABSENT
 from .evaluation.retrieval import NEIGHBOURS, TEMPERATURE, RetrievalResult, dense_retrieval
@@ -36,6 +36,14 @@ R = TypeVar("R")
 
 def _size_text(size: Sequence[int]) -> str:
     return f"{size[0]}x{size[1]}"
+
+
+def _pca_text(settings: dict[str, Any]) -> str:
+    """The projection a result applied: a PCA dimension at least the feature width is said not to apply."""
+    if settings["pca_dim"]:
+        return f"StandardScaler + PCA {settings['pca_dim']}"
+    asked = settings.get("pca_dim_asked")
+    return "StandardScaler, no PCA" + (f" (PCA {asked} asked: not fewer than the feature width)" if asked else "")
 
 
 def _with_data(cls: type[R], result: Any, data: SplitData) -> R:
@@ -74,7 +82,7 @@ class ClusteringEvaluation:
         s = self.results[0].settings
         labels = (f"labels on {s['upsample']}-upsampled features at {_size_text(s['label_size'])}, "
                   if s["upsample"] != "none" else "")
-        pca = f"StandardScaler + PCA {s['pca_dim']}" if s["pca_dim"] else "StandardScaler, no PCA"
+        pca = _pca_text(s)
         head = (f"clustering on {s['dataset']}/{s['split']} ({s['num_images']} images), {s['backbone']} "
                 f"[{s['weights']}], input {_size_text(s['input_size'])}, tokens {_size_text(s['grid'])}, "
                 f"{labels}nearest-upsampled to {_size_text(s['mask_size'])} masks, {pca}, "
@@ -141,7 +149,7 @@ class UnsupervisedEvaluation(FullyUnsupervisedResult):
         s = self.settings
         lines = [f"fully unsupervised segmentation on {s['dataset']}/{s['val_split']} ({s['num_val']} images), "
                  f"{s['backbone']} [{s['weights']}], input {_size_text(s['input_size'])}, tokens "
-                 f"{_size_text(s['grid'])}, StandardScaler + PCA {s['pca_dim']} and k-means fitted on "
+                 f"{_size_text(s['grid'])}, {_pca_text(s)} and k-means fitted on "
                  f"{s['train_split']} + {s['val_split']} tokens, masks {_size_text(s['mask_size'])}, Hungarian "
                  "matching, mean ± std:"]
         if self.foreground:
@@ -170,7 +178,8 @@ def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = 
     ``upsample``: assign clusters on upsampled features (``unseg docs upsampling``); the guided
     upsampler reads the split's images, resized to the target grid, one at a time.
     """
-    data = source.load_split(split, mask_size)
+    check_clustering_settings(ks, seeds, pca_dim, niter, nredo)  # before any extraction
+    data = source.load_split(split, as_size(mask_size, "mask size"))
     guides = None
     if upsample is not None and upsample.guided:
         guides = iter_guides(data.dataset, data.cache.ids, upsample.target(data.cache.grid, data.masks.shape[-2:]))
@@ -190,8 +199,9 @@ def head_protocol(source: Source, head: str = "linear", train_split: str = "trai
     ``eval_mask_size`` defaults to the input size (the protocols' 448x448 masks).
     ``train_kwargs``: the head's epochs, lr, milestones, batch_size (None: the protocol's).
     """
-    msize = as_size(mask_size)
-    emsize = as_size(eval_mask_size) if eval_mask_size is not None else as_size(source.input_size)
+    head_settings(head, **train_kwargs)  # bad settings fail before any extraction
+    msize = as_size(mask_size, "mask size")
+    emsize = as_size(eval_mask_size if eval_mask_size is not None else source.input_size, "evaluation mask size")
     val = source.load_split(val_split, emsize)
     kwargs: dict[str, Any] = {}
     if augment:
@@ -218,9 +228,10 @@ def retrieval_protocol(source: Source, train_split: str = "train", val_split: st
                        keep_predictions: bool = False) -> RetrievalEvaluation:
     """:func:`unseg.evaluation.retrieval.dense_retrieval` on ``source``: train labels at the input size,
     val scored at ``eval_mask_size`` (default: the input size)."""
-    size = as_size(source.input_size)
+    size = as_size(source.input_size, "input size")
+    val_size = as_size(eval_mask_size, "evaluation mask size") if eval_mask_size is not None else size
     train = source.load_split(train_split, size)
-    val = source.load_split(val_split, as_size(eval_mask_size) if eval_mask_size is not None else size)
+    val = source.load_split(val_split, val_size)
     result = dense_retrieval(train.cache, train.masks, val.cache, val.masks, val.num_classes, k=k,
                              temperature=temperature, mode=mode, memory_size=memory_size, seed=seed,
                              keep_predictions=keep_predictions)
@@ -245,7 +256,7 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
     if hyper_parameters == "published":
         hyper_parameters = published_hyper_parameters(source.backbone)
     check_settings(hyper_parameters, trials, runs, kmeans_seeds)  # before any extraction
-    msize = as_size(mask_size)
+    msize = as_size(mask_size, "mask size")
     train, val = source.load_split(train_split, msize), source.load_split(val_split, msize)
     result = fully_unsupervised_splits(train, val, background=background, hyper_parameters=hyper_parameters,
                                        trials=trials, runs=runs, kmeans_seeds=kmeans_seeds, fg_k=fg_k,

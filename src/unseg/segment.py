@@ -29,8 +29,10 @@ from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_i
 from .errors import ImageError, LayoutError, SettingError, WeightsError
 from .features import (DEFAULT_INPUT_SIZE, FeatureCache, as_size, load_split, resolve_device, upsample_labels,
                        weights_fingerprint)
+from .features.source import check_views
 from .features.upsample import Upsampling, guide_tensor
 from .io import atomic_path, require_writable
+from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
 from .unsupervised.fitted import CDSettings, FittedSegmenter, fit_cd, fit_kmeans
 from .visualisation import overlay, palette
 from .visualisation.gallery import GalleryItem, write_gallery
@@ -75,7 +77,10 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
     files: list[Path] = []
     for p in (Path(p).expanduser() for p in paths):
         if p.is_dir():
-            files += _image_files(p, skip_invalid)
+            try:
+                files += _image_files(p, skip_invalid)
+            except PermissionError as exc:
+                raise LayoutError(f"folder {p} cannot be read ({exc.strerror})") from None
         elif p.is_file():
             files.append(p)
         else:
@@ -156,7 +161,11 @@ def _label_dtype(num_labels: int) -> type:
 
 def write_segmentations(out_dir: str | Path, images: Sequence[InputImage], labels: Sequence[np.ndarray],
                         num_labels: int, title: str) -> Path:
-    """``labels/<id>.png`` (segment ids), ``overlays/<id>.png`` and ``index.html`` under ``out_dir``."""
+    """``labels/<id>.png`` (segment ids), ``overlays/<id>.png`` and ``index.html`` under ``out_dir``.
+
+    Label and overlay PNGs of an earlier run into the same folder that this run does not write
+    are removed once its own are written, so the folder holds this run's images only.
+    """
     out = Path(out_dir)
     colours = palette(num_labels)
     items = []
@@ -168,6 +177,11 @@ def write_segmentations(out_dir: str | Path, images: Sequence[InputImage], label
                 picture.save(tmp, format="PNG")
         items.append(GalleryItem(overlay_path, image.id, f"{image.size[0]}x{image.size[1]}",
                                  {"labels": label_path}))
+    written = {f"{image.id}.png" for image in images}
+    for folder in (out / "labels", out / "overlays"):
+        for stale in folder.glob("*.png"):
+            if stale.name not in written:
+                stale.unlink()
     legend = [(f"segment {i}", colours[i]) for i in range(num_labels)]
     return write_gallery(out / "index.html", {"": items}, title,
                          intro=f"{len(items)} images; label maps hold segment ids 0..{num_labels - 1}.",
@@ -220,6 +234,20 @@ class SegmentOptions:
     trust_checkpoint: bool = False
     # guided upsampling to the input size: the best measured on CamVid (`unseg docs upsampling`)
     upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
+
+    def __post_init__(self) -> None:
+        """Values checked when the options are made, before any image is read or backbone built."""
+        if self.method not in METHODS:
+            raise SettingError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise SettingError(f"k = {self.k} segments is not allowed; k must be at least 1 (default {DEFAULT_K})")
+        check_views(self.input_size or DEFAULT_INPUT_SIZE, self.window,
+                    DEFAULT_OVERLAP if self.window_overlap is None else self.window_overlap, self.scales or (1.0,))
+        for name, kind in (("batch_size", COUNT), ("num_workers", NON_NEGATIVE), ("seed", SEED), ("niter", COUNT),
+                           ("nredo", COUNT), ("device", DEVICE)):
+            kind.check(getattr(self, name), name)
+        if self.processes is not None:
+            COUNT.check(self.processes, "processes")
 
     def describe(self) -> str:
         """What the run uses, in one line (the CLI prints it after the run, so a clustering file is valid)."""
@@ -275,11 +303,7 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields, e.g.
     ``segment("photos/", k=5, out_dir="out")``.
     """
-    o = replace(options or SegmentOptions(), **changes)
-    if o.method not in METHODS:
-        raise ValueError(f"method {o.method!r} is not one of {', '.join(METHODS)}")
-    if o.k is not None and o.k < 1:
-        raise SettingError(f"k = {o.k} segments is not allowed; k must be at least 1 (default {DEFAULT_K})")
+    o = replace(options or SegmentOptions(), **changes)  # checks the values (SegmentOptions.__post_init__)
     if o.out_dir is not None:  # before any compute: a run never finds out at the end that it cannot save
         require_writable(o.out_dir, "output folder")
     if isinstance(paths, (str, Path)):
@@ -301,6 +325,7 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     views = _views(o, fitted.settings.get("views", {}) if fitted is not None else {})
     if fitted is not None:
         _check_views(fitted, views, o.clustering)
+    check_views(size, **views)
     model = with_views(create_backbone(name, o.weights, download=o.download, role=o.role,
                                        trust_checkpoint=o.trust_checkpoint), **views, window_batch=o.batch_size,
                        input_size=size)
@@ -310,6 +335,9 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
         raise SettingError(f"k = {k} segments is more than the {tokens} feature tokens of "
                            f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
                            f"use k <= {tokens}")
+    if o.method == "stego" and segmenter.head.dim_in != model.embed_dim:
+        raise WeightsError(f"STEGO checkpoint {o.checkpoint} was trained on {segmenter.head.dim_in}-d features, but "
+                           f"backbone {name} gives {model.embed_dim}-d ones: use the backbone it was trained on")
     fingerprint = weights_fingerprint(model)
     if fitted is not None:
         fitted.check(name, fingerprint, size, o.clustering)

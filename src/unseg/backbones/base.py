@@ -8,18 +8,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from ..kinds import as_size  # noqa: F401  (the one reading of a size; re-exported)
 from ..registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """An int or (H, W) -> (H, W): the one reading of an input or window size."""
-    if isinstance(size, int):
-        return size, size
-    h, w = (int(v) for v in size)
-    return h, w
 
 
 class Backbone(nn.Module):

@@ -137,7 +137,7 @@ class SlidingWindow(BackboneView):
     def __init__(self, backbone: Backbone, window: int | Sequence[int], window_overlap: float = DEFAULT_OVERLAP,
                  window_batch: int = DEFAULT_WINDOW_BATCH) -> None:
         super().__init__(backbone)
-        self.window = as_size(window)
+        self.window = as_size(window, "window")
         stride = backbone.stride
         if min(self.window) <= 0 or self.window[0] % stride or self.window[1] % stride:
             raise SettingError(f"window {_shown(self.window)} px is not a positive multiple of the backbone "

@@ -112,6 +112,8 @@ def read_image(path: Path) -> Image.Image:
             return to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError as exc:  # PIL refuses to decode it: the pixels would not fit in memory
+        raise ImageError(f"image {path} is too large to decode ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"image {path} is corrupt or not an image ({exc})") from None
 
@@ -144,6 +146,8 @@ def read_label_map(path: Path, modes: Sequence[str] = LABEL_MAP_MODES) -> np.nda
             return np.array(im)
     except FileNotFoundError:
         raise ImageError(f"mask {path} does not exist") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"mask {path} is too large to decode ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageError(f"mask {path} is corrupt or not an image ({exc})") from None
 
@@ -201,7 +205,11 @@ def create_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> Se
     root = Path(root).expanduser()
     if not root.is_dir():
         raise LayoutError(f"dataset root {root} is not a folder; expected layout:\n{cls.layout}")
-    return cls(root, split, **kwargs)
+    try:
+        return cls(root, split, **kwargs)
+    except PermissionError as exc:  # a folder or split file of the layout this user may not read
+        raise LayoutError(f"{exc.filename or root} cannot be read ({exc.strerror}); dataset {name!r} needs to "
+                          "read its whole layout") from None
 
 
 def list_datasets() -> list[str]:

@@ -18,6 +18,7 @@ from ..clustering import StandardPCA, assign, kmeans, match, resolve_method
 from ..clustering.kmeans import fit_centroids, unit_rows
 from ..clustering.matching import CLUSTERING_MATCHING
 from ..errors import SettingError
+from ..kinds import COUNT, INT_MAX
 from ..features.cache import FeatureCache
 from ..features.transforms import upsample_labels
 from ..features.upsample import Upsampling
@@ -48,6 +49,17 @@ class ClusteringResult(ScoresOverRuns):
 
 
 KEEP_BYTES = 1 << 30  # float32 tokens up to this size are read once and kept for the projection
+
+
+def pca_settings(pca_dim: int | None, dim: int) -> dict[str, Any]:
+    """What a projection of ``dim``-d features to ``pca_dim`` applies, as results record it: ``pca_dim`` is
+    None when it only standardises (``pca_dim`` 0 / None, or at least ``dim``, which PCA cannot reduce), and
+    ``pca_dim_asked`` keeps a value that was not applied. A negative ``pca_dim`` is a SettingError."""
+    if pca_dim is not None and (isinstance(pca_dim, bool) or not isinstance(pca_dim, int) or pca_dim < 0):
+        raise SettingError(f"pca_dim = {pca_dim!r} is not allowed: PCA dimensions are a whole number >= 0 "
+                           "(0 or None: no PCA) (--pca-dim)")
+    applied = pca_dim if pca_dim and pca_dim < dim else None
+    return {"pca_dim": applied, **({"pca_dim_asked": pca_dim} if pca_dim and applied is None else {})}
 
 
 def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = 50,
@@ -137,6 +149,20 @@ def dense_confusions(tokens: np.ndarray, grid: tuple[int, int], centroids: dict[
     return {run: (np.stack(kept[run]) if run in kept else None, conf[run].matrix) for run in centroids}
 
 
+def check_clustering_settings(ks: Sequence[int], seeds: Sequence[int], pca_dim: int | None, niter: int,
+                              nredo: int) -> None:
+    """What can be checked before the tokens exist: each K and the iterations and restarts at least 1, at
+    least one seed, a PCA dimension >= 0 (a SettingError naming the value otherwise)."""
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise SettingError(f"K = {k} clusters is not allowed: K must be at least 1 (--k)")
+    if not len(seeds):
+        raise SettingError("no k-means seeds: give at least one (--seeds N with N >= 1)")
+    pca_settings(pca_dim, INT_MAX)
+    COUNT.check(niter, "niter (k-means iterations)")
+    COUNT.check(nredo, "nredo (k-means restarts)")
+
+
 def check_cluster_counts(ks: Sequence[int], seeds: Sequence[int], num_tokens: int) -> None:
     """Every K in 1..num_tokens and at least one seed, or a SettingError saying so (before any clustering)."""
     for k in ks:
@@ -163,8 +189,10 @@ def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int
     """
     if len(masks) != len(cache):
         raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
+    check_clustering_settings(ks, seeds, pca_dim, niter, nredo)
     check_cluster_counts(ks, seeds, len(cache) * cache.grid[0] * cache.grid[1])
     check_absent(absent)
+    pca = pca_settings(pca_dim, cache.dim)
     methods = [resolve_method(matching, num_classes, k) for k in ks]  # a bad rule fails before any clustering
     tokens = project_tokens(cache, pca_dim)
     if spherical:
@@ -180,7 +208,7 @@ def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int
     results = []
     for k, method in zip(ks, methods):
         settings = {"input_size": cache.meta["input_size"], "grid": list(cache.grid), "mask_size": list(masks.shape[-2:]),
-                    "pca_dim": pca_dim, "niter": niter, "nredo": nredo, "spherical": spherical,
+                    **pca, "niter": niter, "nredo": nredo, "spherical": spherical,
                     "num_images": len(cache), "num_classes": num_classes, "ignore_index": 255,
                     "absent_classes": absent, **upsample.describe()}
         if upsample.active:

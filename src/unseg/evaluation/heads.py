@@ -19,6 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from ..backbones import Backbone
+from ..errors import SettingError
+from ..kinds import COUNT, POSITIVE
 from ..datasets.base import IGNORE_INDEX, SegmentationDataset
 from ..features.cache import FeatureCache
 from ..features.extract import resolve_device
@@ -59,10 +61,15 @@ HEAD_DEFAULTS = {"linear": {"epochs": 25, "lr": 0.01, "milestones": [20], "batch
 
 
 def head_settings(head: str, **overrides: Any) -> dict[str, Any]:
-    """The protocol's hyper-parameters of ``head`` with the given non-None overrides."""
+    """The protocol's hyper-parameters of ``head`` with the given non-None overrides, checked (a SettingError
+    for a learning rate <= 0, or epochs or a batch size below 1)."""
     if head not in HEADS:
-        raise ValueError(f"head {head!r} is not one of {', '.join(HEADS)}")
-    return {**HEAD_DEFAULTS[head], **{k: v for k, v in overrides.items() if v is not None}}
+        raise SettingError(f"head {head!r} is not one of {', '.join(HEADS)}")
+    settings = {**HEAD_DEFAULTS[head], **{k: v for k, v in overrides.items() if v is not None}}
+    POSITIVE.check(settings["lr"], "lr")
+    for name in ("epochs", "batch_size"):
+        COUNT.check(settings[name], name)
+    return settings
 
 
 @dataclass

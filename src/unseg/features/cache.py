@@ -3,7 +3,8 @@
 Layout of one cache folder::
 
     meta.json                 what was extracted: backbone fingerprint, dataset, split, size and
-                              the identity of every image file (path, size, modification time)
+                              the identity of every image file (path, size, modification and inode
+                              change times, inode; or a hash of its bytes)
     shard-00000.feats.npy     (n, D, h, w) features of dataset indices [0, shard_size)
     shard-00000.sal.npy       (n, h, w) saliency maps
     shard-00000.json          ids of those n images (+ skipped ones); written last = shard done
@@ -17,7 +18,8 @@ write disjoint shards (shard i belongs to rank i % world_size).
 
 A cache answers only for the files it was built from (``unseg docs reliability``): the image files'
 identity is part of its folder name, so changed images get a new cache, and saved masks are
-reused only while their files, folder and decoding settings are the same.
+reused only while their files, folder and decoding settings are the same. A damaged cache (a
+shard or meta.json cut short, missing or unreadable) is a CacheError naming the file.
 """
 from __future__ import annotations
 
@@ -32,11 +34,28 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..errors import CacheError
-from ..io import atomic_path, save_json
+from ..io import save_json, save_npy
 
 log = logging.getLogger(__name__)
 # settings of how a cache is stored, not of what it holds: a cache of any of them answers for the others
 STORAGE_KEYS = ("shard_size", "num_shards", "dtype")
+CONTENT_IDENTITY = "content"  # meta["image_identity"] of caches whose images are identified by their bytes
+
+
+def damaged(path: Path, problem: object) -> CacheError:
+    """A CacheError for a cache file that cannot be read as written: it names the file and the way out."""
+    return CacheError(f"feature cache file {path} is damaged ({problem}); remove the folder {path.parent} "
+                      "and run again to extract it anew")
+
+
+def read_json(path: Path) -> Any:
+    """A cache's JSON file, or a CacheError naming it (missing, cut short, not JSON)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise damaged(path, "missing") from None
+    except (OSError, ValueError) as exc:
+        raise damaged(path, exc) from None
 
 
 @dataclass(frozen=True)
@@ -54,12 +73,14 @@ class FeatureCache:
         if not (self.root / "COMPLETE").exists():
             raise CacheError(f"feature cache {self.root} is incomplete (no COMPLETE marker); "
                              "run the extraction again to resume it")
-        self.meta: dict[str, Any] = json.loads((self.root / "meta.json").read_text())
+        self.meta: dict[str, Any] = read_json(self.root / "meta.json")
+        if not isinstance(self.meta, dict) or not isinstance(self.meta.get("num_shards"), int):
+            raise damaged(self.root / "meta.json", "no shard count")
         self.shards = [read_shard_info(self.root, i) for i in range(self.meta["num_shards"])]
         self.ids = [i for s in self.shards for i in s.ids]
         self.skipped = [i for s in self.shards for i in s.skipped]
-        self._feats = [np.load(shard_path(self.root, s.index, "feats.npy"), mmap_mode="r") for s in self.shards]
-        self._sal = [np.load(shard_path(self.root, s.index, "sal.npy"), mmap_mode="r") for s in self.shards]
+        self._feats = [_open_rows(shard_path(self.root, s.index, "feats.npy"), len(s.ids)) for s in self.shards]
+        self._sal = [_open_rows(shard_path(self.root, s.index, "sal.npy"), len(s.ids)) for s in self.shards]
         self._offsets = np.cumsum([0] + [len(f) for f in self._feats])
 
     def __len__(self) -> int:
@@ -104,6 +125,20 @@ class FeatureCache:
         return f"FeatureCache({str(self.root)!r}, n={len(self)}, dim={self.dim}, grid={self.grid})"
 
 
+def _open_rows(path: Path, rows: int) -> np.ndarray:
+    """A shard array, memory-mapped, with the ``rows`` images its id list names; a CacheError naming
+    the file when it is missing, cut short or holds another number of rows."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise damaged(path, "missing") from None
+    except (OSError, ValueError, EOFError) as exc:  # a header or data cut short
+        raise damaged(path, exc) from None
+    if len(array) != rows:
+        raise damaged(path, f"{len(array)} rows for {rows} images")
+    return array
+
+
 def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of a memory-mapped .npy array, read from its file.
 
@@ -129,6 +164,10 @@ def read_shard_info(root: Path, index: int) -> ShardInfo:
         info = json.loads(path.read_text())
     except FileNotFoundError:
         raise CacheError(f"feature cache {root} lacks shard {path.name}; run the extraction again") from None
+    except (OSError, ValueError) as exc:
+        raise damaged(path, exc) from None
+    if not isinstance(info, dict) or not isinstance(info.get("ids"), list) or not isinstance(info.get("skipped"), list):
+        raise damaged(path, "no id lists")
     return ShardInfo(index, info["ids"], info["skipped"])
 
 
@@ -140,9 +179,7 @@ def write_shard(root: Path, index: int, feats: np.ndarray, saliency: np.ndarray,
                 ids: list[str], skipped: list[str]) -> None:
     """Arrays first, the id list last: its presence is what marks the shard complete."""
     for suffix, array in (("feats.npy", feats), ("sal.npy", saliency)):
-        with atomic_path(shard_path(root, index, suffix)) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, array)
+        save_npy(array, shard_path(root, index, suffix))
     save_json({"ids": ids, "skipped": skipped}, shard_path(root, index, "json"))
 
 
@@ -154,7 +191,9 @@ def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """
     meta_path = root / "meta.json"
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_json(meta_path)
+        if not isinstance(old, dict):
+            raise damaged(meta_path, "not a mapping")
         diff = sorted(k for k in set(old) | set(meta) if k not in STORAGE_KEYS and old.get(k) != meta.get(k))
         if diff:
             raise CacheError(f"feature cache {root} was made with other settings ({', '.join(diff)}); "
@@ -167,13 +206,25 @@ def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def file_identity(path: Path) -> tuple[str, int, int]:
-    """(path, size, modification time in ns) of a file; (path, -1, -1) when it is missing."""
+def file_identity(path: Path, hash_contents: bool = False) -> tuple[str, int | str, ...]:
+    """What a cached result made from the file at ``path`` answers for.
+
+    (path, size, modification time, inode change time (ns), inode): the change time and the
+    inode cannot be set back by a user, so a file rewritten or replaced with the same size and
+    modification time is still a new file. With ``hash_contents``: (path, size, SHA-1 of the bytes),
+    for file systems whose times or inodes are not kept. (path, -1) when the file is missing.
+    """
     try:
         st = os.stat(path)
     except OSError:
-        return str(path), -1, -1
-    return str(path), st.st_size, st.st_mtime_ns
+        return str(path), -1
+    if not hash_contents:
+        return str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return str(path), st.st_size, digest.hexdigest()
 
 
 def files_digest(items: Iterable[Any]) -> str:
@@ -202,8 +253,9 @@ def masks_digest(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> st
         raise CacheError(f"dataset {dataset.name}/{dataset.split} has no mask for cached image(s) "
                          f"{', '.join(missing[:5])}")
     head = [type(dataset).__module__, type(dataset).__qualname__, dataset.num_classes, list(size)]
-    return files_digest([head] + [[i, file_identity(index[i].image), file_identity(Path(index[i].mask))]
-                                  for i in cache.ids])
+    content = cache.meta.get("image_identity") == CONTENT_IDENTITY
+    return files_digest([head] + [[i, file_identity(index[i].image, content),
+                                   file_identity(Path(index[i].mask), content)] for i in cache.ids])
 
 
 def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np.ndarray:
@@ -238,9 +290,7 @@ def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np
                       for i in cache.ids])
     try:
         stamp.unlink(missing_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, masks)
+        save_npy(masks, path)
         save_json({"digest": digest}, stamp)  # last: the maps count as saved only once it is there
     except OSError as exc:
         log.info("label maps not saved in the feature cache %s (%s); they are remade next time", cache.root, exc)

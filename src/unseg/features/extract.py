@@ -23,14 +23,16 @@ from ..backbones import Backbone
 from ..datasets.base import SegmentationDataset
 from ..errors import CacheError, ImageError, SettingError
 from ..io import require_writable
-from .cache import (STORAGE_KEYS, FeatureCache, file_identity, files_digest, mark_complete, prepare_cache_dir,
-                    read_shard_info, shard_done, write_shard)
+from ..kinds import check_device
+from .cache import (CONTENT_IDENTITY, STORAGE_KEYS, FeatureCache, file_identity, files_digest, mark_complete,
+                    prepare_cache_dir, read_shard_info, shard_done, write_shard)
 from .transforms import DEFAULT_INPUT_SIZE, as_size, image_to_tensor
 
 log = logging.getLogger(__name__)
 # 2: EfficientNet-Lite runs the TensorFlow-padded network its weights belong to;
-# 3: the image files' identity is part of the key, shard size and dtype are not
-CACHE_VERSION = 3
+# 3: the image files' identity is part of the key, shard size and dtype are not;
+# 4: that identity includes the inode and its change time (or the bytes' hash, ``hash_images``)
+CACHE_VERSION = 4
 # forward-pass precisions: fp32 (the default, and the only one the cache key leaves out, so the caches
 # made before there was a choice still answer) or autocast to bfloat16 / float16
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,9 +43,9 @@ def default_cache_root() -> Path:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The torch device of ``device`` ("auto": CUDA when there is one); a SettingError for a name torch does
+    not know or a device this machine lacks (:func:`unseg.kinds.check_device`)."""
+    return check_device(device)
 
 
 def weights_fingerprint(backbone: Backbone) -> str:
@@ -55,28 +57,31 @@ def weights_fingerprint(backbone: Backbone) -> str:
     return digest.hexdigest()[:16]
 
 
-def images_digest(dataset: SegmentationDataset) -> str:
-    """Identity of the dataset's image files: id, path relative to the root, size and modification
-    time of each. A repaired, replaced, added or removed image changes it (and so the cache)."""
+def images_digest(dataset: SegmentationDataset, hash_images: bool = False) -> str:
+    """Identity of the dataset's image files: id, path relative to the root and :func:`file_identity` of
+    each (size, modification and inode change times, inode; or size and a hash of the bytes with
+    ``hash_images``). A repaired, replaced, added or removed image changes it (and so the cache)."""
     def relative(path: Path) -> str:
         try:
             return str(Path(path).relative_to(dataset.root))
         except ValueError:
             return str(path)
 
-    return files_digest([s.id, relative(s.image), *file_identity(s.image)[1:]] for s in dataset.samples)
+    return files_digest([s.id, relative(s.image), *file_identity(s.image, hash_images)[1:]] for s in dataset.samples)
 
 
 def cache_meta(backbone: Backbone, dataset: SegmentationDataset, size: tuple[int, int],
-               shard_size: int, dtype: str, precision: str = "fp32") -> dict[str, Any]:
+               shard_size: int, dtype: str, precision: str = "fp32", hash_images: bool = False) -> dict[str, Any]:
     grid = (size[0] // backbone.stride, size[1] // backbone.stride)
     meta = {
         "version": CACHE_VERSION, "backbone": backbone.cache_name, "weights": weights_fingerprint(backbone),
         "dataset": dataset.name, "root": str(dataset.root.resolve()), "split": dataset.split,
-        "num_images": len(dataset), "images": images_digest(dataset), "input_size": list(size),
+        "num_images": len(dataset), "images": images_digest(dataset, hash_images), "input_size": list(size),
         "dim": backbone.embed_dim, "grid": list(grid), "stride": backbone.stride, "shard_size": shard_size,
         "num_shards": math.ceil(len(dataset) / shard_size), "dtype": dtype,
     }
+    if hash_images:  # saved label maps are then matched to their images by the same rule
+        meta["image_identity"] = CONTENT_IDENTITY
     return meta if precision == "fp32" else {**meta, "precision": precision}
 
 
@@ -205,9 +210,22 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torchrun's environment, (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): those given, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1); a
+    SettingError unless 0 <= rank < world_size (a rank outside the world would write shards no one reads)."""
+    def from_env(name: str, default: int) -> int:
+        text = os.environ.get(name, str(default))
+        try:
+            return int(text)
+        except ValueError:
+            raise SettingError(f"environment variable {name}={text!r} is not a whole number") from None
+
+    rank = from_env("RANK", 0) if rank is None else rank
+    world_size = from_env("WORLD_SIZE", 1) if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise SettingError(f"rank {rank} of world size {world_size} is not allowed: the world size must be at least "
+                           f"1 and the rank in 0..world size - 1 (--rank, --world-size; $RANK, $WORLD_SIZE)")
+    return rank, world_size
 
 
 @torch.no_grad()
@@ -216,7 +234,7 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
                      num_workers: int = 2, shard_size: int = 256, dtype: str = "float32",
                      rank: int | None = None, world_size: int | None = None,
                      skip_corrupt: bool = False, progress: bool = True,
-                     precision: str = "fp32") -> FeatureCache | None:
+                     precision: str = "fp32", hash_images: bool = False) -> FeatureCache | None:
     """Extract (or reuse) dense features of ``dataset`` and return the complete cache.
 
     Resumes a partial cache shard by shard (with that cache's own ``shard_size`` and ``dtype``);
@@ -226,13 +244,15 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     unreadable images answers only for ``skip_corrupt`` runs.
 
     ``precision`` bf16 / fp16 runs the forward under autocast (fp16 on CUDA only); the cache
-    records it, so it never answers for another precision. Decoding runs in ``num_workers``
+    records it, so it never answers for another precision. ``hash_images`` identifies the image
+    files by a hash of their bytes instead of their size, times and inode (``unseg docs reliability``), for
+    file systems that do not keep those reliably. Decoding runs in ``num_workers``
     processes (at the lowest priority beside a CPU forward) and shards are written in the
     background, so the forward sets the pace (README, Benchmark).
     """
-    size = as_size(input_size)
+    size = as_size(input_size, "input size")
     stride = backbone.stride
-    if min(size) <= 0 or size[0] % stride or size[1] % stride:
+    if size[0] % stride or size[1] % stride:
         shown = size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}"
         raise SettingError(f"input size {shown} is not a positive multiple of the backbone stride {stride} "
                            f"(e.g. {max(1, round(max(size) / stride)) * stride})")
@@ -243,13 +263,11 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if value < 1:
             raise SettingError(f"{name} {value} is not allowed; it must be at least 1")
-    env_rank, env_world = distributed_rank()
-    rank = env_rank if rank is None else rank
-    world_size = env_world if world_size is None else world_size
+    rank, world_size = distributed_rank(rank, world_size)
     dev = resolve_device(device)
     if precision == "fp16" and dev.type != "cuda":
         raise SettingError(f"precision fp16 needs a CUDA device, not {dev}; use bf16 or fp32 there")
-    meta = cache_meta(backbone, dataset, size, shard_size, dtype, precision)
+    meta = cache_meta(backbone, dataset, size, shard_size, dtype, precision, hash_images)
     root = cache_dir_for(meta, cache_root or default_cache_root())
     if (root / "COMPLETE").exists():
         cache = FeatureCache(root)

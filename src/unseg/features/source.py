@@ -16,11 +16,13 @@ from torch import nn
 from ..backbones import DEFAULT_BACKBONE, Backbone, as_backbone, create_backbone, views_name, with_views
 from ..backbones.views import DEFAULT_OVERLAP
 from ..datasets import SegmentationDataset, create_dataset
+from ..errors import SettingError
+from ..kinds import COUNT, DEVICE, FRACTION, MAX_PIXELS, NON_NEGATIVE, Real
 from .cache import FeatureCache, cached_masks
 from .extract import extract_features, require_complete, weights_fingerprint
 from .transforms import DEFAULT_INPUT_SIZE, as_size
 
-__all__ = ["Source", "SplitData", "load_split", "infer_num_classes"]
+__all__ = ["Source", "SplitData", "load_split", "infer_num_classes", "check_views"]
 
 
 def infer_num_classes(dataset: SegmentationDataset, masks: np.ndarray) -> int:
@@ -57,6 +59,28 @@ def load_split(backbone: Backbone, dataset: SegmentationDataset, input_size: int
     return SplitData(dataset, cache, masks, infer_num_classes(dataset, masks))
 
 
+SCALE = Real(0, low_open=True)
+
+
+def check_views(input_size: int | Sequence[int], window: int | Sequence[int] | None = None,
+                window_overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,)) -> None:
+    """Sizes and views a backbone can be run with, checked before it is built: each size within bounds,
+    the overlap in [0, 1), and every input resized by a scale at most :data:`unseg.kinds.MAX_PIXELS`."""
+    size = as_size(input_size, "input size")
+    if window is not None:
+        as_size(window, "window")
+    FRACTION.check(window_overlap, "window_overlap")
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
+        raise SettingError(f"scales {scales!r} is not a list of one or more factors, e.g. (1.0, 1.5)")
+    for scale in scales:
+        SCALE.check(scale, "scale")
+        pixels = size[0] * scale * size[1] * scale
+        if pixels > MAX_PIXELS:
+            raise SettingError(f"scale {scale:g} makes the {size[0]}x{size[1]} input {pixels:.0f} pixels, more than "
+                               f"the {MAX_PIXELS} an image may have here (--scales, --input-size; "
+                               "``unseg docs reliability``)")
+
+
 @dataclass
 class Source:
     """Which backbone on which data: the arguments every protocol shares.
@@ -68,6 +92,10 @@ class Source:
     ``window`` (px, one value or H W) runs the backbone on overlapping windows of the input
     (``window_overlap``: the fraction two neighbours share), ``scales`` on the input resized by
     each factor, averaged (``unseg docs upsampling``, "Large photos"); features stay on the input's grid.
+    ``hash_images``: identify image files by their bytes (``unseg docs reliability``).
+
+    The settings are checked when a Source is made (sizes, counts, the device, each scaled input
+    within :data:`unseg.kinds.MAX_PIXELS`), before any backbone is built or image read.
     """
 
     backbone: str | nn.Module = DEFAULT_BACKBONE
@@ -84,12 +112,19 @@ class Source:
     batch_size: int = 16
     num_workers: int = 2
     skip_corrupt: bool = False
+    hash_images: bool = False
     progress: bool = True
     stride: int | None = None  # a plain module's feature stride, when it has no ``stride`` attribute
     window: int | Sequence[int] | None = None  # sliding window (px); None: the whole input in one pass
     window_overlap: float = DEFAULT_OVERLAP
     scales: Sequence[float] = (1.0,)
     _model: Backbone | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_views(self.input_size, self.window, self.window_overlap, self.scales)
+        COUNT.check(self.batch_size, "batch_size")
+        NON_NEGATIVE.check(self.num_workers, "num_workers")
+        DEVICE.check(self.device, "device")
 
     def build_backbone(self) -> Backbone:
         """The backbone, built (or wrapped) on first use and kept; with a window or scales, seen through them
@@ -110,7 +145,8 @@ class Source:
     def extract_options(self) -> dict[str, Any]:
         """How :func:`load_split` extracts: cache folder, device, batches, workers."""
         return {"cache_root": self.cache_dir, "batch_size": self.batch_size, "device": self.device,
-                "num_workers": self.num_workers, "skip_corrupt": self.skip_corrupt, "progress": self.progress}
+                "num_workers": self.num_workers, "skip_corrupt": self.skip_corrupt, "progress": self.progress,
+                "hash_images": self.hash_images}
 
     def features(self, dataset: SegmentationDataset) -> FeatureCache:
         """``dataset``'s cached features (extracted on first use)."""

@@ -20,6 +20,7 @@ holds more than a few (D, chunk_rows, W) tensors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -30,11 +31,15 @@ from PIL import Image
 
 from ..datasets.base import SegmentationDataset
 from ..errors import ImageError, SettingError
+from ..kinds import MAX_SIDE, as_size
 
 __all__ = ["UPSAMPLERS", "Upsampling", "bilinear_upsample", "guided_upsample", "upsample_features",
            "guide_tensor", "iter_guides"]
 
 UPSAMPLERS = ("none", "bilinear", "guided")
+# the guided window's radius, in cells: a block's weights hold (2r+1)^2 maps of chunk_rows x W floats,
+# r = 16 for a 512 px wide target (about 143 MB)
+MAX_GUIDE_RADIUS = 16
 
 
 @dataclass(frozen=True)
@@ -55,13 +60,17 @@ class Upsampling:
     def __post_init__(self) -> None:
         if self.method not in UPSAMPLERS:
             raise SettingError(f"upsampler {self.method!r} is not one of {', '.join(UPSAMPLERS)}")
-        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
-            raise SettingError(f"upsampling size {self.size} is not (H, W) with H, W >= 1")
-        if self.factor is not None and self.factor <= 0:
-            raise SettingError(f"upsampling factor {self.factor} must be > 0")
-        if self.radius < 0 or self.sigma_spatial <= 0 or self.sigma_range <= 0 or self.chunk_rows < 1:
-            raise SettingError(f"guided upsampling needs radius >= 0, sigmas > 0 and chunk_rows >= 1, got "
-                               f"radius {self.radius}, sigma_spatial {self.sigma_spatial}, "
+        if self.size is not None:
+            if len(self.size) != 2:
+                raise SettingError(f"upsampling size {self.size} is not (H, W)")
+            as_size(self.size, "upsampling size")
+        if self.factor is not None and not 0 < self.factor <= MAX_SIDE:
+            raise SettingError(f"upsampling factor {self.factor} is not allowed: it must be > 0 and at most "
+                               f"{MAX_SIDE} (a grid side of {MAX_SIDE} px or more; ``unseg docs reliability``)")
+        if not (0 <= self.radius <= MAX_GUIDE_RADIUS and 0 < self.sigma_spatial < math.inf
+                and 0 < self.sigma_range < math.inf and self.chunk_rows >= 1):
+            raise SettingError(f"guided upsampling needs radius 0..{MAX_GUIDE_RADIUS}, finite sigmas > 0 and "
+                               f"chunk_rows >= 1, got radius {self.radius}, sigma_spatial {self.sigma_spatial}, "
                                f"sigma_range {self.sigma_range}, chunk_rows {self.chunk_rows}")
 
     @property
@@ -76,8 +85,9 @@ class Upsampling:
         """The output grid for token grid ``grid``: ``size``, else ``factor`` x grid, else ``default``."""
         if self.size is not None:
             return int(self.size[0]), int(self.size[1])
-        if self.factor is not None:
-            return max(1, round(grid[0] * self.factor)), max(1, round(grid[1] * self.factor))
+        if self.factor is not None:  # bounded like any size: refused before anything is allocated
+            return as_size((max(1, round(grid[0] * self.factor)), max(1, round(grid[1] * self.factor))),
+                           f"upsampling target ({self.factor:g} x the {grid[0]}x{grid[1]} token grid)")
         return int(default[0]), int(default[1])
 
     def describe(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 
 from ..clustering import match
 from ..clustering.matching import class_predictions
-from ..evaluation.clustering import cluster_labels, fit_projection
+from ..evaluation.clustering import cluster_labels, fit_projection, pca_settings
 from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
 from ..errors import SettingError
 from ..features.source import SplitData
@@ -181,7 +181,7 @@ def fully_unsupervised_splits(train: SplitData, val: SplitData, *, background: S
     grid, n_train = train_cache.grid, len(train_cache)
     tokens = fit_projection([train_cache, val_cache], pca_dim, keep_bytes=math.inf)[1]  # float64 fit
     val_images = slice(n_train, None)
-    common = {"pca_dim": pca_dim, "niter": niter, "nredo": nredo, "mask_size": list(msize)}
+    common = {**pca_settings(pca_dim, train_cache.dim), "niter": niter, "nredo": nredo, "mask_size": list(msize)}
 
     baseline = StageResult("kmeans", val_split, [], [], [], {"k": num_classes, "seeds": list(kmeans_seeds), **common})
     for seed in kmeans_seeds:

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..io import atomic_path
+
 IGNORE_COLOUR = (0, 0, 0)
 
 
@@ -46,6 +48,6 @@ def save_panel(path: str | Path, image: Image.Image, prediction: np.ndarray, col
     for i, panel in enumerate(panels):
         canvas.paste(panel, (i * width, 0))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path

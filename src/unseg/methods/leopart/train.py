@@ -19,9 +19,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from ...config import require_accelerator, save_config
 from ...datasets import create_dataset
 from ...errors import ConfigError
-from ...io import resume_checkpoint
-from ..trainer import build_trainer, check_logger
+from ..trainer import build_trainer, check_logger, check_run_folder, clear_run, load_resume
 from .callbacks import OverclusteringValidation, SaveWeights
+from .checkpoint import from_leopart_layout
 from .config import LeopartConfig, check_config
 from .crops import MultiCrop, MultiCropDataset
 from .data import MultiCropData
@@ -31,20 +31,22 @@ __all__ = ["train_leopart"]
 
 
 def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resume: str | Path | None = None,
-                  callbacks: Sequence[Callback] = ()) -> LeopartModule:
+                  callbacks: Sequence[Callback] = (), overwrite: bool = False) -> LeopartModule:
     """Fine-tune ``cfg.backbone`` with the Leopart loss on ``cfg.dataset`` for ``cfg.epochs`` epochs.
 
     ``out_dir`` receives ``config.yaml``, logs under ``logs/`` (``cfg.logger``), Lightning checkpoints
     every ``cfg.checkpoint_every_epochs`` epochs under ``checkpoints/`` (``last.ckpt`` links
     the newest; all in Leopart's layout) and, at the end, ``leopart.ckpt`` (weights only).
-    ``resume``: a checkpoint path, or ``"last"``; it must exist (:func:`unseg.io.resume_checkpoint`).
+    ``resume``: a checkpoint path, or ``"last"``; it must exist (:func:`unseg.io.resume_checkpoint`) and
+    fit this run's model (read safely, checked before ``config.yaml`` is written). A folder that holds
+    a run is refused unless ``resume`` or ``overwrite`` (which replaces that run) is given.
     ``callbacks``: extra Lightning callbacks.
     """
     if cfg.root is None:
         raise ConfigError("key 'root' is not set: pass root=PATH, the training dataset's folder")
     check_config(cfg)
     check_logger(cfg.logger)
-    resume = resume_checkpoint(resume, out_dir)
+    resume = check_run_folder(out_dir, resume, overwrite)
     require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed)
     dataset = create_dataset(cfg.dataset, cfg.root, cfg.split)
@@ -54,21 +56,25 @@ def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resu
                           f"batch_size={cfg.batch_size} per process for {processes} process(es); lower key "
                           f"'batch_size'")
     module = build_module(cfg)
+    loaded = (resume, load_resume(module, resume, from_leopart_layout)) if resume is not None else None
     backbone = module.model.backbone
     crops = MultiCropDataset(dataset, MultiCrop(cfg.crops, backbone.mean, backbone.std, backbone.stride), cfg.seed)
     out = Path(out_dir)
     own = [ModelCheckpoint(dirpath=out / "checkpoints", filename="{epoch:03d}", save_last="link",
-                           every_n_epochs=cfg.checkpoint_every_epochs, save_top_k=-1 if cfg.keep_checkpoints else 1),
+                           every_n_epochs=cfg.checkpoint_every_epochs, save_top_k=-1 if cfg.keep_checkpoints else 1,
+                           enable_version_counter=False),
            SaveWeights(out / "leopart.ckpt")]
     if cfg.val.root is not None:
         val = create_dataset(cfg.val.dataset, cfg.val.root, cfg.val.split)
         own.append(OverclusteringValidation(cfg.val, val, out, cfg.num_workers))
     trainer = build_trainer(
-        out, cfg.logger, cfg.log_every, cfg.progress_bar, [*own, *callbacks],
+        out, cfg.logger, cfg.log_every, cfg.progress_bar, [*own, *callbacks], resume=loaded,
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
         precision=cfg.precision, sync_batchnorm=cfg.batchnorm == "sync", max_epochs=cfg.epochs,
     )
     if trainer.is_global_zero:
+        if overwrite:
+            clear_run(out)
         save_config(cfg, out / "config.yaml")
     with warnings.catch_warnings():  # frozen batch norm is in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -20,7 +20,7 @@ from ...clustering import match, resolve_method
 from ...clustering.matching import STEGO_MATCHING, class_predictions
 from ...evaluation.metrics import (DEFAULT_ABSENT, ConfusionAccumulator, SegmentationScores, check_absent,
                                    scores_from_confusion)
-from ...errors import SettingError
+from ...errors import SettingError, WeightsError
 from ...features.cache import FeatureCache
 from ...features.extract import resolve_device
 from ...features.upsample import Upsampling
@@ -101,6 +101,11 @@ def evaluate_stego(head: nn.Module, cluster_probe: ClusterProbe, linear_probe: L
     """
     if len(masks) != len(cache):
         raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
+    width = getattr(head, "dim_in", cache.dim)
+    if width != cache.dim:
+        raise WeightsError(f"the STEGO head was trained on {width}-d features, but the cache {cache.root} holds "
+                           f"{cache.dim}-d ones ({cache.meta.get('backbone', 'another backbone')}): evaluate it on "
+                           "the backbone it was trained on")
     method = resolve_method(matching, n_classes, cluster_probe.n_clusters)
     check_absent(absent)
     dev = resolve_device(device)

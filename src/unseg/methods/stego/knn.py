@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import CacheError, SettingError
 from ...features.cache import FeatureCache
-from ...io import atomic_path
+from ...io import save_npy
 
 __all__ = ["global_descriptors", "nearest_neighbours", "knn_indices", "load_knn", "knn_path"]
 
@@ -98,9 +98,7 @@ def knn_indices(cache: FeatureCache, k: int = 30, batch: int = 4096) -> np.ndarr
     table = _read_knn(cache, k)
     if table is None:
         table = nearest_neighbours(global_descriptors(cache), k, batch)
-        with atomic_path(knn_path(cache, k)) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, table)
+        save_npy(table, knn_path(cache, k))
     return table
 
 

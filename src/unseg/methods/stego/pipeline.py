@@ -15,8 +15,11 @@ import numpy as np
 import torch
 
 from ...features import Source, SplitData, default_cache_root
+from ...features.extract import images_digest
 from ...features.upsample import Upsampling, iter_guides
-from ...io import save_json
+from ...errors import ConfigError, SettingError
+from ...io import atomic_path, save_json
+from ..trainer import check_run_folder
 from ..projections import PROJECTIONS, projection_head
 from .checkpoint import load_stego
 from ...clustering.matching import STEGO_MATCHING
@@ -24,7 +27,7 @@ from ...evaluation.metrics import DEFAULT_ABSENT
 from .evaluate import Refine, StegoScores, evaluate_stego
 from .fivecrop import five_crop_dataset
 from .knn import knn_indices
-from .train import StegoConfig, train_stego
+from .train import StegoConfig, check_config, train_stego
 
 TRAIN_MASK_SIZE = 100  # label resolution of the linear probe's training loss on cached features
 
@@ -36,7 +39,8 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
     :class:`unseg.features.Source`'s ``window``, ``window_overlap``, ``scales`` (e.g. to score
     a head on features of a larger input seen through windows)."""
     if cfg.root is None:
-        raise ValueError("the config has no dataset root: set root=PATH")
+        raise ConfigError("key 'root' is not set: pass root=PATH, the dataset's folder (a shipped config names "
+                          "no folder of yours)")
     training = split == cfg.train_split
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     size = cfg.input_size if training else cfg.val_input_size
@@ -44,19 +48,24 @@ def split_data(cfg: StegoConfig, split: str, cache_dir: str | Path | None = None
                     cache_dir=cache_root, device=device, progress=False, **(views or {}))
     dataset = source.build_dataset(split)
     if training and cfg.five_crop:
-        dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / f"{cfg.dataset}-{split}-{cfg.crop_ratio}",
-                                    crop_ratio=cfg.crop_ratio)
+        # the crops answer only for the images they were cut from: their identity names the folder
+        crops = f"{cfg.dataset}-{split}-{cfg.crop_ratio}-{images_digest(dataset)}"
+        dataset = five_crop_dataset(dataset, cache_root.parent / "fivecrop" / crops, crop_ratio=cfg.crop_ratio)
     return source.load_split(mask_size=mask_size or (TRAIN_MASK_SIZE if training else size), dataset=dataset)
 
 
 def fit_stego(cfg: StegoConfig, out_dir: str | Path, cache_dir: str | Path | None = None, resume: str | None = None,
-              head: torch.nn.Conv2d | None = None, train: SplitData | None = None) -> Any:
-    """Train on the cached training split with its kNN table; returns the Lightning module."""
+              head: torch.nn.Conv2d | None = None, train: SplitData | None = None, overwrite: bool = False) -> Any:
+    """Train on the cached training split with its kNN table; returns the Lightning module. ``out_dir``
+    holding a run is refused unless ``resume`` or ``overwrite`` is given (:func:`train_stego`)."""
     if cfg.data_source != "cache":
-        raise ValueError("fit_stego trains on cached features (data_source: cache); for images call train_stego")
+        raise ConfigError("fit_stego trains on cached features (data_source: cache); for images call train_stego")
+    check_config(cfg)  # before the data is prepared
+    check_run_folder(out_dir, resume, overwrite)
     train = train or split_data(cfg, cfg.train_split, cache_dir)
     knn = knn_indices(train.cache, cfg.knn_k)
-    return train_stego(cfg, train.cache, knn, masks=train.masks, out_dir=out_dir, resume=resume, head=head)
+    return train_stego(cfg, train.cache, knn, masks=train.masks, out_dir=out_dir, resume=resume, head=head,
+                       overwrite=overwrite)
 
 
 def crf_refine(data: SplitData, processes: int | None = None) -> Refine:
@@ -108,7 +117,7 @@ def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods:
     ``miou_vs_dim.png`` to ``out_dir``."""
     unknown = [m for m in methods if m != "stego" and m not in PROJECTIONS]
     if unknown:
-        raise ValueError(f"sweep methods {unknown} are not among stego, {', '.join(PROJECTIONS)}")
+        raise SettingError(f"sweep methods {unknown} are not among stego, {', '.join(PROJECTIONS)}")
     out = Path(out_dir)
     train = split_data(cfg, cfg.train_split, cache_dir)
     val = split_data(cfg, cfg.val_split, cache_dir)
@@ -118,7 +127,9 @@ def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods:
         for seed in seeds:
             run_cfg = replace(cfg, dim=dim, seed=seed, progress_bar=False)
             head = None if method == "stego" else projection_head(method, train.cache, dim, seed=seed)
-            module = fit_stego(run_cfg, out / f"{method}-{dim}-{seed}", cache_dir, head=head, train=train)
+            # a sweep's runs are its own scratch: a sweep run again replaces them
+            module = fit_stego(run_cfg, out / f"{method}-{dim}-{seed}", cache_dir, head=head, train=train,
+                               overwrite=True)
             for refined in ([False, True] if crf else [False]):
                 scores = evaluate_run(module, val, cfg.n_classes, crf=refined)
                 rows.append({"method": method, "dim": dim, "seed": seed, "crf": refined,
@@ -130,8 +141,7 @@ def dimension_sweep(cfg: StegoConfig, dims: Sequence[int] = SWEEP_DIMS, methods:
 
 
 def write_sweep(rows: list[dict[str, Any]], out: Path, cfg: StegoConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "results.csv", "w", newline="") as fh:
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -156,7 +166,8 @@ def write_sweep(rows: list[dict[str, Any]], out: Path, cfg: StegoConfig) -> None
     ax.set_title(f"{cfg.dataset} / {cfg.backbone}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "miou_vs_dim.png", dpi=120)
+    with atomic_path(out / "miou_vs_dim.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 

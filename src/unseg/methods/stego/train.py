@@ -32,15 +32,16 @@ from ...config import require_accelerator, save_config
 from ...datasets.base import IGNORE_INDEX, SegmentationDataset
 from ...errors import ConfigError, SettingError
 from ...features.cache import FeatureCache
-from ...io import resume_checkpoint, save_json
+from ...io import save_json
 from ..leopart.crops import derived_seed
-from ..trainer import LoggerName, build_trainer, check_logger
+from ..trainer import LoggerName, build_trainer, check_logger, check_run_folder, clear_run, load_resume
 from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
 from .loss import CorrespondenceConfig, correspondence_terms
 from .shifts import auto_shifts, resolve_shifts
 from .model import ClusterProbe, LinearProbe, StegoHead
 
-__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampler", "PairsData", "train_stego"]
+__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampler", "PairsData", "train_stego",
+           "check_config"]
 
 
 @dataclass
@@ -87,6 +88,13 @@ class StegoConfig:
     logger: LoggerName = "csv"  # under logs/: "csv" (metrics.csv), "tensorboard" (needs tensorboard) or "none"
     progress_bar: bool = True
     deterministic: bool = True
+
+
+def check_config(cfg: StegoConfig) -> None:
+    """Settings that are each valid alone but not together (the loader checks types and ranges per key)."""
+    if cfg.knn_k <= cfg.num_neighbors:
+        raise ConfigError(f"key 'knn_k' = {cfg.knn_k} must be more than key 'num_neighbors' = {cfg.num_neighbors}: "
+                          f"a positive is drawn from the kNN neighbours 1..num_neighbors (0 is the image itself)")
 
 
 class _Pairs(Dataset):
@@ -304,8 +312,12 @@ class StegoModule(L.LightningModule):
         checkpoint["state_dict"] = {_rename(k, "backbone.", "net."): v for k, v in checkpoint["state_dict"].items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {_rename(k, BACKBONE_PREFIX, "backbone.model."): v
-                                    for k, v in checkpoint["state_dict"].items()}
+        checkpoint["state_dict"] = self.module_keys(checkpoint["state_dict"])
+
+    @staticmethod
+    def module_keys(state: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's state dict (STEGO's layout) under this module's key names."""
+        return {_rename(k, BACKBONE_PREFIX, "backbone.model."): v for k, v in state.items()}
 
 
 def _rename(key: str, old: str, new: str) -> str:
@@ -315,7 +327,7 @@ def _rename(key: str, old: str, new: str) -> str:
 def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn: np.ndarray,
                 masks: np.ndarray | None = None, backbone: Backbone | None = None,
                 out_dir: str | Path = "runs/stego", resume: str | Path | None = None,
-                head: nn.Conv2d | None = None) -> StegoModule:
+                head: nn.Conv2d | None = None, overwrite: bool = False) -> StegoModule:
     """Train a STEGO head for ``cfg.max_steps`` batches and write ``out_dir/stego.ckpt``.
 
     ``data``: a FeatureCache of the training images (``masks``, optional (N, H, W) label
@@ -326,8 +338,10 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     ``config.yaml``, logs under ``logs/`` (``cfg.logger``), ``checkpoints/last.ckpt`` every
     ``cfg.checkpoint_every`` steps, and ``stego.ckpt`` (with the backbone on the images
     path). ``resume``: a checkpoint path, or ``"last"``, to continue a run; it must exist
-    (:func:`unseg.io.resume_checkpoint`), and the resumed run ends equal to an uninterrupted
-    one. ``head``: a fixed 1x1 conv (:func:`unseg.methods.projections.projection_head`) whose codes only the probes
+    (:func:`unseg.io.resume_checkpoint`) and fit this run's model (read safely, checked before
+    ``config.yaml`` is written), and the resumed run ends equal to an uninterrupted one. A folder
+    that holds a run is refused unless ``resume`` or ``overwrite`` (which replaces that run) is
+    given (:func:`unseg.methods.trainer.check_run_folder`). ``head``: a fixed 1x1 conv (:func:`unseg.methods.projections.projection_head`) whose codes only the probes
     learn; no ``stego.ckpt`` is written for it.
     """
     source = "cache" if isinstance(data, FeatureCache) else "images"
@@ -338,7 +352,10 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         raise ValueError("masks go with cached features; on the images path the dataset's own masks are used")
     out = Path(out_dir)
     check_logger(cfg.logger)
-    resume = resume_checkpoint(resume, out)
+    if np.ndim(knn) == 2 and np.shape(knn)[1] <= cfg.num_neighbors:
+        raise ConfigError(f"the kNN table has {np.shape(knn)[1]} columns; key 'num_neighbors' = {cfg.num_neighbors} "
+                          f"draws from neighbours 1..{cfg.num_neighbors}, so it needs more (key 'knn_k')")
+    resume = check_run_folder(out, resume, overwrite)
     require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed, workers=True)
     if isinstance(data, FeatureCache):
@@ -348,8 +365,9 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         backbone = backbone if backbone is not None else create_backbone(cfg.backbone, cfg.weights)
         pairs = ImagePairs(data, knn, cfg.input_size, backbone.mean, backbone.std, cfg.num_neighbors)
         feat_dim = backbone.embed_dim
-    if len(pairs) < cfg.batch_size:
-        raise ValueError(f"{len(pairs)} training images do not fill one batch of {cfg.batch_size}")
+    if len(pairs) // cfg.devices < cfg.batch_size:
+        raise ConfigError(f"{len(pairs)} training images do not fill one batch of batch_size={cfg.batch_size} on "
+                          f"each of {cfg.devices} device(s); lower key 'batch_size'")
     shift_record: dict[str, Any] = {}
     if auto_shifts(cfg.loss) and head is None:  # a fixed head never reads the loss
         if not isinstance(data, FeatureCache):
@@ -358,16 +376,19 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         loss, shift_record = resolve_shifts(cfg.loss, data, knn, cfg.num_neighbors, cfg.batch_size, seed=cfg.seed)
         cfg = replace(cfg, loss=loss)
     module = StegoModule(cfg, feat_dim, backbone, head)
+    loaded = (resume, load_resume(module, resume, StegoModule.module_keys)) if resume is not None else None
     trainer = build_trainer(
         out, cfg.logger, cfg.log_every, cfg.progress_bar,
         [ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint_every, save_top_k=0,
-                         save_last=True)],
+                         save_last=True, enable_version_counter=False)], resume=loaded,
         accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if cfg.devices > 1 else "auto",
         precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1,
         # "warn": grid_sample's CUDA backward has no deterministic kernel; everything else is
         deterministic="warn" if cfg.deterministic else False,
     )
     if trainer.is_global_zero:
+        if overwrite:
+            clear_run(out)
         save_config(cfg, out / "config.yaml")
         if shift_record:
             save_json(shift_record, out / "shifts.json")
