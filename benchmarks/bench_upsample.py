@@ -75,7 +75,6 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[432, 50], help="feature channels (raw, PCA space)")
     p.add_argument("--grid", type=int, nargs=2, default=[28, 28], help="token grid h w")
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 224, 448], help="square target sizes")
-    p.add_argument("--chunk-rows", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -85,15 +84,14 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, " \
                                                                             f"{args.threads} thread(s)"
     print(f"feature upsampling per image on {name}, grid {args.grid[0]}x{args.grid[1]}, "
-          f"guided: radius 2, chunk {args.chunk_rows} rows; {args.repeats} repeats")
+          f"guided: the API's defaults ({Upsampling('guided').describe()}); {args.repeats} repeats")
     print(f"{'method':9s} {'dim':>5s} {'target':>9s} {'ms/img':>9s} {'peak MiB':>9s} {'output MiB':>10s}")
     for dim in args.dims:
         feats = torch.randn(dim, *args.grid, device=device)
         for side in args.sizes:
             size = (side, side)
             for method in ("bilinear", "guided"):
-                seconds, mib = measure(Upsampling(method, chunk_rows=args.chunk_rows), feats, size, args.repeats,
-                                       device)
+                seconds, mib = measure(Upsampling(method), feats, size, args.repeats, device)
                 out_mib = dim * side * side * 4 / 2**20
                 print(f"{method:9s} {dim:5d} {side:4d}x{side:<4d} {seconds * 1e3:9.1f} {mib:9.1f} {out_mib:10.1f}",
                       flush=True)

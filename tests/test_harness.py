@@ -1,4 +1,4 @@
-"""The harness (docs/reliability.md): every command, every option that takes a value, every bad value of its kind.
+"""The harness (``unseg docs reliability``): every command, every option that takes a value, every bad value of its kind.
 
 The table is not written by hand: it walks the real parser (``unseg.cli.build_parser``), reads
 each option's kind (its ``type=``, a kind of :mod:`unseg.kinds`, or its ``choices``) and makes
@@ -333,7 +333,7 @@ LISTED = [
      ["'lr_backbone' = -1e-05", "> 0"]),
     (["train", "stego", "--config", "{stego_yaml}", "root={images}", "knn_k=5", "--out", "{case}/run"],
      ["'knn_k' = 5 must be more than key 'num_neighbors' = 7"]),
-    (["eval", "cluster", "--upsample", "guided", "--guide-radius", "1000"], ["--guide-radius", "0..16"]),
+    (["eval", "cluster", "--upsample", "guided", "--guide-radius", "1000"], ["--guide-radius", "16"]),
     (["eval", "cluster", "--upsample", "bilinear", "--upsample-factor", "1e9"], ["--upsample-factor", "8192"]),
 ]
 if not torch.cuda.is_available():

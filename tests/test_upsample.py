@@ -1,4 +1,5 @@
-"""Feature upsampling: the guided upsampler keeps an image edge that bilinear blurs; shapes; row blocks."""
+"""Feature upsampling: the guided filter against its definition, the guided upsampler keeps an image edge
+that bilinear blurs; shapes; row blocks."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from unseg.errors import SettingError
-from unseg.features import upsample as up
+from unseg.features import guided_filter as gf
+from unseg.features.guided_filter import box_mean, fast_guided_filter, guided_filter
 from unseg.features.upsample import Upsampling, bilinear_upsample, guided_upsample, guide_tensor, upsample_features
 
 
@@ -27,62 +29,80 @@ def edge_scene(h: int = 8, w: int = 8, factor: int = 8, edge: int = 29):
 def test_guided_keeps_the_edge_bilinear_blurs_it():
     feats, guide, truth = edge_scene()
     size = guide.shape[-2:]
-    guided = guided_upsample(feats, guide, radius=2, sigma_spatial=1.0, sigma_range=0.1)
+    guided = guided_upsample(feats, guide, radius=1, eps=1e-3)
     bilinear = bilinear_upsample(feats, size)
     assert guided.shape == bilinear.shape == (3, *size)
-    # each side follows its own side's value, even the pixels right next to the edge
+    # each pixel, even next to the edge, is nearer its own side's value: labels read off it follow the edge
     err_guided = (guided[0] - truth[0]).abs()
     err_bilinear = (bilinear[0] - truth[0]).abs()
-    assert err_guided.max() < 0.05
+    assert err_guided.max() < 0.25
+    assert torch.equal(guided[:2].argmax(0), 1 - truth[0].long())
+    assert not torch.equal(bilinear[:2].argmax(0), 1 - truth[0].long())  # bilinear puts the boundary off the edge
     near = slice(29 - 4, 29 + 4)  # the columns around the edge: bilinear mixes the two sides there
-    assert err_bilinear[:, near].max() > 0.3
-    assert err_guided[:, near].mean() < err_bilinear[:, near].mean() / 10
-    # weights sum to one: a constant channel stays constant, and channels 0 + 1 still sum to 1
+    assert err_bilinear[:, near].max() > 0.5 and err_guided[:, near].mean() < err_bilinear[:, near].mean() / 2
+    # linear with weights summing to one: a constant channel stays constant, channels 0 + 1 still sum to 1
     torch.testing.assert_close(guided[2], feats[2, 0, 0].expand(size), rtol=0, atol=1e-5)
     torch.testing.assert_close(guided[0] + guided[1], torch.ones(size), rtol=0, atol=1e-5)
 
 
-def test_guided_with_flat_guide_is_a_spatial_gaussian_filter():
-    """Without colour differences the weights are the spatial Gaussian alone: a plain re-computation."""
-    torch.manual_seed(0)
-    feats = torch.randn(4, 5, 6)
-    H, W, r, s = 15, 18, 1, 0.8
-    out = guided_upsample(feats, torch.full((3, H, W), 0.5), radius=r, sigma_spatial=s, sigma_range=0.1)
-    expected = torch.zeros(4, H, W)
+def direct_guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter written out pixel by pixel from its definition: per window, a ridge
+    regression of ``src`` on the guide's colours; per pixel, the mean of its windows' fits."""
+    _, H, W = guide.shape
+    windows = [[(slice(max(0, y - r), min(H, y + r + 1)), slice(max(0, x - r), min(W, x + r + 1)))
+                for x in range(W)] for y in range(H)]
+    a = np.zeros((len(src), 3, H, W))
+    b = np.zeros((len(src), H, W))
     for y in range(H):
         for x in range(W):
-            u, v = (y + 0.5) * 5 / H - 0.5, (x + 0.5) * 6 / W - 0.5
-            cy, cx = round(u), round(v)
-            num, den = torch.zeros(4), 0.0
-            for qy in range(cy - r, cy + r + 1):
-                for qx in range(cx - r, cx + r + 1):
-                    if 0 <= qy < 5 and 0 <= qx < 6:
-                        wgt = float(np.exp(-((qy - u) ** 2 + (qx - v) ** 2) / (2 * s * s)))
-                        num += wgt * feats[:, qy, qx]
-                        den += wgt
-            expected[:, y, x] = num / den
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+            sy, sx = windows[y][x]
+            colours = guide[:, sy, sx].reshape(3, -1)
+            mean, cov = colours.mean(1), np.cov(colours, bias=True)
+            for c in range(len(src)):
+                values = src[c, sy, sx].reshape(-1)
+                cross = (colours * values).mean(1) - mean * values.mean()
+                a[c, :, y, x] = np.linalg.solve(cov + eps * np.eye(3), cross)
+                b[c, y, x] = values.mean() - a[c, :, y, x] @ mean
+    out = np.zeros((len(src), H, W))
+    for y in range(H):
+        for x in range(W):
+            sy, sx = windows[y][x]
+            for c in range(len(src)):
+                out[c, y, x] = a[c][:, sy, sx].reshape(3, -1).mean(1) @ guide[:, y, x] + b[c, sy, sx].mean()
+    return out
 
 
-def test_row_blocks_bound_memory_and_do_not_change_the_result(monkeypatch):
-    torch.manual_seed(1)
-    D, h, w, H, W = 16, 12, 20, 300, 500
-    feats, guide = torch.randn(D, h, w), torch.rand(3, H, W)
-    whole = guided_upsample(feats, guide, chunk_rows=None)
-    blocks = []
-    real = up._guided_block
+@pytest.mark.parametrize("r, eps", [(1, 1e-3), (2, 1e-2), (4, 0.1)])
+def test_guided_filter_equals_its_direct_computation(r, eps):
+    rng = np.random.default_rng(r)
+    guide, src = rng.random((3, 7, 9)), rng.random((2, 7, 9))
+    got = guided_filter(torch.from_numpy(guide), torch.from_numpy(src), r, eps).numpy()
+    np.testing.assert_allclose(got, direct_guided_filter(guide, src, r, eps), rtol=0, atol=1e-5)
 
-    def record(*args, **kwargs):
-        out = real(*args, **kwargs)
-        blocks.append(tuple(out.shape))
-        return out
 
-    monkeypatch.setattr(up, "_guided_block", record)
-    chunked = guided_upsample(feats, guide, chunk_rows=32)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
-    # every block holds at most 32 output rows: nothing of size H*W*window*D is ever built
-    assert all(b[0] == D and b[1] <= 32 and b[2] == W for b in blocks)
-    assert sum(b[1] for b in blocks) == H and len(blocks) == -(-H // 32)
+def test_box_mean_is_the_window_mean_for_any_radius():
+    x = torch.rand(2, 5, 11, 13, dtype=torch.float64)
+    for r in (1, 3, 20):  # a window larger than the image is its whole clipped extent
+        pad = F.avg_pool2d(x, 2 * r + 1, stride=1, padding=min(r, (2 * r + 1) // 2), count_include_pad=False) \
+            if r <= 5 else x.mean((-2, -1), keepdim=True).expand_as(x)
+        torch.testing.assert_close(box_mean(x, r), pad)
+
+
+def test_fast_filter_is_exact_at_full_resolution_and_applies_its_coefficients_bilinearly():
+    torch.manual_seed(2)
+    guide, src = torch.rand(2, 3, 30, 41), torch.rand(2, 4, 30, 41)
+    exact = guided_filter(guide, src, 3, 1e-3)
+    # the fast path fitted on the full grid is the exact filter, whatever its row blocks
+    torch.testing.assert_close(fast_guided_filter(guide, src, 3, 1e-3, chunk_rows=7), exact, rtol=0, atol=1e-6)
+    assert torch.equal(fast_guided_filter(guide, src, 3, 1e-3, argmax=True), exact.argmax(1))
+    # on a coarse grid: a and b fitted there, upsampled as F.interpolate would, applied to the full guide
+    low = F.interpolate(src, size=(10, 14), mode="bilinear", align_corners=False, antialias=True)
+    low_guide = F.interpolate(guide, size=(10, 14), mode="bilinear", align_corners=False, antialias=True)
+    a, b = gf._coefficients(low_guide, low, 1, 1e-3)
+    a = F.interpolate(a.flatten(1, 2), size=(30, 41), mode="bilinear", align_corners=False).reshape(2, 4, 3, 30, 41)
+    b = F.interpolate(b, size=(30, 41), mode="bilinear", align_corners=False)
+    expected = (a * guide[:, None]).sum(2) + b
+    torch.testing.assert_close(fast_guided_filter(guide, low, 1, 1e-3, chunk_rows=8), expected, rtol=0, atol=1e-5)
 
 
 def test_dispatch_shapes_and_errors():

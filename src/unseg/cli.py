@@ -136,17 +136,17 @@ def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str =
 
     g = p.add_argument_group("feature upsampling (`unseg docs upsampling`)")
     g.add_argument("--upsample", choices=UPSAMPLERS,
-                   help=f"assign labels on upsampled features: bilinear, or guided = joint bilateral upsampling "
-                        f"that follows the image's edges (default {default}: {meaning})")
+                   help=f"assign labels on upsampled features: bilinear, or guided = bilinear then the guided filter, "
+                        f"which moves the features' edges onto the image's (default {default}: {meaning})")
     if target is not None:
         g.add_argument("--upsample-size", type=Size("upsampling size"), nargs="+", metavar="PX",
                        help=f"target grid: one value (square) or H W (default {target})")
         g.add_argument("--upsample-factor", type=Real(0, MAX_SIDE, low_open=True),
                        help="target grid = this factor x the token grid")
-    g.add_argument("--guide-radius", type=Integer(0, MAX_GUIDE_RADIUS),
-                   help="guided: window radius in tokens (default 2)")
-    g.add_argument("--guide-sigma-spatial", type=POSITIVE, help="guided: spatial sigma in tokens (default 1)")
-    g.add_argument("--guide-sigma-range", type=POSITIVE, help="guided: colour sigma, RGB in 0..1 (default 0.1)")
+    g.add_argument("--guide-radius", type=Real(0, MAX_GUIDE_RADIUS, low_open=True),
+                   help="guided: window radius in tokens (default 1)")
+    g.add_argument("--guide-eps", type=POSITIVE, help="guided: ridge term, squared RGB in 0..1; smaller follows "
+                                                      "weaker edges (default 0.001)")
 
 
 def _upsampling(args: argparse.Namespace, default: str | None = None):
@@ -161,8 +161,7 @@ def _upsampling(args: argparse.Namespace, default: str | None = None):
     size = getattr(args, "upsample_size", None)
     return Upsampling(method, **_given(size=as_size(size, "upsampling size") if size is not None else None,
                                               factor=getattr(args, "upsample_factor", None), radius=args.guide_radius,
-                                              sigma_spatial=args.guide_sigma_spatial,
-                                              sigma_range=args.guide_sigma_range))
+                                              eps=args.guide_eps))
 
 
 def _scoring(args: argparse.Namespace) -> dict[str, str]:
@@ -432,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``unseg`` parser: every option that takes a value names its kind (:mod:`unseg.kinds`) as ``type=``."""
     from .clustering.matching import CLUSTERING_MATCHING, STEGO_MATCHING
     from .methods.projections import PROJECTIONS
+    from .pages import topics
 
     parser = Parser(prog="unseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("docs", help="print a documentation page shipped with unseg (no TOPIC: list them)")
-    p.add_argument("topic", nargs="?", metavar="TOPIC", help="e.g. methods, evaluation, upsampling")
+    p.add_argument("topic", nargs="?", metavar="TOPIC", choices=sorted(topics()),
+                   help="e.g. methods, evaluation, upsampling")
     p.set_defaults(func=cmd_docs)
 
     p = sub.add_parser("extract", help="extract dense features into the cache (resumable; one shard set per rank)")

@@ -27,11 +27,17 @@ _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # the distinct entrie
 
 
 def _box_sum_1d(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Sum over the window [i - r, i + r] ∩ [0, n) along ``dim`` (-1 or -2), from one cumulative sum."""
+    """Sum over the window [i - r, i + r] ∩ [0, n) along ``dim``, from one cumulative sum: with r + 1
+    zeros before it and r copies of the total after it, window i is ``c[i + 2r + 1] - c[i]``."""
+    dim %= x.ndim
     n = x.shape[dim]
-    c = F.pad(torch.cumsum(x, dim), (1, 0) if dim == -1 else (0, 0, 1, 0))  # c[j] = sum of x[:j]
-    i = torch.arange(n, device=x.device)
-    return c.index_select(dim, (i + radius + 1).clamp(max=n)).sub_(c.index_select(dim, (i - radius).clamp(min=0)))
+    c = torch.cumsum(x, dim)
+    before = list(c.shape)
+    before[dim] = radius + 1
+    after = list(c.shape)
+    after[dim] = radius
+    c = torch.cat([c.new_zeros(before), c, c.narrow(dim, n - 1, 1).expand(after)], dim)
+    return c.narrow(dim, 2 * radius + 1, n) - c.narrow(dim, 0, n)
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -70,9 +76,9 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     mean_ip = means[:, 9 + c_:].reshape(b_, c_, 3, h, w)
     sigma = mean_ii - torch.stack([mean_i[:, i] * mean_i[:, j] for i, j in _PAIRS], 1)
     sigma = sigma + eps * torch.tensor([1.0, 0, 0, 1, 0, 1], dtype=sigma.dtype, device=sigma.device)[:, None, None]
-    inverse = _inverse_3x3(sigma.permute(0, 2, 3, 1))  # (B, H, W, 3, 3)
+    inverse = _inverse_3x3(sigma.permute(0, 2, 3, 1)).permute(0, 3, 4, 1, 2)  # (B, 3, 3, H, W)
     cov = mean_ip - mean_p[:, :, None] * mean_i[:, None]  # (B, C, 3, H, W)
-    a = torch.einsum("bhwij,bcjhw->bcihw", inverse, cov)
+    a = sum(inverse[:, None, :, j] * cov[:, :, j:j + 1] for j in range(3))  # (B, C, 3, H, W): Σ⁻¹ cov per pixel
     b = mean_p - (a * mean_i[:, None]).sum(2)
     averaged = box_mean(torch.cat([a.flatten(1, 2), b], 1), radius)
     return averaged[:, :3 * c_].reshape(b_, c_, 3, h, w), averaged[:, 3 * c_:]
