@@ -14,7 +14,8 @@ from .evaluation.clustering import ClusteringResult, evaluate_clustering
 from .evaluation.heads import FCNHead, LinearHead, evaluate_head, train_head
 from .features import FeatureCache, Source, SplitData, extract_features, load_split
 from .protocols import clustering_protocol, evaluate, fully_unsupervised, head_protocol, retrieval_protocol
-from .segment import SegmentOptions, segment
+from .segment import SegmentOptions, Segmentation, segment
+from .unsupervised import SpectralSettings
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ __all__ = [
     "ConfusionAccumulator", "confusion_matrix", "scores_from_confusion",
     "ClusteringResult", "evaluate_clustering", "LinearHead", "FCNHead", "train_head", "evaluate_head",
     "Source", "clustering_protocol", "head_protocol", "retrieval_protocol", "fully_unsupervised", "evaluate",
-    "SegmentOptions", "segment",
+    "SegmentOptions", "Segmentation", "SpectralSettings", "segment",
 ]

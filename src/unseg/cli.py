@@ -149,6 +149,28 @@ def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str =
                                                       "weaker edges (default 0.001)")
 
 
+def _add_spectral(p: argparse.ArgumentParser) -> None:
+    """The spectral method's options (``unseg docs photos``); the defaults are the API's."""
+    from .unsupervised.spectral import SpectralSettings
+
+    d = SpectralSettings()
+    g = p.add_argument_group("--method spectral (each image on its own; unseg docs photos)")
+    g.add_argument("--segments", type=COUNT, help=f"segments per image (default: chosen per image by merging "
+                                                  f"similar neighbours, at most {d.oversegments})")
+    g.add_argument("--merge-threshold", type=Real(-1, 1),
+                   help=f"merge neighbouring segments while their features' cosine is at least this: lower "
+                        f"gives fewer segments (default {d.merge_threshold})")
+    g.add_argument("--groups", type=COUNT, help="groups of the folder's vocabulary (default: the most segments "
+                                                "of one image)")
+
+
+def _spectral(args: argparse.Namespace) -> dict:
+    from .unsupervised.spectral import SpectralSettings
+
+    given = _given(segments=args.segments, merge_threshold=args.merge_threshold)
+    return _given(spectral=SpectralSettings(**given) if given else None, groups=args.groups)
+
+
 def _upsampling(args: argparse.Namespace, default: str | None = None):
     """The upsampler asked for with --upsample (its options with it), or None: the command's default.
     ``default``: the API's method, for commands whose guide options apply without --upsample."""
@@ -391,14 +413,24 @@ def cmd_segment(args: argparse.Namespace) -> None:
         clustering=args.clustering, save_clustering=args.save_clustering, checkpoint=args.checkpoint,
         input_size=args.input_size, seed=args.seed, role=args.weights_role, device=args.device,
         batch_size=args.batch_size, num_workers=args.workers, processes=args.processes,
-        upsample=_upsampling(args, SegmentOptions().upsample.method), **_views(args)),
+        upsample=_upsampling(args, SegmentOptions().upsample.method), **_views(args), **_spectral(args)),
         cd=cd, crf=args.crf, skip_invalid=args.skip_invalid, download=args.download,
         trust_checkpoint=args.trust_checkpoint)
-    labels = segment(args.paths, options)
-    print(f"segmented {len(labels)} images ({options.describe()}): "
-          f"{Path(args.out) / 'labels'}/, {Path(args.out) / 'overlays'}/, open {Path(args.out) / 'index.html'}")
+    run = segment(args.paths, options)
+    print(f"segmented {run.describe()}: {Path(args.out)}/labels/, segments/, foreground/; open {run.gallery}")
     if args.save_clustering:
         print(f"clustering saved to {args.save_clustering} (reuse: --clustering {args.save_clustering})")
+
+
+def cmd_segments(args: argparse.Namespace) -> None:
+    from .protocols import segments_protocol
+    from .segment import SegmentOptions
+
+    result = segments_protocol(_source(args), options=SegmentOptions(**_given(k=args.k), **_spectral(args)),
+                               **_given(method=args.method, split=args.split, mask_size=args.mask_size,
+                                        seeds=None if args.seeds is None else range(args.seeds)))
+    print(result.describe())
+    _write_json(args.json, result.to_dict())
 
 
 def cmd_unsupervised(args: argparse.Namespace) -> None:
@@ -432,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .clustering.matching import CLUSTERING_MATCHING, STEGO_MATCHING
     from .methods.projections import PROJECTIONS
     from .pages import topics
+    from .segmenters import DEFAULT_K, DEFAULT_SEGMENTER, SEGMENTERS
 
     parser = Parser(prog="unseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -537,6 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label resolution: one value (square) or H W (default 100)")
     p.set_defaults(func=cmd_unsupervised)
 
+    p = ev.add_parser("segments", help="segment a labelled split as `unseg segment` would; score each image's "
+                                       "segments on its own (per-image protocol) and the groups dataset-level")
+    _add_source(p)
+    p.add_argument("--method", choices=SEGMENTERS.names(), help=f"(default {DEFAULT_SEGMENTER})")
+    _add_spectral(p)
+    p.add_argument("--k", type=COUNT, help="kmeans clusters, cd's preferred communities (default: #classes)")
+    p.add_argument("--split", type=SPLIT, help="evaluation split (default val)")
+    p.add_argument("--seeds", type=COUNT, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--mask-size", type=Size("mask size"), nargs="+", metavar="PX",
+                   help="label resolution of the dataset-level score: one value (square) or H W (default 100)")
+    p.set_defaults(func=cmd_segments)
+
     p = ev.add_parser("retrieval", help="dense nearest-neighbour retrieval (Hummingbird protocol)")
     _add_source(p)
     _add_report(p)
@@ -578,12 +623,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=OutputFolder(), help="output folder (default runs/stego_sweep)")
     p.set_defaults(func=cmd_stego_sweep)
 
-    p = sub.add_parser("segment", help="segment your own images, no labels: label PNGs, overlays, index.html")
+    p = sub.add_parser("segment", help="segment your own images, no labels: label, segment and foreground PNGs, "
+                                       "index.html (unseg docs photos)")
     p.add_argument("paths", type=InputPath("existing image files or folders of images", many=True), nargs="+",
                    metavar="PATH", help="image files or folders of images")
-    p.add_argument("--method", choices=["kmeans", "stego", "cd"], help="(default kmeans)")
-    p.add_argument("--out", type=OutputFolder(), required=True, help="output folder: labels/, overlays/, index.html")
-    p.add_argument("--k", type=COUNT, help="segments: k-means clusters or preferred communities (default 8)")
+    p.add_argument("--method", choices=SEGMENTERS.names(),
+                   help=f"(default {DEFAULT_SEGMENTER}) " + "; ".join(f"{n}: {SEGMENTERS.get(n).summary}"
+                                                                       for n in SEGMENTERS.names()))
+    p.add_argument("--out", type=OutputFolder(), required=True,
+                   help="output folder: labels/ (groups), segments/, foreground/, panels/, index.html")
+    _add_spectral(p)
+    p.add_argument("--k", type=COUNT, help=f"kmeans clusters, cd's preferred communities (default {DEFAULT_K})")
     p.add_argument("--backbone", type=BACKBONE,
                    help="registered backbone (default: the clustering's, else efficientnet_lite0)")
     p.add_argument("--weights", type=WEIGHTS, help="local checkpoint of the backbone")
@@ -613,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=COUNT, help="images (with --window: windows) per forward pass (default 16)")
     p.add_argument("--workers", type=NON_NEGATIVE, help="data-loading processes (default 2)")
     p.add_argument("--processes", type=COUNT, help="CRF worker processes (default: the thread count, --threads)")
-    _add_upsample(p, "the input size", "guided", "joint bilateral upsampling to the input size")
+    _add_upsample(p, "the input size", "guided", "kmeans, cd, stego: guided upsampling to the input size")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("demo", help="the whole path on the shipped CamVid sample, offline")

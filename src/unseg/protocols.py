@@ -8,28 +8,33 @@ data it already holds (``write_report(dir)``). The scoring itself lives in the l
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from .clustering.matching import CLUSTERING_MATCHING, class_predictions
+from .clustering.matching import CLUSTERING_MATCHING, class_predictions, match, resolve_method
 from .evaluation.clustering import ClusteringResult, check_clustering_settings, evaluate_clustering
 from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
-from .evaluation.metrics import DEFAULT_ABSENT
+from .evaluation.metrics import DEFAULT_ABSENT, SegmentationScores, check_absent, confusion_matrix, scores_from_confusion
+from .evaluation.per_image import PerImageScores
 from .evaluation.retrieval import NEIGHBOURS, TEMPERATURE, RetrievalResult, dense_retrieval
-from .features import as_size, upsample_labels
+from .features import as_size, resize_mask, upsample_labels
 from .features.source import Source, SplitData
 from .features.upsample import Upsampling, iter_guides
 from .unsupervised.cbfe import DEFAULT_FG_K
 from .unsupervised.community import published_hyper_parameters
 from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, check_settings, fully_unsupervised_splits
+from .segment import RENDER_CHUNK, SegmentOptions
+from .segmenters import DEFAULT_SEGMENTER, SEGMENTERS, FitContext
 from .visualisation.report import Report, dataset_report
 
 __all__ = ["Source", "ClusteringEvaluation", "HeadEvaluation", "RetrievalEvaluation", "UnsupervisedEvaluation",
-           "clustering_protocol", "head_protocol", "retrieval_protocol", "fully_unsupervised", "evaluate"]
+           "SegmentsEvaluation", "clustering_protocol", "head_protocol", "retrieval_protocol", "fully_unsupervised",
+           "segments_protocol", "evaluate"]
 
 R = TypeVar("R")
 
@@ -264,6 +269,85 @@ def fully_unsupervised(source: Source, train_split: str = "train", val_split: st
                                        pca_dim=pca_dim, niter=niter, nredo=nredo, search_seed=search_seed)
     result.settings = {**source.describe(), **result.settings}
     return _with_data(UnsupervisedEvaluation, result, val)
+
+
+@dataclass
+class SegmentsEvaluation:
+    """:func:`segments_protocol`'s scores, one entry per seed: the per-image protocol on the images'
+    own segments, and the dataset-level one on their groups (folder-wide labels)."""
+
+    per_image: list[PerImageScores]
+    dataset: list[SegmentationScores]
+    matching: str
+    seeds: list[int]
+    settings: dict[str, Any]
+    data: SplitData = field(repr=False, compare=False)
+
+    @staticmethod
+    def _spread(values: Sequence[float]) -> str:
+        return f"{np.mean(values):5.1f} ± {np.std(values):.1f}"
+
+    def describe(self) -> str:
+        s = self.settings
+        segs = [np.mean(p.segments) for p in self.per_image]
+        return "\n".join([
+            f"{s['method']} segmentation on {s['dataset']}/{s['split']} ({s['num_images']} images), {s['backbone']} "
+            f"[{s['weights']}], input {_size_text(s['input_size'])}, seeds {self.seeds}, mean ± std over the seeds:",
+            f"  per image (each image's segments matched to its own classes, Hungarian on IoU, absent classes "
+            f"skipped, at the images' size): mIoU {self._spread([p.miou for p in self.per_image])}, "
+            f"{np.mean(segs):.1f} segments per image",
+            f"  dataset-level ({s['groups']} groups, one {self.matching} matching for the split, "
+            f"{_size_text(s['mask_size'])} masks): mIoU {self._spread([d.miou for d in self.dataset])}  "
+            f"acc {self._spread([d.pixel_accuracy for d in self.dataset])}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "seeds": self.seeds, "matching": self.matching,
+                "per_image": [p.to_dict() for p in self.per_image],
+                "dataset": [{"miou": d.miou, "pixel_accuracy": d.pixel_accuracy, "iou": [float(v) for v in d.iou]}
+                            for d in self.dataset]}
+
+
+def segments_protocol(source: Source, method: str = DEFAULT_SEGMENTER, split: str = "val",
+                      seeds: Sequence[int] = range(5), mask_size: int | Sequence[int] = 100,
+                      options: SegmentOptions | None = None, absent: str = DEFAULT_ABSENT) -> SegmentsEvaluation:
+    """Segment a labelled split with ``method`` (:data:`unseg.segmenters.SEGMENTERS`, with the settings of
+    ``options``, as ``unseg segment`` would) and score it twice per seed: per image (:mod:`unseg.evaluation.
+    per_image`, at each image's own size) and dataset-level (the groups at ``mask_size``, Hungarian when
+    there are at most as many groups as classes, else greedy). The number of groups (``groups`` of the
+    spectral method, ``k`` of kmeans and cd) defaults to the number of classes."""
+    check_absent(absent)
+    o = replace(options or SegmentOptions(), method=method)
+    data = source.load_split(split, as_size(mask_size, "mask size"))
+    if o.method == "spectral" and o.groups is None:
+        o = replace(o, groups=data.num_classes)
+    elif o.method in ("kmeans", "cd") and o.k is None:
+        o = replace(o, k=data.num_classes)
+    samples = {sample.id: sample for sample in data.dataset.samples}
+    described = source.describe()
+    identity = {"backbone": described["backbone"], "weights": described["weights"],
+                "input_size": as_size(source.input_size)}
+    per_image, dataset, matching, groups = [], [], "", 0
+    for seed in seeds:
+        folder = SEGMENTERS.get(o.method).fit(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
+        groups = folder.num_groups
+        scores = PerImageScores(data.num_classes)
+        confusion = np.zeros((data.num_classes, groups), np.int64)
+        for start in range(0, len(data.cache), RENDER_CHUNK):
+            chunk = range(start, min(len(data.cache), start + RENDER_CHUNK))
+            chosen = [samples[data.cache.ids[i]] for i in chunk]
+            images = [data.dataset.load_image(sample) for sample in chosen]
+            rendered = folder.render(list(chunk), [data.cache.features(i) for i in chunk], images)
+            for i, sample, image, result in zip(chunk, chosen, images, rendered):
+                scores.add(data.dataset.load_mask(sample, image.size), result.segments)
+                labels = resize_mask(result.labels.astype(np.int32), data.masks.shape[-2:])
+                confusion += confusion_matrix(data.masks[i], labels, data.num_classes, groups)
+        matching = resolve_method("auto", data.num_classes, groups)
+        per_image.append(scores)
+        dataset.append(scores_from_confusion(match(confusion, matching)[1], absent))
+    settings = {**described, "method": o.method, "split": split, "num_images": len(data.cache),
+                "num_classes": data.num_classes, "groups": groups, "mask_size": list(data.masks.shape[-2:]),
+                "absent_classes": absent, "method_settings": folder.describe()}
+    return SegmentsEvaluation(per_image, dataset, matching, list(seeds), settings, data)
 
 
 _SOURCE_FIELDS = {f.name for f in fields(Source) if f.init} - {"backbone"}

@@ -1,12 +1,9 @@
 """``segment``: fully unsupervised segmentation of a user's own images (no labels), as arrays and pictures.
 
-Images of any size are resized to the backbone's square input; their segment maps come
-back at each image's own size. Methods:
-
-- ``kmeans``: standardise + PCA 50 + k-means (k segments) on the images' tokens;
-- ``cd``: community detection (``unseg docs methods``) on an overclustering of the tokens, optionally
-  after cluster-based foreground extraction; k is Infomap's preferred number of segments;
-- ``stego``: a trained STEGO head and its cluster probe (``checkpoint``).
+Images of any size are resized to the backbone's input; each image's segments come back at its
+own size, with the group (one vocabulary across the folder) of each segment and a foreground
+mask. The methods (:data:`unseg.segmenters.SEGMENTERS`): ``spectral`` (the default: each photo
+segmented on its own, ``unseg docs photos``), ``kmeans``, ``cd`` and ``stego``.
 
 A fitted k-means / CD clustering can be saved and applied to new images; it records the
 backbone, a fingerprint of its weights and the input size, and refuses any other.
@@ -17,32 +14,28 @@ import logging
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import Any, Iterable, Sequence
 
 from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
 from .backbones.views import DEFAULT_OVERLAP
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
 from .errors import ImageError, LayoutError, SettingError, WeightsError
-from .features import (DEFAULT_INPUT_SIZE, FeatureCache, as_size, load_split, resolve_device, upsample_labels,
-                       weights_fingerprint)
+from .features import DEFAULT_INPUT_SIZE, as_size, load_split, resolve_device, weights_fingerprint
 from .features.source import check_views
-from .features.upsample import Upsampling, guide_tensor
-from .io import atomic_path, require_writable
+from .features.upsample import Upsampling
+from .io import require_writable
 from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
-from .unsupervised.fitted import CDSettings, FittedSegmenter, fit_cd, fit_kmeans
-from .visualisation import overlay, palette
-from .visualisation.gallery import GalleryItem, write_gallery
+from .segmenters import DEFAULT_K, DEFAULT_SEGMENTER, SEGMENTERS, FitContext, FolderSegmenter, Segmenter
+from .unsupervised.fitted import CDSettings, FittedSegmenter
+from .unsupervised.per_image import ImageSegmentation
+from .unsupervised.spectral import SpectralSettings
+from .visualisation.photos import OUTPUT_FOLDERS, WrittenImage, write_image, write_photo_gallery
+from .visualisation.overlay import palette
 
-__all__ = ["METHODS", "DEFAULT_K", "SegmentOptions", "Segmenter", "segment", "collect_images",
-           "write_segmentations"]
+__all__ = ["SegmentOptions", "Segmentation", "segment", "collect_images", "InputImage"]
 
 log = logging.getLogger(__name__)
-METHODS = ("kmeans", "stego", "cd")
-DEFAULT_K = 8
+RENDER_CHUNK = 16  # images decoded and rendered at a time: bounded memory, a CRF's process pool kept busy
 
 
 @dataclass(frozen=True)
@@ -106,112 +99,37 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
     return images
 
 
-class Segmenter(Protocol):
-    """What turns one image's features into segment ids: a fitted k-means / CD clustering
-    (:class:`unseg.unsupervised.FittedSegmenter`) or a STEGO checkpoint
-    (:class:`unseg.methods.stego.StegoSegmenter`)."""
-
-    @property
-    def num_labels(self) -> int: ...
-
-    def segment_features(self, features: np.ndarray, size: tuple[int, int], upsample: Upsampling,
-                         guide: torch.Tensor | None = None, with_logits: bool = False
-                         ) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-
-def _coarse_labels(cache: FeatureCache, segmenter: Segmenter, size: tuple[int, int], crf: bool,
-                   images: Sequence[InputImage] = (), upsample: Upsampling | None = None
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per image: segment ids on the token grid (STEGO: at the input size, as its evaluation) and,
-    for a CRF, log-probabilities; with ``upsample`` on the upsampled grid (default the input size;
-    guided: by the image ``images[i]``), one image at a time."""
-    upsample = upsample or Upsampling()
-    paths = {i.id: i.path for i in images}
-    labels, logits = [], []
-    for i in range(len(cache)):
-        feats = cache.features(i)
-        target = upsample.target(feats.shape[1:], size)
-        guide = guide_tensor(read_image(paths[cache.ids[i]]), target) if upsample.guided else None
-        lab, logp = segmenter.segment_features(feats, size, upsample, guide, with_logits=crf)
-        labels.append(lab)
-        if crf:
-            logits.append(logp)
-    return labels, logits
-
-
-def _full_size(coarse: list[np.ndarray], logits: list[np.ndarray], images: Sequence[InputImage], dtype: type,
-               processes: int | None) -> list[np.ndarray]:
-    """Segment maps at each image's own size: nearest-upsampled, or the argmax of a dense CRF on the image."""
-    if not logits:
-        return [upsample_labels(torch.from_numpy(lab[None].astype(np.int64)), (im.size[1], im.size[0]))[0]
-                .numpy().astype(dtype) for lab, im in zip(coarse, images)]
-    from .postprocess import crf_batch
-
-    labels = []
-    for start in range(0, len(images), 16):  # bounded memory: 16 decoded images at a time
-        chunk = images[start:start + 16]
-        probs = crf_batch([np.array(read_image(i.path)) for i in chunk], logits[start:start + 16], processes)
-        labels += [p.argmax(0).astype(dtype) for p in probs]
-    return labels
-
-
-def _label_dtype(num_labels: int) -> type:
-    return np.uint8 if num_labels <= 256 else np.uint16
-
-
-def write_segmentations(out_dir: str | Path, images: Sequence[InputImage], labels: Sequence[np.ndarray],
-                        num_labels: int, title: str) -> Path:
-    """``labels/<id>.png`` (segment ids), ``overlays/<id>.png`` and ``index.html`` under ``out_dir``.
-
-    Label and overlay PNGs of an earlier run into the same folder that this run does not write
-    are removed once its own are written, so the folder holds this run's images only.
-    """
-    out = Path(out_dir)
-    colours = palette(num_labels)
-    items = []
-    for image, lab in zip(images, labels):
-        label_path, overlay_path = out / "labels" / f"{image.id}.png", out / "overlays" / f"{image.id}.png"
-        for path, picture in ((label_path, Image.fromarray(lab)),
-                              (overlay_path, overlay(read_image(image.path), lab, colours))):
-            with atomic_path(path) as tmp:
-                picture.save(tmp, format="PNG")
-        items.append(GalleryItem(overlay_path, image.id, f"{image.size[0]}x{image.size[1]}",
-                                 {"labels": label_path}))
-    written = {f"{image.id}.png" for image in images}
-    for folder in (out / "labels", out / "overlays"):
-        for stale in folder.glob("*.png"):
-            if stale.name not in written:
-                stale.unlink()
-    legend = [(f"segment {i}", colours[i]) for i in range(num_labels)]
-    return write_gallery(out / "index.html", {"": items}, title,
-                         intro=f"{len(items)} images; label maps hold segment ids 0..{num_labels - 1}.",
-                         legend=legend)
-
-
 @dataclass
 class SegmentOptions:
     """Everything :func:`segment` takes besides the images, each default defined here once.
 
-    ``k``: segments (k-means clusters; CD's preferred number of communities; default 8).
+    ``method``: a name of :data:`unseg.segmenters.SEGMENTERS` (default spectral). ``spectral``: the
+    spectral method's settings (:class:`unseg.unsupervised.SpectralSettings`; ``segments`` there fixes
+    the number per image). ``groups``: the spectral vocabulary's size (default: the largest number of
+    segments of one image). ``k``: clusters of kmeans; CD's preferred number of communities (default 8).
     ``clustering``: a file from ``save_clustering`` to apply instead of fitting (same backbone,
     weights and input size, else an error naming both). ``checkpoint``: STEGO's. ``cd``: CD
-    settings (default: the authors' ViT-S/16 values). ``out_dir``: also write label PNGs,
-    overlays and an ``index.html`` gallery. ``crf``: refine with a dense CRF (extra
-    ``unseg[crf]``). ``niter``, ``nredo``: faiss k-means iterations and restarts when fitting
-    (the protocol's 100 and 5). ``trust_checkpoint``: unpickle ``weights`` / ``checkpoint``
-    fully, which runs any code they hold (trusted files only). ``upsample``: segment upsampled
-    features (``unseg docs upsampling``), e.g. ``Upsampling("guided")`` for masks that follow the
-    image's edges at the input size (memory: one image's features at a time). ``window``,
+    settings (default: the authors' ViT-S/16 values). ``out_dir``: also write label, segment and
+    foreground PNGs, panels and an ``index.html`` gallery. ``keep``: also return every image's
+    maps (memory grows with the folder; :func:`segment` keeps none when writing to ``out_dir``
+    unless asked). ``crf``: refine kmeans / cd / stego with a dense CRF (extra ``unseg[crf]``).
+    ``niter``, ``nredo``: faiss k-means iterations and restarts when fitting kmeans / cd (the
+    protocol's 100 and 5). ``trust_checkpoint``: unpickle ``weights`` / ``checkpoint`` fully, which
+    runs any code they hold (trusted files only). ``upsample``: how kmeans / cd / stego read the
+    features (``unseg docs upsampling``; default guided to the input size). ``window``,
     ``window_overlap``, ``scales``: see the backbone through a sliding window and/or several
     scales (``unseg docs upsampling``, "Large photos"; windows per forward pass: ``batch_size``);
     default the clustering's, else the whole input at scale 1.
     """
 
-    method: str = "kmeans"
+    method: str = DEFAULT_SEGMENTER
     backbone: str | None = None  # default: the clustering's or checkpoint's, else DEFAULT_BACKBONE
     weights: str | Path | None = None
+    spectral: SpectralSettings = field(default_factory=SpectralSettings)
+    groups: int | None = None
     k: int | None = None
     out_dir: str | Path | None = None
+    keep: bool | None = None  # default: True without out_dir, else False
     crf: bool = False
     clustering: str | Path | None = None
     save_clustering: str | Path | None = None
@@ -229,6 +147,7 @@ class SegmentOptions:
     batch_size: int = 16
     num_workers: int = 2
     processes: int | None = None
+    threads: int | None = None
     niter: int = 100
     nredo: int = 5
     trust_checkpoint: bool = False
@@ -237,25 +156,54 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         """Values checked when the options are made, before any image is read or backbone built."""
-        if self.method not in METHODS:
-            raise SettingError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
-            raise SettingError(f"k = {self.k} segments is not allowed; k must be at least 1 (default {DEFAULT_K})")
+        SEGMENTERS.get(self.method)  # an unknown name fails naming the known ones
+        for name in ("k", "groups"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SettingError(f"{name} = {value} is not allowed; it must be a whole number >= 1")
+        if self.method != "spectral" and self.groups is not None:
+            raise SettingError(f"groups is the spectral method's vocabulary size; method {self.method} has k")
+        if self.method == "spectral" and (self.crf or self.clustering or self.save_clustering or self.checkpoint):
+            raise SettingError("crf, clustering, save_clustering and checkpoint apply to the kmeans, cd and stego "
+                               "methods, not to spectral")
         check_views(self.input_size or DEFAULT_INPUT_SIZE, self.window,
                     DEFAULT_OVERLAP if self.window_overlap is None else self.window_overlap, self.scales or (1.0,))
         for name, kind in (("batch_size", COUNT), ("num_workers", NON_NEGATIVE), ("seed", SEED), ("niter", COUNT),
                            ("nredo", COUNT), ("device", DEVICE)):
             kind.check(getattr(self, name), name)
-        if self.processes is not None:
-            COUNT.check(self.processes, "processes")
+        for name in ("processes", "threads"):
+            if getattr(self, name) is not None:
+                COUNT.check(getattr(self, name), name)
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment` did: the images (in order), the method's description (``settings``), the
+    number of groups, and with ``keep`` every image's :class:`ImageSegmentation` (``results``)."""
+
+    images: list[InputImage]
+    method: str
+    backbone: str
+    views: str
+    num_groups: int
+    settings: dict[str, Any]
+    results: list[ImageSegmentation]
+    gallery: Path | None = None
 
     def describe(self) -> str:
-        """What the run uses, in one line (the CLI prints it after the run, so a clustering file is valid)."""
-        what = f"{self.method}" + (f" k={self.k}" if self.k is not None else "")
-        up = "token labels" if not self.upsample.active else f"{self.upsample.method} upsampling to the input size"
-        fitted = FittedSegmenter.load(self.clustering).settings.get("views", {}) if self.clustering else {}
-        views = views_name(**_views(self, fitted))  # a reused clustering brings its own views
-        return f"{what}{f', backbone view {views[1:]}' if views else ''}, {up}{', dense CRF' if self.crf else ''}"
+        """One line: what ran and what it found (the CLI prints it)."""
+        s = self.settings
+        view = f", backbone view {self.views[1:]}" if self.views else ""
+        if self.method == "spectral":
+            per = s["segments_per_image"]
+            found = (f"segments per image {per['min']}-{per['max']} (median {per['median']:g}; "
+                     + (f"{s['segments']} asked" if s["segments"] else f"merged at cosine {s['merge_threshold']}")
+                     + f"), {self.num_groups} groups ({'given' if s['groups_given'] else 'the most segments of an image'})")
+        else:
+            up = s["upsample"]["upsample"]
+            found = (f"{self.num_groups} clusters, {'token labels' if up == 'none' else up + ' upsampling'} "
+                     f"to the input size{', dense CRF' if s['crf'] else ''}")
+        return f"{len(self.images)} images, {self.method} on {self.backbone}{view}: {found}"
 
 
 def _views(o: SegmentOptions, fitted: dict[str, Any]) -> dict[str, Any]:
@@ -278,68 +226,79 @@ def _check_views(fitted: FittedSegmenter, views: dict[str, Any], path: str | Pat
                            "the views it was fitted with")
 
 
-def _stego_segmenter(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
+def _stego(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
     """The STEGO checkpoint's segmenter, with the backbone (and its weights, when the checkpoint holds
     them) it was trained on filled in where not given."""
     if o.checkpoint is None:
-        raise ValueError("method 'stego' needs checkpoint=<a STEGO .ckpt> (its head and cluster probe)")
+        raise SettingError("method 'stego' needs checkpoint=<a STEGO .ckpt> (its head and cluster probe)")
     if o.clustering is not None or o.save_clustering is not None:
-        raise ValueError("method 'stego' is fitted already: its checkpoint is the model; "
-                         "clustering / save_clustering are for kmeans and cd")
+        raise SettingError("method 'stego' is fitted already: its checkpoint is the model; "
+                           "clustering / save_clustering are for kmeans and cd")
     from .methods.stego import StegoSegmenter, load_stego
 
     head, probe, _, meta = load_stego(o.checkpoint, trust_checkpoint=o.trust_checkpoint)
     if o.k is not None and o.k != probe.n_clusters:
-        raise ValueError(f"STEGO checkpoint {o.checkpoint} has {probe.n_clusters} clusters, not k={o.k}")
+        raise SettingError(f"STEGO checkpoint {o.checkpoint} has {probe.n_clusters} clusters, not k={o.k}")
     return StegoSegmenter(head, probe, resolve_device(o.device)), replace(
         o, backbone=o.backbone or meta["config"].get("backbone"),
         weights=o.weights or (o.checkpoint if meta["has_backbone"] else None))
 
 
+def _clear_outputs(out: Path, images: Sequence[InputImage]) -> None:
+    """Files of an earlier run into the same folder that this run does not write are removed, so the
+    folder holds this run's images only (other files stay)."""
+    written = {i.id for i in images}
+    for folder in OUTPUT_FOLDERS:
+        for stale in (out / folder).glob("*.*"):
+            if stale.stem not in written and stale.suffix in (".png", ".jpg"):
+                stale.unlink()
+
+
 def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | None = None,
-            **changes: Any) -> list[np.ndarray]:
-    """Segment images (files or folders) without labels; returns one (H, W) segment-id array per image.
+            **changes: Any) -> Segmentation:
+    """Segment images (files or folders) without labels, each at its own size.
 
     ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields, e.g.
-    ``segment("photos/", k=5, out_dir="out")``.
+    ``segment("photos/", groups=10, out_dir="out")``. Images are rendered and written
+    ``RENDER_CHUNK`` at a time, so memory does not grow with the folder unless ``keep``.
     """
     o = replace(options or SegmentOptions(), **changes)  # checks the values (SegmentOptions.__post_init__)
+    keep = o.out_dir is None if o.keep is None else o.keep
     if o.out_dir is not None:  # before any compute: a run never finds out at the end that it cannot save
         require_writable(o.out_dir, "output folder")
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    fitted = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
-    segmenter: Segmenter | None = fitted
+    fitted: Segmenter | None = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
     if o.method == "stego":
-        segmenter, o = _stego_segmenter(o)
-    elif fitted is not None:
+        fitted, o = _stego(o)
+    elif isinstance(fitted, FittedSegmenter):
         if fitted.method != o.method:
-            raise ValueError(f"clustering {o.clustering} was fitted by method {fitted.method!r}, not {o.method!r}")
+            raise SettingError(f"clustering {o.clustering} was fitted by method {fitted.method!r}, not {o.method!r}")
         fitted_k = fitted.settings.get("k" if o.method == "kmeans" else "num_segments")
         if o.k is not None and o.k != fitted_k:
-            raise ValueError(f"clustering {o.clustering} was fitted with k={fitted_k}, not k={o.k}")
+            raise SettingError(f"clustering {o.clustering} was fitted with k={fitted_k}, not k={o.k}")
         o = replace(o, backbone=o.backbone or fitted.backbone, input_size=o.input_size or fitted.input_size)
     name = o.backbone or DEFAULT_BACKBONE
     size = as_size(o.input_size or DEFAULT_INPUT_SIZE)
     images = collect_images(paths, o.skip_invalid)
-    views = _views(o, fitted.settings.get("views", {}) if fitted is not None else {})
-    if fitted is not None:
+    saved_views = fitted.settings.get("views", {}) if isinstance(fitted, FittedSegmenter) else {}
+    views = _views(o, saved_views)
+    if isinstance(fitted, FittedSegmenter):
         _check_views(fitted, views, o.clustering)
     check_views(size, **views)
     model = with_views(create_backbone(name, o.weights, download=o.download, role=o.role,
                                        trust_checkpoint=o.trust_checkpoint), **views, window_batch=o.batch_size,
                        input_size=size)
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
-    k = o.k or DEFAULT_K
-    if o.method == "kmeans" and fitted is None and k > tokens:
-        raise SettingError(f"k = {k} segments is more than the {tokens} feature tokens of "
+    if o.method == "kmeans" and fitted is None and (o.k or DEFAULT_K) > tokens:
+        raise SettingError(f"k = {o.k or DEFAULT_K} segments is more than the {tokens} feature tokens of "
                            f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
                            f"use k <= {tokens}")
-    if o.method == "stego" and segmenter.head.dim_in != model.embed_dim:
-        raise WeightsError(f"STEGO checkpoint {o.checkpoint} was trained on {segmenter.head.dim_in}-d features, but "
+    if o.method == "stego" and fitted.head.dim_in != model.embed_dim:
+        raise WeightsError(f"STEGO checkpoint {o.checkpoint} was trained on {fitted.head.dim_in}-d features, but "
                            f"backbone {name} gives {model.embed_dim}-d ones: use the backbone it was trained on")
     fingerprint = weights_fingerprint(model)
-    if fitted is not None:
+    if isinstance(fitted, FittedSegmenter):
         fitted.check(name, fingerprint, size, o.clustering)
     identity = {"backbone": name, "weights": fingerprint, "input_size": size}
 
@@ -348,19 +307,28 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
         # a private cache of this one process, even under torchrun (RANK / WORLD_SIZE set)
         cache = load_split(model, dataset, size, cache_root=tmp, batch_size=o.batch_size, device=o.device,
                            num_workers=o.num_workers, rank=0, world_size=1, progress=False).cache
-        if o.method == "kmeans" and fitted is None:
-            segmenter = fitted = fit_kmeans(cache, k, seed=o.seed, niter=o.niter, nredo=o.nredo, **identity)
-        elif o.method == "cd" and fitted is None:
-            segmenter = fitted = fit_cd(cache, k, o.cd, seed=o.seed, niter=o.niter, nredo=o.nredo, **identity)
-        if o.clustering is None and fitted is not None:  # a new fit: record how its tokens were seen
-            window = None if views["window"] is None else list(views["window"])
-            fitted.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
-        coarse, logits = _coarse_labels(cache, segmenter, size, o.crf, images, o.upsample)
-    labels = _full_size(coarse, logits, images, _label_dtype(segmenter.num_labels), o.processes)
-    if o.save_clustering is not None:
-        fitted.save(o.save_clustering)
+        folder: FolderSegmenter = SEGMENTERS.get(o.method).fit(
+            FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
+        if isinstance(getattr(folder, "segmenter", None), FittedSegmenter) and o.clustering is None:
+            window = None if views["window"] is None else list(views["window"])  # a new fit: how its tokens were seen
+            folder.segmenter.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
+        colours = palette(folder.num_groups)
+        results: list[ImageSegmentation] = []
+        written: list[WrittenImage] = []
+        for start in range(0, len(images), RENDER_CHUNK):
+            chunk = range(start, min(len(images), start + RENDER_CHUNK))
+            decoded = [read_image(images[i].path) for i in chunk]
+            rendered = folder.render(list(chunk), [cache.features(i) for i in chunk], decoded)
+            if o.out_dir is not None:
+                written += [write_image(o.out_dir, images[i].id, image, result, colours)
+                            for i, image, result in zip(chunk, decoded, rendered)]
+            if keep:
+                results += rendered
+    if o.save_clustering is not None:  # kmeans or cd: the other methods refuse it before any work
+        folder.segmenter.save(o.save_clustering)
+    run = Segmentation(images, o.method, name, views_name(**views), folder.num_groups, folder.describe(), results)
     if o.out_dir is not None:
-        title = (f"unseg segment: {o.method}, {name}, {segmenter.num_labels} segments"
-                 f"{', dense CRF' if o.crf else ''}")
-        write_segmentations(o.out_dir, images, labels, segmenter.num_labels, title)
-    return labels
+        _clear_outputs(Path(o.out_dir), images)
+        run.gallery = write_photo_gallery(o.out_dir, written, folder.num_groups,
+                                          f"unseg segment: {o.method}, {name}", run.describe() + ".")
+    return run

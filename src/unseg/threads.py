@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
 from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
 
-__all__ = ["available_cores", "resolve_threads", "set_threads", "get_threads", "parallel_map", "serial_blas"]
+__all__ = ["available_cores", "resolve_threads", "set_threads", "get_threads", "parallel_map", "serial_blas",
+           "one_torch_thread"]
 
 ENV = "UNSEG_THREADS"
 T = TypeVar("T")
@@ -105,6 +106,21 @@ def serial_blas() -> AbstractContextManager:
     """Every BLAS (numpy's, faiss's) on one thread inside the block: products whose rounding does
     not depend on the thread count. Run independent blocks side by side with :func:`parallel_map`."""
     return threadpool_limits(1, user_api="blas")
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside the block (its count is process-wide): for torch jobs run side by side
+    with :func:`parallel_map`, which then keep the busy threads within the policy, and whose sums
+    do not depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def parallel_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None,

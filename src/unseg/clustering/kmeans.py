@@ -233,7 +233,7 @@ def _training_set(x: np.ndarray, k: int, seed: int, max_points_per_centroid: int
 
 def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 100, nredo: int = 5,
                   spherical: bool = False, max_points_per_centroid: int | None = None,
-                  threads: int | None = None) -> list[np.ndarray]:
+                  threads: int | None = None, warn_few_points: bool = True) -> list[np.ndarray]:
     """float32 (k, D) centroids of faiss k-means for each (k, seed) in ``runs``, restarts run in parallel.
 
     Each centroid set equals ``faiss.Kmeans(D, k, niter=niter, nredo=nredo, seed=seed, ...)``
@@ -241,6 +241,8 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 1
     (None: faiss's default, 256, as in Leopart), each restart from the same seeded start,
     the best final objective kept (the first on ties). Rows of ``x`` must already be
     unit-norm when ``spherical``. ``threads``: see :func:`unseg.threads.parallel_map`.
+    ``warn_few_points``: log when there are fewer points than faiss advises (off for callers that
+    cluster few points by design, e.g. one image's tokens).
     """
     if niter < 1 or nredo < 1:
         raise ValueError(f"k-means needs niter >= 1 and nredo >= 1, got niter={niter}, nredo={nredo}")
@@ -254,7 +256,7 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 1
             raise ValueError(f"cannot make k={k} clusters out of {len(x)} points")
         if (k, seed) not in samples:
             samples[k, seed] = _training_set(x, k, seed, mppc)
-        if len(samples[k, seed]) < k * min_points:
+        if warn_few_points and len(samples[k, seed]) < k * min_points:
             log.warning("clustering %d points into %d centroids: faiss advises at least %d points",
                         len(samples[k, seed]), k, k * min_points)
         jobs += [_Restart(samples[k, seed], k, seed + 1 + r * REDO_SEED_STRIDE, niter, spherical) for r in range(nredo)]
@@ -273,7 +275,8 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 1
 
 
 def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5, spherical: bool = False,
-           max_points_per_centroid: int | None = None, threads: int | None = None) -> KMeansResult:
+           max_points_per_centroid: int | None = None, threads: int | None = None,
+           warn_few_points: bool = True) -> KMeansResult:
     """faiss k-means (CPU), deterministic given ``seed``; the best of ``nredo`` runs is kept.
 
     ``spherical``: cosine k-means — rows are L2-normalised, centroids kept on the unit sphere
@@ -286,7 +289,8 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5, s
     if x.ndim != 2:
         raise ValueError(f"k-means input must be (n, D), got shape {x.shape}")
     x = unit_rows(x) if spherical else np.ascontiguousarray(x, dtype=np.float32)
-    centroids = fit_centroids(x, [(k, seed)], niter, nredo, spherical, max_points_per_centroid, threads)[0]
+    centroids = fit_centroids(x, [(k, seed)], niter, nredo, spherical, max_points_per_centroid, threads,
+                              warn_few_points)[0]
     labels, score = _search(x, centroids, spherical)
     if spherical:  # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c
         inertia = float((x.astype(np.float64) ** 2).sum() + (centroids.astype(np.float64) ** 2).sum(1)[labels].sum()

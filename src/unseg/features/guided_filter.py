@@ -16,6 +16,8 @@ runs over blocks of output rows, so memory stays bounded for any photo size.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -92,14 +94,28 @@ def _check(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> N
         raise SettingError(f"the guided filter needs radius >= 1 and eps > 0; got radius {radius}, eps {eps}")
 
 
+def _sample(coeffs: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear values (B, K, N) of ``coeffs`` (B, K, h, w) at output pixels (ys, xs) of a (H, W) grid,
+    as ``F.interpolate(..., align_corners=False)`` gives them: pixel centre y maps to (y + 0.5) h / H - 0.5."""
+    (H, W), b_ = size, coeffs.shape[0]
+    grid = torch.stack([(xs + 0.5) / W * 2 - 1, (ys + 0.5) / H * 2 - 1], -1)
+    return F.grid_sample(coeffs, grid[None, None].expand(b_, -1, -1, -1).float(), mode="bilinear",
+                         padding_mode="border", align_corners=False)[:, :, 0]
+
+
 def fast_guided_filter(guide: torch.Tensor, low_src: torch.Tensor, radius: int, eps: float = 1e-3,
-                       argmax: bool = False, chunk_rows: int = 128) -> torch.Tensor:
+                       argmax: bool = False, chunk_rows: int = 128, margin: float | None = None) -> torch.Tensor:
     """The fast guided filter: ``a``, ``b`` fitted on the grid of ``low_src`` (B, C, h, w) against the
     guide (B, 3, H, W) resized to it, then applied to the full guide block by block of ``chunk_rows``.
 
     ``radius``: in pixels of the coarse grid. ``argmax``: return (B, H, W) int64 channel indices
     instead of (B, C, H, W) float32 (e.g. to turn soft segment masks into labels without ever
-    holding C full-resolution maps). Where the grids are equal this is the exact filter.
+    holding C full-resolution maps). With ``margin`` (argmax only), a pixel whose 3x3 coarse cells
+    all have the same largest channel, ahead of the second by at least ``margin`` at every one of
+    them, takes that channel without its full-resolution response being computed: only the band
+    around the coarse boundaries is, and only for the 4 channels that respond most around it
+    (``unseg docs upsampling`` measures the agreement). Where the grids are equal and ``margin`` is
+    None this is the exact filter.
     """
     _check(guide, low_src, radius, eps)
     guide, low_src = guide.float(), low_src.float()
@@ -108,25 +124,66 @@ def fast_guided_filter(guide: torch.Tensor, low_src: torch.Tensor, radius: int, 
                                                              align_corners=False, antialias=True)
     a, b = _coefficients(low_guide, low_src, radius, eps)
     b_, c_ = low_src.shape[:2]
+    if argmax and margin is not None:
+        return _banded_argmax(a, b, low_guide, guide, margin)
     coeffs = torch.cat([a.flatten(1, 2), b], 1)  # (B, 4C, h, w)
+    device = guide.device
     out = torch.empty((b_, H, W) if argmax else (b_, c_, H, W), dtype=torch.int64 if argmax else torch.float32,
-                      device=guide.device)
-    # bilinear, align_corners=False, as F.interpolate: output pixel centre x maps to (x + 0.5) w / W - 0.5
-    xs = ((torch.arange(W, device=guide.device, dtype=torch.float32) + 0.5) / W) * 2 - 1
+                      device=device)
+    xs = torch.arange(W, device=device, dtype=torch.float32)
     for start in range(0, H, chunk_rows):
-        rows = torch.arange(start, min(H, start + chunk_rows), device=guide.device, dtype=torch.float32)
+        rows = torch.arange(start, min(H, start + chunk_rows), device=device, dtype=torch.float32)
         if (h, w) == (H, W):
             block = coeffs[:, :, start:start + len(rows)]
         else:
-            ys = ((rows + 0.5) / H) * 2 - 1
-            grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).expand(b_, -1, -1, -1)
-            block = F.grid_sample(coeffs, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            ys, xx = torch.meshgrid(rows, xs, indexing="ij")
+            block = _sample(coeffs, ys.reshape(-1), xx.reshape(-1), (H, W)).reshape(b_, -1, len(rows), W)
         ga = block[:, :3 * c_].reshape(b_, c_, 3, len(rows), W)
         q = (ga * guide[:, None, :, start:start + len(rows)]).sum(2) + block[:, 3 * c_:]
         if argmax:
             out[:, start:start + len(rows)] = q.argmax(1)
         else:
             out[:, :, start:start + len(rows)] = q
+    return out
+
+
+def _banded_argmax(a: torch.Tensor, b: torch.Tensor, low_guide: torch.Tensor, guide: torch.Tensor,
+                   margin: float, candidates: int = 4) -> torch.Tensor:
+    """:func:`fast_guided_filter`'s argmax, the full-resolution response computed only where the coarse
+    grid is not clearly one channel (its 3x3 cells disagree, or lead by less than ``margin``), and there
+    only for the ``candidates`` channels that respond most in those 3x3 cells."""
+    b_, c_, h, w = b.shape
+    H, W = guide.shape[-2:]
+    q_low = (a * low_guide[:, None]).sum(2) + b  # (B, C, h, w)
+    top = q_low.topk(min(2, c_), dim=1)
+    label = top.indices[:, 0]
+    lead = top.values[:, 0] - top.values[:, -1] if c_ > 1 else torch.full_like(top.values[:, 0], math.inf)
+    lab = label[:, None].float()
+    uniform = (F.max_pool2d(lab, 3, 1, 1) == -F.max_pool2d(-lab, 3, 1, 1))[:, 0]
+    clear = uniform & (-F.max_pool2d(-lead[:, None], 3, 1, 1)[:, 0] >= margin)
+    near = F.max_pool2d(q_low, 3, 1, 1).topk(min(candidates, c_), dim=1).indices  # (B, T, h, w)
+    # each output pixel's nearest coarse cell, and its bilinear corners and weights (as F.interpolate)
+    def axis(n: int, m: int) -> tuple[torch.Tensor, ...]:
+        u = ((torch.arange(n, device=guide.device) + 0.5) * m / n - 0.5).clamp(0, m - 1)
+        lo = u.floor().long()
+        return ((u + 0.5).long().clamp(max=m - 1), lo, (lo + 1).clamp(max=m - 1), u - lo)
+    ny, y0, y1, wy = axis(H, h)
+    nx, x0, x1, wx = axis(W, w)
+    out = label[:, ny][:, :, nx]
+    todo = ~clear[:, ny][:, :, nx]
+    # (B, h * w * C, 4): a_r, a_g, a_b, b of every (cell, channel), gathered by one flat index
+    coef = torch.cat([a, b[:, :, None]], 2).permute(0, 3, 4, 1, 2).reshape(b_, -1, 4)
+    for i in range(b_):
+        ys, xs = torch.nonzero(todo[i], as_tuple=True)
+        if len(ys) == 0:
+            continue
+        cand = near[i][:, ny[ys], nx[xs]].T.contiguous()  # (N, T) channels
+        fy, fx = wy[ys][:, None, None], wx[xs][:, None, None]
+        corner = [coef[i].index_select(0, (((yy[ys] * w + xx[xs]) * c_)[:, None] + cand).reshape(-1))
+                  .reshape(*cand.shape, 4) for yy in (y0, y1) for xx in (x0, x1)]  # (N, T, 4) each
+        v = (1 - fy) * ((1 - fx) * corner[0] + fx * corner[1]) + fy * ((1 - fx) * corner[2] + fx * corner[3])
+        q = (v[..., :3] * guide[i][:, ys, xs].T[:, None]).sum(-1) + v[..., 3]
+        out[i, ys, xs] = cand.gather(1, q.argmax(1, keepdim=True))[:, 0]
     return out
 
 

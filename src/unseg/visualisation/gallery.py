@@ -21,7 +21,7 @@ __all__ = ["GalleryItem", "write_gallery"]
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 .grid { display: flex; flex-wrap: wrap; gap: 14px; }
-figure { margin: 0; width: 360px; }
+figure { margin: 0; max-width: 100%; }
 figure img { width: 100%; border: 1px solid #ccc; }
 figcaption { font-size: 0.85em; }
 .legend span { display: inline-block; margin: 0 10px 4px 0; font-size: 0.85em; }
@@ -52,9 +52,11 @@ def _href(path: Path, root: Path) -> str:
 
 def write_gallery(path: str | Path, sections: Mapping[str, Sequence[GalleryItem]], title: str,
                   intro: str = "", links: Mapping[str, Path] | None = None,
-                  legend: Sequence[tuple[str, np.ndarray | Sequence[int]]] = ()) -> Path:
+                  legend: Sequence[tuple[str, np.ndarray | Sequence[int]]] = (),
+                  tile_width: int | None = 360) -> Path:
     """Write the page ``path`` (e.g. ``out/index.html``): ``sections`` (heading -> tiles; "" = no
-    heading), page-level ``links`` (e.g. metrics.json) and a colour ``legend`` of (name, RGB)."""
+    heading), page-level ``links`` (e.g. metrics.json), a colour ``legend`` of (name, RGB) and each
+    tile's width in px (None: the picture's own, at most the page's)."""
     path = Path(path)
     root = path.parent
     esc = html.escape
@@ -76,7 +78,8 @@ def write_gallery(path: str | Path, sections: Mapping[str, Sequence[GalleryItem]
             src = _href(item.picture, root)
             extra = " ".join(f'<a href="{_href(p, root)}">{esc(t)}</a>' for t, p in item.links.items())
             caption = f"<b>{esc(item.title)}</b> {esc(item.caption)} {extra}".strip()
-            parts.append(f'<figure><a href="{src}"><img src="{src}" alt="{esc(item.title)}" loading="lazy"></a>'
+            width = f' style="width: {tile_width}px"' if tile_width else ""
+            parts.append(f'<figure{width}><a href="{src}"><img src="{src}" alt="{esc(item.title)}" loading="lazy"></a>'
                          f"<figcaption>{caption}</figcaption></figure>")
         parts.append("</div>")
     parts.append("</body></html>\n")
