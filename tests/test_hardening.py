@@ -441,14 +441,14 @@ def test_segment_into_a_folder_of_an_earlier_run_keeps_only_this_runs_images(tmp
     from unseg.segment import segment
 
     out = tmp_path / "out"
-    segment(image_folder(tmp_path / "first", 3), out_dir=out, k=2, input_size=32, num_workers=0, nredo=1)
+    segment(image_folder(tmp_path / "first", 3), out_dir=out, input_size=32, num_workers=0)
     (out / "notes.txt").write_text("the user's own file")
     second = image_folder(tmp_path / "second", 2, seed=1)
     for i, path in enumerate(sorted(second.iterdir())):
         path.rename(second / f"new{i}.png")
-    segment(second, out_dir=out, k=2, input_size=32, num_workers=0, nredo=1)
-    for folder in ("labels", "overlays"):
-        assert sorted(p.name for p in (out / folder).iterdir()) == ["new0.png", "new1.png"]
+    segment(second, out_dir=out, input_size=32, num_workers=0)
+    for folder in ("labels", "segments", "foreground", "panels"):
+        assert sorted(p.stem for p in (out / folder).iterdir()) == ["new0", "new1"]
     assert (out / "notes.txt").exists() and "img00" not in (out / "index.html").read_text()
 
 

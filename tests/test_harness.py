@@ -132,7 +132,7 @@ STEGO = {"--config": ["{stego_yaml}"], "overrides": ["root={images}"], "--cache-
 BASE: dict[tuple[str, ...], dict[str, list[str]]] = {
     (): {"command": ["backbones"]},
     ("extract",): SOURCE,
-    **{("eval", p): SOURCE for p in ("cluster", "linear", "fcn", "unsupervised", "retrieval")},
+    **{("eval", p): SOURCE for p in ("cluster", "linear", "fcn", "unsupervised", "retrieval", "segments")},
     ("eval", "stego"): {**STEGO, "--checkpoint": ["{file}"]},
     ("train", "stego"): {**STEGO, "--out": ["{case}/run"]},
     ("train", "leopart"): {"--config": ["{leopart_yaml}"], "overrides": ["root={images}"], "--out": ["{case}/run"]},

@@ -200,8 +200,8 @@ def test_bad_unsupervised_values_are_one_line_before_any_work(labelled, capsys, 
 
 def test_segment_k_more_than_the_tokens_is_one_line(tmp_path, capsys, image_folder):
     images = image_folder(tmp_path / "imgs", 2)
-    code, err = run_cli(["segment", images, "--out", tmp_path / "out", "--k", "9", "--input-size", "32",
-                         "--workers", "0"], capsys)
+    code, err = run_cli(["segment", images, "--method", "kmeans", "--out", tmp_path / "out", "--k", "9",
+                         "--input-size", "32", "--workers", "0"], capsys)
     assert_one_line_error(code, err, "k = 9", "8 feature tokens", "k <= 8")
 
 
@@ -268,7 +268,7 @@ def test_exif_rotated_jpeg_and_16_bit_png_segment_at_their_displayed_size(tmp_pa
     from unseg.segment import segment
 
     def run(path: Path) -> np.ndarray:
-        return segment(path, k=2, input_size=64, num_workers=0, nredo=1)[0]
+        return segment(path, method="kmeans", k=2, input_size=64, num_workers=0, nredo=1).results[0].labels
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 90, (48, 64, 3), np.uint8)  # stored 64x48: dark noise left, bright noise right

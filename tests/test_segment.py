@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 
 from unseg.demo import sample_root
-from unseg.errors import ImageError, LayoutError, WeightsError
+from unseg.errors import ImageError, LayoutError, SettingError, WeightsError
 from unseg.segment import segment
 from unseg.unsupervised.fitted import CDSettings, FittedSegmenter
 
 FAST = {"input_size": 224, "num_workers": 0, "niter": 20, "nredo": 1}
+KMEANS = {"method": "kmeans", **FAST}
 SAMPLE = ["0016E5_07959.png", "0016E5_07969.png", "0016E5_07979.png"]
 
 
@@ -27,65 +28,97 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_segment_writes_labels_overlays_and_a_gallery(photos, tmp_path, resolved_links):
+def test_segment_writes_labels_segments_foreground_and_a_gallery(photos, tmp_path, resolved_links):
     out = tmp_path / "out"
-    labels = segment([photos], k=4, out_dir=out, **FAST)
+    run = segment([photos], out_dir=out, keep=True, **FAST)  # the default method: spectral
+    assert run.method == "spectral"
     sizes = [(360, 480), (360, 480), (290, 200)]  # (H, W) of each image, in name order
-    assert [lab.shape for lab in labels] == sizes
-    assert all(lab.dtype == np.uint8 and lab.max() < 4 for lab in labels)
+    assert [r.segments.shape for r in run.results] == [r.labels.shape for r in run.results] == sizes
     names = ["0016E5_07959", "0016E5_07969", "odd size"]
-    assert sorted(p.stem for p in (out / "labels").glob("*.png")) == names
-    assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == names
-    for name, lab in zip(names, labels):
-        np.testing.assert_array_equal(np.array(Image.open(out / "labels" / f"{name}.png")), lab)
-        assert Image.open(out / "overlays" / f"{name}.png").size == lab.shape[::-1]
+    for folder in ("labels", "segments", "foreground"):
+        assert sorted(p.stem for p in (out / folder).glob("*.png")) == names
+    for name, result in zip(names, run.results):
+        m = len(result.groups)
+        assert result.segments.max() < m and result.groups.max() < run.num_groups and len(result.background) == m
+        # palette PNGs hold the ids themselves; the foreground PNG is 255 on foreground pixels
+        np.testing.assert_array_equal(np.array(Image.open(out / "labels" / f"{name}.png")), result.labels)
+        np.testing.assert_array_equal(np.array(Image.open(out / "segments" / f"{name}.png")), result.segments)
+        np.testing.assert_array_equal(np.array(Image.open(out / "foreground" / f"{name}.png")) == 255,
+                                      result.foreground)
+        assert Image.open(out / "labels" / f"{name}.png").mode == "P"
+        assert Image.open(out / "panels" / f"{name}.jpg").size[1] == 220  # the page's four views
     links = resolved_links(out / "index.html")
-    assert sum("overlays/" in link for link in links) == 6 and sum("labels/" in link for link in links) == 3
+    assert sum("panels/" in link for link in links) == 6 and sum("labels/" in link for link in links) == 3
+    assert sum("segments/" in link for link in links) == sum("foreground/" in link for link in links) == 3
+    assert run.gallery == out / "index.html" and "segments per image" in run.describe()
+    # without keep, a run that writes its pictures holds no maps in memory
+    assert segment([photos], out_dir=tmp_path / "again", **FAST).results == []
+
+
+def test_rerun_into_the_same_folder_keeps_only_this_runs_images(photos, tmp_path):
+    out = tmp_path / "out"
+    segment([photos], out_dir=out, **FAST)
+    (out / "notes.txt").write_text("mine")
+    segment([photos / SAMPLE[0]], out_dir=out, **FAST)
+    for folder in ("labels", "segments", "foreground", "panels"):
+        assert [p.stem for p in (out / folder).iterdir()] == [Path(SAMPLE[0]).stem]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_spectral_refuses_the_options_of_the_clustering_methods(photos, tmp_path):
+    for option in ({"crf": True}, {"save_clustering": tmp_path / "x.npz"},
+                   {"checkpoint": tmp_path / "x.ckpt", "method": "spectral"}):  # a checkpoint alone means stego
+        with pytest.raises(SettingError, match="not to spectral"):
+            segment(photos, **option, **FAST)
+    with pytest.raises(SettingError, match="vocabulary size"):
+        segment(photos, groups=3, **KMEANS)
 
 
 def test_a_saved_clustering_gives_the_same_labels_on_new_images(photos, tmp_path):
     saved = tmp_path / "km.npz"
-    first = segment(photos, k=5, save_clustering=saved, **FAST)
+    first = [r.labels for r in segment(photos, k=5, save_clustering=saved, **KMEANS).results]
     new = tmp_path / "new"
     new.mkdir()
     shutil.copy(photos / SAMPLE[1], new / "again.png")
-    again = segment([new / "again.png"], clustering=saved, num_workers=0)  # input size comes from the file
-    np.testing.assert_array_equal(again[0], first[1])
+    again = segment([new / "again.png"], method="kmeans", clustering=saved, num_workers=0)  # input size: the file's
+    np.testing.assert_array_equal(again.results[0].labels, first[1])
+    assert all(lab.max() < 5 for lab in first) and first[0].shape == (360, 480)
     fitted = FittedSegmenter.load(saved)
     assert (fitted.method, fitted.backbone, fitted.input_size, fitted.num_labels) == (
         "kmeans", "efficientnet_lite0", (224, 224), 5)
 
     cd_file = tmp_path / "cd.npz"
-    cd = segment(photos, method="cd", k=4, cd=CDSettings(k=20, fg_threshold=0.5, fg_k=30),
-                 save_clustering=cd_file, **FAST)
-    np.testing.assert_array_equal(segment(new, method="cd", clustering=cd_file, num_workers=0)[0], cd[1])
+    cd = segment(photos, k=4, cd=CDSettings(k=20, fg_threshold=0.5, fg_k=30), save_clustering=cd_file,
+                 **{**KMEANS, "method": "cd"}).results
+    np.testing.assert_array_equal(segment(new, method="cd", clustering=cd_file, num_workers=0).results[0].labels,
+                                  cd[1].labels)
 
 
 def test_a_clustering_from_another_backbone_or_weights_is_refused(photos, tmp_path):
     saved = tmp_path / "km.npz"
-    segment(photos, k=3, save_clustering=saved, **FAST)
+    segment(photos, k=3, save_clustering=saved, **KMEANS)
     with pytest.raises(WeightsError, match=r"efficientnet_lite0.*dino_vits16"):
-        segment(photos, backbone="dino_vits16", weights="random", clustering=saved, num_workers=0)
+        segment(photos, method="kmeans", backbone="dino_vits16", weights="random", clustering=saved, num_workers=0)
     fingerprint = FittedSegmenter.load(saved).weights
     with pytest.raises(WeightsError, match=fingerprint) as err:
-        segment(photos, weights="random", clustering=saved, num_workers=0)
+        segment(photos, method="kmeans", weights="random", clustering=saved, num_workers=0)
     assert str(err.value).count("efficientnet_lite0") == 2
     with pytest.raises(WeightsError, match="not a clustering"):
         (tmp_path / "junk.npz").write_text("hello")
-        segment(photos, clustering=tmp_path / "junk.npz", num_workers=0)
+        segment(photos, method="kmeans", clustering=tmp_path / "junk.npz", num_workers=0)
 
 
 def test_unreadable_or_non_image_files_are_named_or_skipped(photos, caplog):
     (photos / "notes.png").write_text("not a picture")
     with pytest.raises(ImageError, match="notes.png"):
-        segment(photos, k=2, **FAST)
+        segment(photos, **FAST)
     (photos / "notes.png").rename(photos / "notes.txt")
     with pytest.raises(ImageError, match="notes.txt"):
-        segment(photos, k=2, **FAST)
+        segment(photos, **FAST)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     with caplog.at_level(logging.WARNING):
-        labels = segment(photos, k=2, skip_invalid=True, **FAST)
-    assert len(labels) == 3 and "notes.txt" in caplog.text and "broken.jpg" in caplog.text
+        run = segment(photos, skip_invalid=True, **FAST)
+    assert len(run.results) == 3 and "notes.txt" in caplog.text and "broken.jpg" in caplog.text
 
 
 def test_an_empty_folder_or_one_without_images_is_an_error(tmp_path, caplog):
@@ -110,9 +143,10 @@ def test_stego_segments_with_its_cluster_probe(photos, tmp_path, resolved_links)
     ckpt = tmp_path / "stego.ckpt"
     save_stego(ckpt, StegoHead(432, 8).eval(), ClusterProbe(8, 6), LinearProbe(8, 6),
                {"backbone": "efficientnet_lite0"})
-    labels = segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", **FAST)
+    labels = [r.labels for r in segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", keep=True,
+                                        **FAST).results]
     assert [lab.shape for lab in labels] == [(360, 480), (360, 480), (290, 200)]
     assert max(lab.max() for lab in labels) < 6 and len(np.unique(np.concatenate([lab.ravel() for lab in labels]))) > 1
     resolved_links(tmp_path / "s" / "index.html")
-    with pytest.raises(ValueError, match="checkpoint"):
+    with pytest.raises(SettingError, match="checkpoint"):
         segment(photos, method="stego")

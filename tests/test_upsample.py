@@ -184,9 +184,9 @@ def test_segment_with_guided_upsampling(tmp_path):
 
     for name in ("0016E5_07959.png", "0016E5_07969.png"):
         shutil.copy(sample_root() / "val" / name, tmp_path / name)
-    fast = {"k": 4, "input_size": 224, "num_workers": 0, "niter": 10, "nredo": 1}
-    coarse = segment([tmp_path], **fast)
-    guided = segment([tmp_path], **fast, upsample=Upsampling("guided", factor=4))
+    fast = {"method": "kmeans", "k": 4, "input_size": 224, "num_workers": 0, "niter": 10, "nredo": 1}
+    coarse = [r.labels for r in segment([tmp_path], **fast, upsample=Upsampling()).results]
+    guided = [r.labels for r in segment([tmp_path], **fast, upsample=Upsampling("guided", factor=4)).results]
     assert [g.shape for g in guided] == [c.shape for c in coarse] == [(360, 480)] * 2
     # the same clustering, read per pixel of a 4x finer grid: mostly the same segments, finer borders
     agree = np.mean([(g == c).mean() for g, c in zip(guided, coarse)])

@@ -212,7 +212,8 @@ def test_source_extracts_through_the_views_into_their_own_cache(tmp_path, image_
 def test_segment_and_extract_on_the_command_line_with_a_window(tmp_path, capsys, image_folder):
     images = image_folder(tmp_path / "imgs", 3, size=(150, 100))
     out, saved = tmp_path / "out", tmp_path / "km.npz"
-    assert main(["segment", str(images), "--out", str(out), "--k", "3", "--input-size", "128", "--window", "64",
+    assert main(["segment", str(images), "--method", "kmeans", "--out", str(out), "--k", "3", "--input-size", "128",
+                 "--window", "64",
                  "--window-overlap", "0.5", "--workers", "0", "--upsample", "none",
                  "--save-clustering", str(saved)]) == 0
     assert "backbone view win64o0.5" in capsys.readouterr().out
@@ -222,8 +223,8 @@ def test_segment_and_extract_on_the_command_line_with_a_window(tmp_path, capsys,
     assert main(["segment", str(images), "--out", str(tmp_path / "again"), "--clustering", str(saved),
                  "--workers", "0", "--upsample", "none"]) == 0
     assert "backbone view win64o0.5" in capsys.readouterr().out
-    first = segment(images, clustering=saved, num_workers=0)
-    assert [lab.shape for lab in first] == [(100, 150)] * 3
+    first = segment(images, clustering=saved, num_workers=0)  # the file's method
+    assert first.method == "kmeans" and [r.labels.shape for r in first.results] == [(100, 150)] * 3
     with pytest.raises(WeightsError, match=r"win64o0.5; this run uses win64o0.25"):
         segment(images, clustering=saved, window_overlap=0.25, num_workers=0)
     with pytest.raises(WeightsError, match=r"win64o0.5; this run uses win64o0.5-ms1\+2"):

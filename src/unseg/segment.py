@@ -103,7 +103,8 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
 class SegmentOptions:
     """Everything :func:`segment` takes besides the images, each default defined here once.
 
-    ``method``: a name of :data:`unseg.segmenters.SEGMENTERS` (default spectral). ``spectral``: the
+    ``method``: a name of :data:`unseg.segmenters.SEGMENTERS` (default: stego with a ``checkpoint``, the
+    method of a ``clustering`` file, else spectral). ``spectral``: the
     spectral method's settings (:class:`unseg.unsupervised.SpectralSettings`; ``segments`` there fixes
     the number per image). ``groups``: the spectral vocabulary's size (default: the largest number of
     segments of one image). ``k``: clusters of kmeans; CD's preferred number of communities (default 8).
@@ -122,7 +123,7 @@ class SegmentOptions:
     default the clustering's, else the whole input at scale 1.
     """
 
-    method: str = DEFAULT_SEGMENTER
+    method: str | None = None  # default: a checkpoint's (stego) or clustering's method, else DEFAULT_SEGMENTER
     backbone: str | None = None  # default: the clustering's or checkpoint's, else DEFAULT_BACKBONE
     weights: str | Path | None = None
     spectral: SpectralSettings = field(default_factory=SpectralSettings)
@@ -156,16 +157,19 @@ class SegmentOptions:
 
     def __post_init__(self) -> None:
         """Values checked when the options are made, before any image is read or backbone built."""
-        SEGMENTERS.get(self.method)  # an unknown name fails naming the known ones
+        if self.method is not None:
+            SEGMENTERS.get(self.method)  # an unknown name fails naming the known ones
         for name in ("k", "groups"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise SettingError(f"{name} = {value} is not allowed; it must be a whole number >= 1")
-        if self.method != "spectral" and self.groups is not None:
-            raise SettingError(f"groups is the spectral method's vocabulary size; method {self.method} has k")
-        if self.method == "spectral" and (self.crf or self.clustering or self.save_clustering or self.checkpoint):
+        method = self.method or ("stego" if self.checkpoint else None if self.clustering else DEFAULT_SEGMENTER)
+        if method != "spectral" and self.groups is not None:
+            raise SettingError(f"groups is the spectral method's vocabulary size; method "
+                               f"{method or 'of the clustering'} has k")
+        if method == "spectral" and (self.crf or self.clustering or self.save_clustering or self.checkpoint):
             raise SettingError("crf, clustering, save_clustering and checkpoint apply to the kmeans, cd and stego "
-                               "methods, not to spectral")
+                               "methods, not to spectral (give --method)")
         check_views(self.input_size or DEFAULT_INPUT_SIZE, self.window,
                     DEFAULT_OVERLAP if self.window_overlap is None else self.window_overlap, self.scales or (1.0,))
         for name, kind in (("batch_size", COUNT), ("num_workers", NON_NEGATIVE), ("seed", SEED), ("niter", COUNT),
@@ -269,6 +273,7 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     if isinstance(paths, (str, Path)):
         paths = [paths]
     fitted: Segmenter | None = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
+    o = replace(o, method=o.method or ("stego" if o.checkpoint else fitted.method if fitted else DEFAULT_SEGMENTER))
     if o.method == "stego":
         fitted, o = _stego(o)
     elif isinstance(fitted, FittedSegmenter):

@@ -120,7 +120,8 @@ def plan_folder(cache: FeatureCache, settings: SpectralSettings | None = None, g
     centre = sum(p[1].sum(0) for p in passes) / sum(p[2].sum() for p in passes)
     segments, means, sizes = [], [], []
     for over, sums, counts, _ in passes:
-        lut = merge_segments(over, sums, counts, centre, settings.merge_threshold, settings.segments)
+        lut = merge_segments(over, sums, counts, centre, settings.merge_threshold, settings.segments,
+                         settings.min_tokens)
         merged_sums = np.zeros((lut.max() + 1, sums.shape[1]))
         np.add.at(merged_sums, lut, sums)
         merged_counts = np.bincount(lut, weights=counts).astype(np.int64)

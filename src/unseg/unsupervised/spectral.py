@@ -11,11 +11,14 @@ The family of normalised cuts and Deep Spectral Methods (Melas-Kyriazi et al., C
    (r, g, b, x, y) at two position weights), scaled to the feature graph's total weight.
 2. **Eigenvectors** of the generalised problem (D − W) v = λ D v, the ``oversegments`` smallest
    (from the normalised Laplacian; each vector's sign flipped when most of it is positive).
-3. **Over-segmentation.** k-means on eigenvectors 1..k into k = ``oversegments`` clusters.
+3. **Over-segmentation.** k-means on eigenvectors 1..k, each weighted by 1 − λ, into k =
+   ``oversegments`` clusters (the weights matter where a region is uniform: there the vectors of
+   λ near 1 are noise).
 4. **Merging: the number of segments comes from the data.** Adjacent segments are merged, most
    similar first, while the cosine of their mean features, centred on a reference (the folder's
    mean token), is at least ``merge_threshold``; or, with ``segments`` given, until that many
-   remain. The centre is the folder's, not the image's: a photo of one cat keeps few segments,
+   remain; slivers of fewer than ``min_tokens`` tokens then join their most similar neighbour.
+   The centre is the folder's, not the image's: a photo of one cat keeps few segments,
    a street scene many (``unseg docs photos`` measures both).
 5. **Boundaries at the photo's resolution.** The segments' soft masks are filtered by the fast
    guided filter (:mod:`unseg.features.guided_filter`) with the photo as the guide, and each
@@ -54,7 +57,8 @@ class SpectralSettings:
     the baseline the graph is measured against). ``sharpness``: power of the clipped cosine affinity. ``colour``: weight of the colour-and-position
     affinity in the graph (0: none). ``oversegments``: eigenvectors and segments before merging.
     ``merge_threshold``: merge adjacent segments while their centred mean features' cosine is at
-    least this. ``segments``: a fixed number per image instead (merged down to it). ``radius``,
+    least this. ``segments``: a fixed number per image instead (merged down to it). ``min_tokens``: smaller
+    segments (slivers of mixed tokens along an edge) join their most similar neighbour. ``radius``,
     ``eps``, ``cells_per_token``: the guided filter that puts the boundaries on the photo's edges
     (window in tokens; ridge term; fitting grid; the coarse lead above which a pixel's segment is not
     computed at full resolution, :func:`unseg.features.guided_filter.fast_guided_filter`). ``background_ratio``: border share over area share
@@ -67,6 +71,7 @@ class SpectralSettings:
     oversegments: int = 24
     merge_threshold: float = 0.5
     segments: int | None = None
+    min_tokens: int = 4
     radius: float = 1.0
     eps: float = 1e-3
     cells_per_token: int = 2
@@ -79,6 +84,7 @@ class SpectralSettings:
         checks = {"embedding": self.embedding in EMBEDDINGS, "sharpness": self.sharpness > 0, "colour": self.colour >= 0, "oversegments": self.oversegments >= 2,
                   "merge_threshold": -1 <= self.merge_threshold <= 1,
                   "segments": self.segments is None or 1 <= self.segments <= self.oversegments,
+                  "min_tokens": self.min_tokens >= 1,
                   "radius": self.radius > 0, "eps": self.eps > 0, "cells_per_token": self.cells_per_token >= 1,
                   "margin": self.margin >= 0,
                   "background_ratio": self.background_ratio > 0, "niter": self.niter >= 1, "nredo": self.nredo >= 1}
@@ -86,7 +92,7 @@ class SpectralSettings:
         if bad:
             raise SettingError(f"spectral settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
                                f"(embedding one of {', '.join(EMBEDDINGS)}; sharpness, radius, eps, background_ratio > 0; colour >= 0; oversegments >= 2; "
-                               "merge_threshold in [-1, 1]; segments 1..oversegments; margin >= 0; cells_per_token, "
+                               "merge_threshold in [-1, 1]; segments 1..oversegments; margin >= 0; min_tokens, cells_per_token, "
                                "niter, nredo >= 1)")
 
     def describe(self) -> dict[str, Any]:
@@ -167,7 +173,10 @@ def oversegment(features: np.ndarray, settings: SpectralSettings, seed: int = 0,
     if settings.embedding == "tokens":
         points = _unit(tokens - tokens.mean(0))
     else:
-        points = spectral_embedding(affinity(tokens, settings, image), k + 1)[1][:, 1:k + 1]
+        values, vectors = spectral_embedding(affinity(tokens, settings, image), k + 1)
+        # each eigenvector weighted by 1 - λ (a diffusion map's step): the graph's structure keeps its weight
+        # (λ near 0), while vectors of λ near 1, noise inside a uniform region, fade out
+        points = vectors[:, 1:k + 1] * (1 - values[1:k + 1])
     labels = kmeans(points, k, seed=seed, niter=settings.niter, nredo=settings.nredo, threads=1,
                     warn_few_points=False).labels
     return np.unique(labels, return_inverse=True)[1].reshape(h, w).astype(np.int32)
@@ -194,25 +203,22 @@ def _adjacency(labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def merge_segments(labels: np.ndarray, sums: np.ndarray, counts: np.ndarray, centre: np.ndarray,
-                   threshold: float, segments: int | None = None) -> np.ndarray:
+                   threshold: float, segments: int | None = None, min_tokens: int = 1) -> np.ndarray:
     """Step 4: a look-up table (k,) from the over-segments of ``labels`` to merged segments 0..m-1.
 
     The two adjacent segments whose mean features (``sums`` / ``counts``), centred on ``centre``,
     have the largest cosine are merged, again and again, while that cosine is at least ``threshold``,
-    or, with ``segments``, until that many remain (then adjacency still decides who may merge, and
-    the threshold is not looked at; segments with no neighbour left stay apart).
+    or, with ``segments``, until that many remain (then the threshold is not looked at). Then a
+    segment of fewer than ``min_tokens`` tokens (a sliver of mixed tokens along an edge) joins its
+    most similar neighbour. Only neighbours merge; a segment with no neighbour left stays apart.
     """
     k = len(counts)
     sums, counts = sums.astype(np.float64).copy(), counts.astype(np.float64).copy()
     adj = _adjacency(labels, k)
     owner = np.arange(k)
     alive = np.ones(k, bool)
-    while alive.sum() > (segments or 1):
-        unit = _unit(sums / counts[:, None] - centre)
-        sim = np.where(adj, unit @ unit.T, -np.inf)
-        i, j = np.unravel_index(np.argmax(sim), sim.shape)
-        if not np.isfinite(sim[i, j]) or (segments is None and sim[i, j] < threshold):
-            break
+
+    def join(i: int, j: int) -> None:
         sums[i] += sums[j]
         counts[i] += counts[j]
         adj[i] |= adj[j]
@@ -220,6 +226,23 @@ def merge_segments(labels: np.ndarray, sums: np.ndarray, counts: np.ndarray, cen
         adj[i, i] = False
         adj[j], adj[:, j], alive[j] = False, False, False
         owner[owner == j] = i
+
+    def similarity() -> np.ndarray:
+        unit = _unit(sums / np.maximum(counts, 1)[:, None] - centre)
+        return np.where(adj, unit @ unit.T, -np.inf)
+
+    while alive.sum() > (segments or 1):
+        sim = similarity()
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        if not np.isfinite(sim[i, j]) or (segments is None and sim[i, j] < threshold):
+            break
+        join(i, j)
+    while alive.sum() > 1:
+        small = np.flatnonzero(alive & (counts < min_tokens) & adj.any(1))
+        if not len(small):
+            break
+        j = small[np.argmin(counts[small])]
+        join(int(np.argmax(similarity()[j])), j)
     return np.unique(owner, return_inverse=True)[1]
 
 
