@@ -151,7 +151,7 @@ def _add_upsample(p: argparse.ArgumentParser, target: str | None, default: str =
 
 def _add_spectral(p: argparse.ArgumentParser) -> None:
     """The spectral method's options (``unseg docs photos``); the defaults are the API's."""
-    from .unsupervised.spectral import SpectralSettings
+    from .unsupervised.spectral import EMBEDDINGS, SpectralSettings
 
     d = SpectralSettings()
     g = p.add_argument_group("--method spectral (each image on its own; unseg docs photos)")
@@ -162,12 +162,17 @@ def _add_spectral(p: argparse.ArgumentParser) -> None:
                         f"gives fewer segments (default {d.merge_threshold})")
     g.add_argument("--groups", type=COUNT, help="groups of the folder's vocabulary (default: the most segments "
                                                 "of one image)")
+    g.add_argument("--oversegments", type=Integer(2), help=f"segments before merging (default {d.oversegments})")
+    g.add_argument("--embedding", choices=EMBEDDINGS,
+                   help=f"what the over-segmentation clusters: the graph's eigenvectors (spectral) or the image's "
+                        f"own tokens (tokens: plain per-image k-means, the baseline) (default {d.embedding})")
 
 
 def _spectral(args: argparse.Namespace) -> dict:
     from .unsupervised.spectral import SpectralSettings
 
-    given = _given(segments=args.segments, merge_threshold=args.merge_threshold)
+    given = _given(segments=args.segments, merge_threshold=args.merge_threshold, oversegments=args.oversegments,
+                   embedding=args.embedding)
     return _given(spectral=SpectralSettings(**given) if given else None, groups=args.groups)
 
 
@@ -412,7 +417,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
         method=args.method, backbone=args.backbone, weights=args.weights, k=args.k, out_dir=args.out,
         clustering=args.clustering, save_clustering=args.save_clustering, checkpoint=args.checkpoint,
         input_size=args.input_size, seed=args.seed, role=args.weights_role, device=args.device,
-        batch_size=args.batch_size, num_workers=args.workers, processes=args.processes,
+        batch_size=args.batch_size, num_workers=args.workers,
         upsample=_upsampling(args, SegmentOptions().upsample.method), **_views(args), **_spectral(args)),
         cd=cd, crf=args.crf, skip_invalid=args.skip_invalid, download=args.download,
         trust_checkpoint=args.trust_checkpoint)
@@ -662,7 +667,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=DEVICE, help="auto (default), cpu, cuda, ...")
     p.add_argument("--batch-size", type=COUNT, help="images (with --window: windows) per forward pass (default 16)")
     p.add_argument("--workers", type=NON_NEGATIVE, help="data-loading processes (default 2)")
-    p.add_argument("--processes", type=COUNT, help="CRF worker processes (default: the thread count, --threads)")
     _add_upsample(p, "the input size", "guided", "kmeans, cd, stego: guided upsampling to the input size")
     p.set_defaults(func=cmd_segment)
 

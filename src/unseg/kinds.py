@@ -33,10 +33,10 @@ __all__ = ["MAX_SIDE", "MAX_PIXELS", "INT_MAX", "as_size", "nearest_existing", "
            "check_device", "COUNT", "COUNTS", "NON_NEGATIVE", "SEED", "SEEDS", "POSITIVE", "NON_NEGATIVE_REAL",
            "FRACTION", "PROBABILITY", "DEVICE"]
 
-# The largest image anything is resized to, in pixels per image (input, window, mask, upsampling
-# target): 8192 x 8192 = 64 megapixels, whose float32 RGB tensor alone takes 768 MiB.
 MAX_SIDE = 8192
+"""The longest side anything is resized to (input, window, mask, upsampling target), in pixels."""
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
+"""The most pixels per image: 8192 x 8192 = 64 megapixels, whose float32 RGB tensor alone takes 768 MiB."""
 INT_MAX = 2**31 - 1  # counts and ids are C ints in torch, numpy and faiss
 
 

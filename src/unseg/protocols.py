@@ -20,7 +20,7 @@ from .clustering.matching import CLUSTERING_MATCHING, class_predictions, match, 
 from .evaluation.clustering import ClusteringResult, check_clustering_settings, evaluate_clustering
 from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
 from .evaluation.metrics import DEFAULT_ABSENT, SegmentationScores, check_absent, confusion_matrix, scores_from_confusion
-from .evaluation.per_image import PerImageScores
+from .evaluation.per_image import PerImageScores, image_ious
 from .evaluation.retrieval import NEIGHBOURS, TEMPERATURE, RetrievalResult, dense_retrieval
 from .features import as_size, resize_mask, upsample_labels
 from .features.source import Source, SplitData
@@ -28,8 +28,9 @@ from .features.upsample import Upsampling, iter_guides
 from .unsupervised.cbfe import DEFAULT_FG_K
 from .unsupervised.community import published_hyper_parameters
 from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, check_settings, fully_unsupervised_splits
-from .segment import RENDER_CHUNK, SegmentOptions
-from .segmenters import DEFAULT_SEGMENTER, SEGMENTERS, FitContext
+from .segment import SegmentOptions
+from .segmenters import DEFAULT_SEGMENTER, SEGMENTERS, FitContext, render_each
+from .unsupervised.per_image import ImageSegmentation
 from .visualisation.report import Report, dataset_report
 
 __all__ = ["Source", "ClusteringEvaluation", "HeadEvaluation", "RetrievalEvaluation", "UnsupervisedEvaluation",
@@ -330,17 +331,16 @@ def segments_protocol(source: Source, method: str = DEFAULT_SEGMENTER, split: st
     for seed in seeds:
         folder = SEGMENTERS.get(o.method).fit(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
         groups = folder.num_groups
-        scores = PerImageScores(data.num_classes)
-        confusion = np.zeros((data.num_classes, groups), np.int64)
-        for start in range(0, len(data.cache), RENDER_CHUNK):
-            chunk = range(start, min(len(data.cache), start + RENDER_CHUNK))
-            chosen = [samples[data.cache.ids[i]] for i in chunk]
-            images = [data.dataset.load_image(sample) for sample in chosen]
-            rendered = folder.render(list(chunk), [data.cache.features(i) for i in chunk], images)
-            for i, sample, image, result in zip(chunk, chosen, images, rendered):
-                scores.add(data.dataset.load_mask(sample, image.size), result.segments)
-                labels = resize_mask(result.labels.astype(np.int32), data.masks.shape[-2:])
-                confusion += confusion_matrix(data.masks[i], labels, data.num_classes, groups)
+
+        def use(i: int, image: Any, result: ImageSegmentation) -> tuple[np.ndarray, int, np.ndarray]:
+            truth = data.dataset.load_mask(samples[data.cache.ids[i]], image.size)
+            labels = resize_mask(result.labels.astype(np.int32), data.masks.shape[-2:])
+            return (image_ious(truth, result.segments, data.num_classes), len(np.unique(result.segments)),
+                    confusion_matrix(data.masks[i], labels, data.num_classes, groups))
+
+        done = render_each(folder, data.cache, lambda i: data.dataset.load_image(samples[data.cache.ids[i]]), use)
+        scores = PerImageScores(data.num_classes, [d[0] for d in done], [d[1] for d in done])
+        confusion = np.sum([d[2] for d in done], axis=0)
         matching = resolve_method("auto", data.num_classes, groups)
         per_image.append(scores)
         dataset.append(scores_from_confusion(match(confusion, matching)[1], absent))

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from PIL import Image
 
 from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
 from .backbones.views import DEFAULT_OVERLAP
@@ -25,7 +28,8 @@ from .features.source import check_views
 from .features.upsample import Upsampling
 from .io import require_writable
 from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
-from .segmenters import DEFAULT_K, DEFAULT_SEGMENTER, SEGMENTERS, FitContext, FolderSegmenter, Segmenter
+from .segmenters import (DEFAULT_K, DEFAULT_SEGMENTER, SEGMENTERS, FitContext, FolderSegmenter, Segmenter,
+                         render_each)
 from .unsupervised.fitted import CDSettings, FittedSegmenter
 from .unsupervised.per_image import ImageSegmentation
 from .unsupervised.spectral import SpectralSettings
@@ -35,7 +39,6 @@ from .visualisation.overlay import palette
 __all__ = ["SegmentOptions", "Segmentation", "segment", "collect_images", "InputImage"]
 
 log = logging.getLogger(__name__)
-RENDER_CHUNK = 16  # images decoded and rendered at a time: bounded memory, a CRF's process pool kept busy
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,6 @@ class SegmentOptions:
     device: str = "auto"
     batch_size: int = 16
     num_workers: int = 2
-    processes: int | None = None
     threads: int | None = None
     niter: int = 100
     nredo: int = 5
@@ -175,15 +177,15 @@ class SegmentOptions:
         for name, kind in (("batch_size", COUNT), ("num_workers", NON_NEGATIVE), ("seed", SEED), ("niter", COUNT),
                            ("nredo", COUNT), ("device", DEVICE)):
             kind.check(getattr(self, name), name)
-        for name in ("processes", "threads"):
-            if getattr(self, name) is not None:
-                COUNT.check(getattr(self, name), name)
+        if self.threads is not None:
+            COUNT.check(self.threads, "threads")
 
 
 @dataclass
 class Segmentation:
     """What :func:`segment` did: the images (in order), the method's description (``settings``), the
-    number of groups, and with ``keep`` every image's :class:`ImageSegmentation` (``results``)."""
+    number of groups, the time of each stage, and with ``keep`` every image's :class:`ImageSegmentation`
+    (``results``)."""
 
     images: list[InputImage]
     method: str
@@ -193,6 +195,8 @@ class Segmentation:
     settings: dict[str, Any]
     results: list[ImageSegmentation]
     gallery: Path | None = None
+    # wall time of each stage: features (decode, forward), fit, render (decode, boundaries, files), gallery
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line: what ran and what it found (the CLI prints it)."""
@@ -263,8 +267,8 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     """Segment images (files or folders) without labels, each at its own size.
 
     ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields, e.g.
-    ``segment("photos/", groups=10, out_dir="out")``. Images are rendered and written
-    ``RENDER_CHUNK`` at a time, so memory does not grow with the folder unless ``keep``.
+    ``segment("photos/", groups=10, out_dir="out")``. Images are decoded, rendered and written one
+    at a time on each thread, so memory does not grow with the folder unless ``keep``.
     """
     o = replace(options or SegmentOptions(), **changes)  # checks the values (SegmentOptions.__post_init__)
     keep = o.out_dir is None if o.keep is None else o.keep
@@ -307,33 +311,44 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
         fitted.check(name, fingerprint, size, o.clustering)
     identity = {"backbone": name, "weights": fingerprint, "input_size": size}
 
+    seconds = dict.fromkeys(("features", "fit", "render", "gallery"), 0.0)
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] += now - clock
+        clock = now
+
     with tempfile.TemporaryDirectory(prefix="unseg-segment-") as tmp:
         dataset = SegmentationDataset(tmp, "", [Sample(i.id, i.path) for i in images])
         # a private cache of this one process, even under torchrun (RANK / WORLD_SIZE set)
         cache = load_split(model, dataset, size, cache_root=tmp, batch_size=o.batch_size, device=o.device,
                            num_workers=o.num_workers, rank=0, world_size=1, progress=False).cache
+        lap("features")
         folder: FolderSegmenter = SEGMENTERS.get(o.method).fit(
             FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
+        lap("fit")
         if isinstance(getattr(folder, "segmenter", None), FittedSegmenter) and o.clustering is None:
             window = None if views["window"] is None else list(views["window"])  # a new fit: how its tokens were seen
             folder.segmenter.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
         colours = palette(folder.num_groups)
-        results: list[ImageSegmentation] = []
-        written: list[WrittenImage] = []
-        for start in range(0, len(images), RENDER_CHUNK):
-            chunk = range(start, min(len(images), start + RENDER_CHUNK))
-            decoded = [read_image(images[i].path) for i in chunk]
-            rendered = folder.render(list(chunk), [cache.features(i) for i in chunk], decoded)
-            if o.out_dir is not None:
-                written += [write_image(o.out_dir, images[i].id, image, result, colours)
-                            for i, image, result in zip(chunk, decoded, rendered)]
-            if keep:
-                results += rendered
+
+        def use(i: int, image: Image.Image, result: ImageSegmentation) -> tuple[Any, WrittenImage | None]:
+            written = write_image(o.out_dir, images[i].id, image, result, colours) if o.out_dir is not None else None
+            return (result if keep else None), written
+
+        done = render_each(folder, cache, lambda i: read_image(images[i].path), use, o.threads)
+        lap("render")
+    results = [r for r, _ in done if r is not None]
+    written = [w for _, w in done if w is not None]
     if o.save_clustering is not None:  # kmeans or cd: the other methods refuse it before any work
         folder.segmenter.save(o.save_clustering)
-    run = Segmentation(images, o.method, name, views_name(**views), folder.num_groups, folder.describe(), results)
+    run = Segmentation(images, o.method, name, views_name(**views), folder.num_groups, folder.describe(), results,
+                       seconds=seconds)
     if o.out_dir is not None:
         _clear_outputs(Path(o.out_dir), images)
         run.gallery = write_photo_gallery(o.out_dir, written, folder.num_groups,
                                           f"unseg segment: {o.method}, {name}", run.describe() + ".")
+        lap("gallery")
     return run

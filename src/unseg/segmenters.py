@@ -17,7 +17,7 @@ The background of the clustering methods comes from the same border rule as the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from .unsupervised.per_image import FolderPlan, ImageSegmentation, plan_folder
 from .unsupervised.spectral import background_segments
 
 __all__ = ["FolderSegmenter", "Segmenter", "SegmenterSpec", "SEGMENTERS", "SpectralSegmenter", "ClusterSegmenter",
-           "FitContext", "DEFAULT_SEGMENTER", "DEFAULT_K"]
+           "FitContext", "DEFAULT_SEGMENTER", "DEFAULT_K", "render_each"]
 
 DEFAULT_SEGMENTER = "spectral"  # the best measured on CamVid's per-image and dataset-level protocols
 DEFAULT_K = 8  # clusters of the folder-level methods (kmeans, cd's preferred communities)
@@ -53,14 +53,13 @@ class Segmenter(Protocol):
 
 
 class FolderSegmenter(Protocol):
-    """A method fitted on a folder: renders its images one chunk at a time."""
+    """A method fitted on a folder: renders its images one at a time (side by side: each call on one thread)."""
 
     num_groups: int
 
-    def render(self, indices: Sequence[int], features: Sequence[np.ndarray],
-               images: Sequence[Image.Image]) -> list[ImageSegmentation]:
-        """Images ``indices`` of the folder (their cached (D, h, w) ``features`` and decoded ``images``)
-        at each image's own size."""
+    def render(self, index: int, features: np.ndarray, image: Image.Image) -> ImageSegmentation:
+        """Image ``index`` of the folder (its cached (D, h, w) ``features`` and the decoded ``image``) at its
+        own size."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -82,26 +81,18 @@ class FitContext:
     fitted: Segmenter | None = None  # already fitted: a saved clustering, or a STEGO checkpoint's head and probe
 
 
-def _guide(image: Image.Image) -> torch.Tensor:
-    return guide_tensor(image, (image.size[1], image.size[0]))
-
-
 @dataclass
 class SpectralSegmenter:
     """The per-image spectral method with its folder vocabulary (:func:`unseg.unsupervised.plan_folder`)."""
 
     plan: FolderPlan
-    threads: int | None = None
 
     @property
     def num_groups(self) -> int:
         return self.plan.num_groups
 
-    def render(self, indices: Sequence[int], features: Sequence[np.ndarray],
-               images: Sequence[Image.Image]) -> list[ImageSegmentation]:
-        with one_torch_thread():  # images side by side, each on one thread
-            return parallel_map(lambda p: self.plan.render(p[0], _guide(p[1])), list(zip(indices, images)),
-                                self.threads, per_job=1)
+    def render(self, index: int, features: np.ndarray, image: Image.Image) -> ImageSegmentation:
+        return self.plan.render(index, guide_tensor(image, (image.size[1], image.size[0])))
 
     def describe(self) -> dict[str, Any]:
         return {"method": "spectral", **self.plan.summary}
@@ -111,41 +102,51 @@ class SpectralSegmenter:
 class ClusterSegmenter:
     """A folder-level segmenter (k-means, CD, STEGO): its ids are both an image's segments and their
     groups; read at the input size (with ``upsample``), then nearest-resized to the image, or
-    refined there by a dense CRF (``crf``, in ``processes`` processes)."""
+    refined there by a dense CRF (``crf``)."""
 
     segmenter: Segmenter
     input_size: tuple[int, int]
     upsample: Upsampling
     crf: bool = False
-    processes: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_groups(self) -> int:
         return self.segmenter.num_labels
 
-    def render(self, indices: Sequence[int], features: Sequence[np.ndarray],
-               images: Sequence[Image.Image]) -> list[ImageSegmentation]:
-        coarse, logits = [], []
-        for feats, image in zip(features, images):
-            target = self.upsample.target(feats.shape[1:], self.input_size)
-            guide = guide_tensor(image, target) if self.upsample.guided else None
-            lab, logp = self.segmenter.segment_features(feats, self.input_size, self.upsample, guide,
-                                                        with_logits=self.crf)
-            coarse.append(lab)
-            logits.append(logp)
+    def render(self, index: int, features: np.ndarray, image: Image.Image) -> ImageSegmentation:
+        target = self.upsample.target(features.shape[1:], self.input_size)
+        guide = guide_tensor(image, target) if self.upsample.guided else None
+        labels, logits = self.segmenter.segment_features(features, self.input_size, self.upsample, guide,
+                                                         with_logits=self.crf)
         if self.crf:
-            from .postprocess import crf_batch
+            from .postprocess.crf import dense_crf
 
-            maps = [p.argmax(0) for p in crf_batch([np.asarray(i) for i in images], logits, self.processes)]
+            labels = dense_crf(np.asarray(image), logits).argmax(0)
         else:
-            maps = [upsample_labels(torch.from_numpy(lab[None].astype(np.int64)), (im.size[1], im.size[0]))[0].numpy()
-                    for lab, im in zip(coarse, images)]
+            labels = upsample_labels(torch.from_numpy(labels[None].astype(np.int64)),
+                                     (image.size[1], image.size[0]))[0].numpy()
         k = self.num_groups
-        return [ImageSegmentation(m, np.arange(k), background_segments(m, k)) for m in maps]
+        return ImageSegmentation(labels, np.arange(k), background_segments(labels, k))
 
     def describe(self) -> dict[str, Any]:
         return {**self.settings, "upsample": self.upsample.describe(), "crf": self.crf}
+
+
+T = TypeVar("T")
+
+
+def render_each(folder: FolderSegmenter, cache: FeatureCache, load: Callable[[int], Image.Image],
+                use: Callable[[int, Image.Image, ImageSegmentation], T], threads: int | None = None) -> list[T]:
+    """``[use(i, image, folder.render(i, features, image))]`` for every cached image ``i`` (``load(i)``
+    decodes it): images side by side on the thread policy's threads, each job on one torch thread,
+    so memory holds only the images in flight and what ``use`` returns."""
+    def job(i: int) -> T:
+        image = load(i)
+        return use(i, image, folder.render(i, cache.features(i), image))
+
+    with one_torch_thread():
+        return parallel_map(job, range(len(cache)), threads, per_job=1)
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,11 @@ class SegmenterSpec:
 
 
 def _fit_spectral(ctx: FitContext, o: Any) -> FolderSegmenter:
-    plan = plan_folder(ctx.cache, o.spectral, o.groups, seed=ctx.seed, threads=ctx.threads)
-    return SpectralSegmenter(plan, ctx.threads)
+    return SpectralSegmenter(plan_folder(ctx.cache, o.spectral, o.groups, seed=ctx.seed, threads=ctx.threads))
 
 
 def _clusters(fitted: Segmenter, ctx: FitContext, o: Any, settings: dict[str, Any]) -> ClusterSegmenter:
-    return ClusterSegmenter(fitted, ctx.input_size, o.upsample, o.crf, o.processes, settings)
+    return ClusterSegmenter(fitted, ctx.input_size, o.upsample, o.crf, settings)
 
 
 def _fit_kmeans(ctx: FitContext, o: Any) -> FolderSegmenter:
@@ -186,6 +186,7 @@ def _fit_stego(ctx: FitContext, o: Any) -> FolderSegmenter:
 
 
 SEGMENTERS: Registry[SegmenterSpec] = Registry("segmenting method")
+"""Every segmenting method by name: spectral, kmeans, cd, stego."""
 for _spec in (
         SegmenterSpec("spectral", "each image segmented on its own (spectral, from its features and pixels); "
                                   "segments grouped into one vocabulary across the folder", _fit_spectral),

@@ -37,6 +37,7 @@ __all__ = ["UPSAMPLERS", "Upsampling", "bilinear_upsample", "guided_upsample", "
            "guide_tensor", "iter_guides", "fit_grid"]
 
 UPSAMPLERS = ("none", "bilinear", "guided")
+"""The upsampling methods: nearest token labels, bilinear features, and the guided filter."""
 # the guided filter's radius in tokens: its time does not depend on it, and 16 tokens (a 256 px
 # window at stride 16) already spans most inputs; its coefficient grid: at most 16 cells per token
 MAX_GUIDE_RADIUS = 16

@@ -32,11 +32,12 @@ from ..io import resume_checkpoint, save_torch
 __all__ = ["LoggerName", "LOGGERS", "RUN_ENTRIES", "check_logger", "make_logger", "build_trainer", "run_contents",
            "check_run_folder", "clear_run", "load_resume", "first_process", "SafeCheckpointIO"]
 
-# what a training run writes in its folder: an overwrite removes exactly these
 RUN_ENTRIES = ("config.yaml", "shifts.json", "logs", "checkpoints", "stego.ckpt", "leopart.ckpt")
+"""What a training run writes in its folder: an overwrite removes exactly these."""
 
 LoggerName = Literal["csv", "tensorboard", "none"]
 LOGGERS: tuple[str, ...] = get_args(LoggerName)
+"""The training loggers a config may name."""
 
 
 def check_logger(name: str) -> None:

@@ -32,8 +32,10 @@ from .spectral import (SpectralSettings, background_segments, merge_segments, ov
 
 __all__ = ["FolderPlan", "ImageSegmentation", "plan_folder", "fit_vocabulary", "PCA_TOKENS", "WARD_POINTS"]
 
-PCA_TOKENS = 1 << 16  # tokens (a fixed stride through every image) the descriptors' PCA is fitted on
-WARD_POINTS = 4096  # Ward's linkage holds N²/2 distances: above this many segments, k-means reduces them first
+PCA_TOKENS = 1 << 14
+"""At most this many tokens (a fixed stride through every image) fit the descriptors' PCA."""
+WARD_POINTS = 4096
+"""Ward's linkage holds N²/2 distances: above this many segments, k-means reduces them first."""
 
 
 @dataclass

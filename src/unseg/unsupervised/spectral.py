@@ -186,10 +186,9 @@ def segment_sums(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     """Per segment of ``labels`` (h, w): the sum of its tokens' (D, h, w) features (k, D) float64 and its
     token count (k,): what merging and the folder's vocabulary need, without the tokens."""
     k = int(labels.max()) + 1
-    tokens = features.reshape(len(features), -1).T.astype(np.float64)
-    sums = np.zeros((k, tokens.shape[1]))
-    np.add.at(sums, labels.ravel(), tokens)
-    return sums, np.bincount(labels.ravel(), minlength=k)
+    members = np.zeros((k, labels.size))
+    members[labels.ravel(), np.arange(labels.size)] = 1.0
+    return members @ features.reshape(len(features), -1).T.astype(np.float64), members.sum(1).astype(np.int64)
 
 
 def _adjacency(labels: np.ndarray, k: int) -> np.ndarray:
