@@ -316,3 +316,10 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write ``cfg`` as YAML atomically (a run records the exact settings it used)."""
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+
+
+def configs_table() -> str:
+    """Every shipped config's name (for ``--config``) and summary, one line each (``unseg configs``)."""
+    configs = shipped_configs()
+    width = max(map(len, configs), default=0)
+    return "\n".join(f"{name:{width}s}  {config_description(file)}" for name, file in configs.items())

@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
+from .defaults import MASK_SIZE, OVERCLUSTERS, SEEDS
 from .evaluation.clustering import evaluate_clustering
 from .features.cache import cached_masks
 from .features.transforms import DEFAULT_INPUT_SIZE
@@ -23,8 +24,8 @@ def sample_root() -> Path:
     return Path(str(resources.files("unseg") / "assets" / "camvid_sample"))
 
 
-def run_demo(out: str | Path = "demo_out", overclusters: int = 100, seeds: Sequence[int] = range(5),
-             input_size: int = DEFAULT_INPUT_SIZE, mask_size: int = 100, device: str = "auto",
+def run_demo(out: str | Path = "demo_out", overclusters: int = OVERCLUSTERS[0], seeds: Sequence[int] = range(SEEDS),
+             input_size: int = DEFAULT_INPUT_SIZE, mask_size: int = MASK_SIZE, device: str = "auto",
              progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     source = Source(backbone="efficientnet_lite0", dataset="camvid", root=sample_root(), input_size=input_size,

@@ -18,12 +18,13 @@ is read, not when memory runs out (``unseg docs reliability``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import numbers
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from .errors import SettingError, UnsegError
 
@@ -507,3 +508,33 @@ NON_NEGATIVE_REAL = Real(0)
 FRACTION = Real(0, 1, high_open=True)  # a share of something: 0 allowed, the whole not
 PROBABILITY = Real(0, 1)
 DEVICE = Device()
+
+
+def created_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
+    """The first missing folder on the way to each output the command names (an output folder or file, a
+    cache): what the command will have created, to remove again if it fails and leaves them empty."""
+    def actions(p: argparse.ArgumentParser) -> Iterator[argparse.Action]:
+        for action in p._actions:
+            yield action
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in dict.fromkeys(action.choices.values()):  # a parser once, whatever its aliases
+                    yield from actions(sub)
+
+    found = []
+    for action in actions(parser):
+        value = getattr(args, action.dest, None)
+        if value is None or not isinstance(action.type, (OutputFolder, OutputFile, CacheFolder)):
+            continue
+        target = Path(value).expanduser().absolute()
+        target = target.parent if isinstance(action.type, OutputFile) else target
+        existing = nearest_existing(target)
+        if existing != target:
+            found.append(existing / target.relative_to(existing).parts[0])
+    return found
+
+
+def remove_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold no file; anything written stays."""
+    for path, _, _ in os.walk(folder, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)

@@ -14,7 +14,7 @@ from .registry import Registry
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
-__all__ = ["topics", "page"]
+__all__ = ["topics", "page", "topics_table"]
 
 INDEX = "README.md"  # the site's home page, not a topic
 
@@ -40,3 +40,11 @@ def topics() -> dict[str, str]:
 def page(topic: str) -> str:
     """The Markdown text of ``topic`` (a name from :func:`topics`); an unknown name fails listing the known ones."""
     return _pages().get(topic).read_text(encoding="utf-8")
+
+
+def topics_table() -> str:
+    """Every topic with its title, one line each (``unseg docs``)."""
+    titles = topics()
+    width = max(map(len, titles), default=0)
+    return "\n".join([f"{name:{width}s}  {title}" for name, title in titles.items()] +
+                     ["", "`unseg docs TOPIC` prints a page"])

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .defaults import MASK_SIZE, NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from .clustering.matching import CLUSTERING_MATCHING, class_predictions, match, resolve_method
 from .evaluation.clustering import ClusteringResult, check_clustering_settings, evaluate_clustering
 from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
@@ -29,7 +30,7 @@ from .unsupervised.cbfe import DEFAULT_FG_K
 from .unsupervised.community import published_hyper_parameters
 from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, check_settings, fully_unsupervised_splits
 from .segment import SegmentOptions
-from .segmenters import DEFAULT_SEGMENTER, SEGMENTERS, FitContext, render_each
+from .catalog import DEFAULT_SEGMENTER, FitContext, render_each, segmenter
 from .unsupervised.per_image import ImageSegmentation
 from .visualisation.report import Report, dataset_report
 
@@ -175,9 +176,9 @@ class UnsupervisedEvaluation(FullyUnsupervisedResult):
                 for stage in self.stages]
 
 
-def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = (100,), seeds: Sequence[int] = range(5),
-                        mask_size: int | Sequence[int] = 100, pca_dim: int | None = 50, niter: int = 100,
-                        nredo: int = 5, matching: str = CLUSTERING_MATCHING,
+def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = OVERCLUSTERS, seeds: Sequence[int] = range(SEEDS),
+                        mask_size: int | Sequence[int] = MASK_SIZE, pca_dim: int | None = PCA_DIM, niter: int = NITER,
+                        nredo: int = NREDO, matching: str = CLUSTERING_MATCHING,
                         absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None) -> ClusteringEvaluation:
     """Overclustering (K > #classes, greedy matching) and K = #classes (Hungarian) on a frozen backbone.
 
@@ -198,7 +199,7 @@ def clustering_protocol(source: Source, split: str = "val", ks: Sequence[int] = 
 
 
 def head_protocol(source: Source, head: str = "linear", train_split: str = "train", val_split: str = "val",
-                  mask_size: int | Sequence[int] = 100, eval_mask_size: int | Sequence[int] | None = None,
+                  mask_size: int | Sequence[int] = MASK_SIZE, eval_mask_size: int | Sequence[int] | None = None,
                   augment: bool = True, seed: int = 0, **train_kwargs: Any) -> HeadEvaluation:
     """Train a linear / FCN head on ``train_split`` and score it on ``val_split``.
 
@@ -248,9 +249,9 @@ def retrieval_protocol(source: Source, train_split: str = "train", val_split: st
 def fully_unsupervised(source: Source, train_split: str = "train", val_split: str = "val", *,
                        background: Sequence[str | int] | None = None,
                        hyper_parameters: dict[str, Any] | str | None = None, trials: int = 300, runs: int = 10,
-                       kmeans_seeds: Sequence[int] = range(5), fg_k: int = DEFAULT_FG_K, clustering_seed: int = 0,
-                       preferred_modules: int | None = None, mask_size: int | Sequence[int] = 100,
-                       pca_dim: int | None = 50, niter: int = 100, nredo: int = 5,
+                       kmeans_seeds: Sequence[int] = range(SEEDS), fg_k: int = DEFAULT_FG_K, clustering_seed: int = 0,
+                       preferred_modules: int | None = None, mask_size: int | Sequence[int] = MASK_SIZE,
+                       pca_dim: int | None = PCA_DIM, niter: int = NITER, nredo: int = NREDO,
                        search_seed: int = SEARCH_SEED) -> UnsupervisedEvaluation:
     """k-means, + CBFE, + community detection on ``source``'s dataset; scores on ``val_split``
     (:func:`unseg.unsupervised.fully_unsupervised_splits`).
@@ -309,9 +310,9 @@ class SegmentsEvaluation:
 
 
 def segments_protocol(source: Source, method: str = DEFAULT_SEGMENTER, split: str = "val",
-                      seeds: Sequence[int] = range(5), mask_size: int | Sequence[int] = 100,
+                      seeds: Sequence[int] = range(SEEDS), mask_size: int | Sequence[int] = MASK_SIZE,
                       options: SegmentOptions | None = None, absent: str = DEFAULT_ABSENT) -> SegmentsEvaluation:
-    """Segment a labelled split with ``method`` (:data:`unseg.segmenters.SEGMENTERS`, with the settings of
+    """Segment a labelled split with ``method`` (:data:`unseg.catalog.METHODS`, with the settings of
     ``options``, as ``unseg segment`` would) and score it twice per seed: per image (:mod:`unseg.evaluation.
     per_image`, at each image's own size) and dataset-level (the groups at ``mask_size``, Hungarian when
     there are at most as many groups as classes, else greedy). The number of groups (``groups`` of the
@@ -329,7 +330,7 @@ def segments_protocol(source: Source, method: str = DEFAULT_SEGMENTER, split: st
                 "input_size": as_size(source.input_size)}
     per_image, dataset, matching, groups = [], [], "", 0
     for seed in seeds:
-        folder = SEGMENTERS.get(o.method).fit(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
+        folder = segmenter(o.method)(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
         groups = folder.num_groups
 
         def use(i: int, image: Any, result: ImageSegmentation) -> tuple[np.ndarray, int, np.ndarray]:
@@ -353,7 +354,7 @@ def segments_protocol(source: Source, method: str = DEFAULT_SEGMENTER, split: st
 _SOURCE_FIELDS = {f.name for f in fields(Source) if f.init} - {"backbone"}
 
 
-def evaluate(model: str | nn.Module, dataset: str = "camvid", root: str | Path = ".", ks: Sequence[int] = (100,),
+def evaluate(model: str | nn.Module, dataset: str = "camvid", root: str | Path = ".", ks: Sequence[int] = OVERCLUSTERS,
              **options: Any) -> ClusteringEvaluation:
     """The clustering protocol on any model: a registered name, a unseg Backbone, or an ``nn.Module`` mapping
     (B, 3, H, W) images to (B, D, h, w) features (give ``stride=`` unless it has a ``stride`` attribute).

@@ -2,7 +2,7 @@
 
 Images of any size are resized to the backbone's input; each image's segments come back at its
 own size, with the group (one vocabulary across the folder) of each segment and a foreground
-mask. The methods (:data:`unseg.segmenters.SEGMENTERS`): ``spectral`` (the default: each photo
+mask. The methods (:data:`unseg.catalog.METHODS`): ``spectral`` (the default: each photo
 segmented on its own, ``unseg docs photos``), ``kmeans``, ``cd`` and ``stego``.
 
 A fitted k-means / CD clustering can be saved and applied to new images; it records the
@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image
 
+from .defaults import BATCH_SIZE, NITER, NREDO, NUM_WORKERS
 from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
 from .backbones.views import DEFAULT_OVERLAP
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
@@ -28,7 +29,7 @@ from .features.source import check_views
 from .features.upsample import Upsampling
 from .io import require_writable
 from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
-from .segmenters import (DEFAULT_K, DEFAULT_SEGMENTER, SEGMENTERS, FitContext, FolderSegmenter, Segmenter,
+from .catalog import (DEFAULT_K, DEFAULT_SEGMENTER, FitContext, FolderSegmenter, Segmenter, segmenter,
                          render_each)
 from .unsupervised.fitted import CDSettings, FittedSegmenter
 from .unsupervised.per_image import ImageSegmentation
@@ -106,7 +107,7 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
 class SegmentOptions:
     """Everything :func:`segment` takes besides the images, each default defined here once.
 
-    ``method``: a name of :data:`unseg.segmenters.SEGMENTERS` (default: stego with a ``checkpoint``, the
+    ``method``: a name of :data:`unseg.catalog.METHODS` (default: stego with a ``checkpoint``, the
     method of a ``clustering`` file, else spectral). ``spectral``: the
     spectral method's settings (:class:`unseg.unsupervised.SpectralSettings`; ``segments`` there fixes
     the number per image). ``groups``: the spectral vocabulary's size (default: the largest number of
@@ -148,11 +149,11 @@ class SegmentOptions:
     download: bool = False
     role: str = "auto"
     device: str = "auto"
-    batch_size: int = 16
-    num_workers: int = 2
+    batch_size: int = BATCH_SIZE
+    num_workers: int = NUM_WORKERS
     threads: int | None = None
-    niter: int = 100
-    nredo: int = 5
+    niter: int = NITER
+    nredo: int = NREDO
     trust_checkpoint: bool = False
     # guided upsampling to the input size: the best measured on CamVid (`unseg docs upsampling`)
     upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
@@ -160,7 +161,7 @@ class SegmentOptions:
     def __post_init__(self) -> None:
         """Values checked when the options are made, before any image is read or backbone built."""
         if self.method is not None:
-            SEGMENTERS.get(self.method)  # an unknown name fails naming the known ones
+            segmenter(self.method)  # a name that is not a segmenting method fails naming those that are
         for name in ("k", "groups"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -326,7 +327,7 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
         cache = load_split(model, dataset, size, cache_root=tmp, batch_size=o.batch_size, device=o.device,
                            num_workers=o.num_workers, rank=0, world_size=1, progress=False).cache
         lap("features")
-        folder: FolderSegmenter = SEGMENTERS.get(o.method).fit(
+        folder: FolderSegmenter = segmenter(o.method)(
             FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
         lap("fit")
         if isinstance(getattr(folder, "segmenter", None), FittedSegmenter) and o.clustering is None:

@@ -15,7 +15,7 @@ from .views import BackboneView, MultiScale, SlidingWindow, views_name, window_p
 from .vit import ViTBackbone
 from .weights import load_backbone_weights
 
-__all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "get_backbone_spec",
+__all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "backbones_table", "get_backbone_spec",
            "load_backbone_weights", "DEFAULT_BACKBONE", "ModuleBackbone", "as_backbone",
            "BackboneView", "SlidingWindow", "MultiScale", "with_views", "views_name", "window_positions"]
 
@@ -53,6 +53,14 @@ log = logging.getLogger(__name__)
 def list_backbones() -> list[BackboneSpec]:
     """Every registered backbone's spec (what ``unseg backbones`` prints), by name."""
     return [BACKBONES.get(n) for n in BACKBONES.names()]
+
+
+def backbones_table() -> str:
+    """Name, feature dim, stride and weight source of every backbone, one line each (``unseg backbones``)."""
+    specs = list_backbones()
+    width = max(len(s.name) for s in specs)
+    return "\n".join([f"{'name':{width}s} {'dim':>5s} {'stride':>6s}  weights"] + [
+        f"{s.name:{width}s} {s.embed_dim:5d} {s.stride:6d}  {s.weights}" for s in specs])
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from ..defaults import NITER, NREDO
 from ..threads import parallel_map, serial_blas
 
 __all__ = ["StandardPCA", "KMeansResult", "kmeans", "fit_centroids", "assign"]
@@ -231,7 +232,7 @@ def _training_set(x: np.ndarray, k: int, seed: int, max_points_per_centroid: int
     return np.ascontiguousarray(x[keep], dtype=np.float32)
 
 
-def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 100, nredo: int = 5,
+def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = NITER, nredo: int = NREDO,
                   spherical: bool = False, max_points_per_centroid: int | None = None,
                   threads: int | None = None, warn_few_points: bool = True) -> list[np.ndarray]:
     """float32 (k, D) centroids of faiss k-means for each (k, seed) in ``runs``, restarts run in parallel.
@@ -274,7 +275,7 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = 1
     return out
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 100, nredo: int = 5, spherical: bool = False,
+def kmeans(x: np.ndarray, k: int, seed: int, niter: int = NITER, nredo: int = NREDO, spherical: bool = False,
            max_points_per_centroid: int | None = None, threads: int | None = None,
            warn_few_points: bool = True) -> KMeansResult:
     """faiss k-means (CPU), deterministic given ``seed``; the best of ``nredo`` runs is kept.

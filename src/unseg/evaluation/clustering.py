@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..defaults import NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from ..clustering import StandardPCA, assign, kmeans, match, resolve_method
 from ..clustering.kmeans import fit_centroids, unit_rows
 from ..clustering.matching import CLUSTERING_MATCHING
@@ -62,7 +63,7 @@ def pca_settings(pca_dim: int | None, dim: int) -> dict[str, Any]:
     return {"pca_dim": applied, **({"pca_dim_asked": pca_dim} if pca_dim and applied is None else {})}
 
 
-def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = 50,
+def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = PCA_DIM,
                    keep_bytes: float = KEEP_BYTES) -> tuple[StandardPCA, np.ndarray]:
     """Standardise + PCA fitted on the tokens of all ``caches``, and those tokens projected:
     (StandardPCA, (sum N*h*w, pca_dim) float32), in cache order.
@@ -87,13 +88,13 @@ def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = 50,
     return pca, out
 
 
-def project_tokens(cache: FeatureCache, pca_dim: int | None = 50, keep_bytes: float = KEEP_BYTES) -> np.ndarray:
+def project_tokens(cache: FeatureCache, pca_dim: int | None = PCA_DIM, keep_bytes: float = KEEP_BYTES) -> np.ndarray:
     """All cached tokens standardised and PCA-reduced: (N*h*w, pca_dim) float32 (:func:`fit_projection`)."""
     return fit_projection([cache], pca_dim, keep_bytes)[1]
 
 
-def cluster_labels(tokens: np.ndarray, grid: tuple[int, int], k: int, seed: int, niter: int = 100,
-                   nredo: int = 5, spherical: bool = False) -> np.ndarray:
+def cluster_labels(tokens: np.ndarray, grid: tuple[int, int], k: int, seed: int, niter: int = NITER,
+                   nredo: int = NREDO, spherical: bool = False) -> np.ndarray:
     """k-means cluster id of every token, as (N, h, w) maps."""
     result = kmeans(tokens, k, seed=seed, niter=niter, nredo=nredo, spherical=spherical)
     return result.labels.reshape(-1, *grid)
@@ -174,8 +175,8 @@ def check_cluster_counts(ks: Sequence[int], seeds: Sequence[int], num_tokens: in
 
 
 def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int,
-                        ks: Sequence[int] = (100,), seeds: Sequence[int] = range(5), pca_dim: int | None = 50,
-                        niter: int = 100, nredo: int = 5, matching: str = CLUSTERING_MATCHING,
+                        ks: Sequence[int] = OVERCLUSTERS, seeds: Sequence[int] = range(SEEDS), pca_dim: int | None = PCA_DIM,
+                        niter: int = NITER, nredo: int = NREDO, matching: str = CLUSTERING_MATCHING,
                         spherical: bool = False, absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None,
                         guides: Iterable[torch.Tensor] | None = None) -> list[ClusteringResult]:
     """Cluster the cached tokens for every K and seed; score against ``masks`` (N, H, W), 255 = ignore.

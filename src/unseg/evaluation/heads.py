@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ..defaults import BATCH_SIZE, MASK_SIZE, NUM_WORKERS
 from ..backbones import Backbone
 from ..errors import SettingError
 from ..kinds import COUNT, POSITIVE
@@ -115,11 +116,11 @@ def _logits(head: nn.Module, feats: torch.Tensor, size: tuple[int, int]) -> torc
 
 
 def train_head(backbone: Backbone, train: SegmentationDataset | None, num_classes: int, head: str = "linear",
-               input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE, mask_size: int | Sequence[int] = 100,
+               input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE, mask_size: int | Sequence[int] = MASK_SIZE,
                epochs: int | None = None, lr: float | None = None, milestones: Sequence[int] | None = None,
                batch_size: int | None = None, augment: bool = True, train_cache: FeatureCache | None = None,
                train_masks: np.ndarray | None = None, device: str = "auto", seed: int = 0,
-               num_workers: int = 2) -> nn.Module:
+               num_workers: int = NUM_WORKERS) -> nn.Module:
     """Fit a linear / FCN head with SGD (momentum 0.9, wd 1e-4, step lr x0.1 at ``milestones``)."""
     hp = head_settings(head, epochs=epochs, lr=lr, milestones=milestones, batch_size=batch_size)
     epochs, lr, milestones, batch_size = hp["epochs"], hp["lr"], hp["milestones"], hp["batch_size"]
@@ -168,7 +169,7 @@ class _CachedPairs(Dataset):
 
 @torch.no_grad()
 def evaluate_head(model: nn.Module, cache: FeatureCache, masks: np.ndarray, num_classes: int,
-                  device: str = "auto", batch_size: int = 16) -> tuple[Any, np.ndarray]:
+                  device: str = "auto", batch_size: int = BATCH_SIZE) -> tuple[Any, np.ndarray]:
     """Scores of a trained head on cached features; logits bilinearly upsampled to the masks' size.
 
     Returns (SegmentationScores, predictions (N, H, W) uint8)."""

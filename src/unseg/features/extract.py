@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..backbones import Backbone
 from ..datasets.base import SegmentationDataset
 from ..errors import CacheError, ImageError, SettingError
@@ -230,8 +231,8 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
 
 @torch.no_grad()
 def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
-                     cache_root: str | Path | None = None, batch_size: int = 16, device: str = "auto",
-                     num_workers: int = 2, shard_size: int = 256, dtype: str = "float32",
+                     cache_root: str | Path | None = None, batch_size: int = BATCH_SIZE, device: str = "auto",
+                     num_workers: int = NUM_WORKERS, shard_size: int = 256, dtype: str = "float32",
                      rank: int | None = None, world_size: int | None = None,
                      skip_corrupt: bool = False, progress: bool = True,
                      precision: str = "fp32", hash_images: bool = False) -> FeatureCache | None:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from torch import nn
 
+from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..backbones import DEFAULT_BACKBONE, Backbone, as_backbone, create_backbone, views_name, with_views
 from ..backbones.views import DEFAULT_OVERLAP
 from ..datasets import SegmentationDataset, create_dataset
@@ -109,8 +110,8 @@ class Source:
     input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE
     cache_dir: str | Path | None = None
     device: str = "auto"
-    batch_size: int = 16
-    num_workers: int = 2
+    batch_size: int = BATCH_SIZE
+    num_workers: int = NUM_WORKERS
     skip_corrupt: bool = False
     hash_images: bool = False
     progress: bool = True

@@ -10,8 +10,9 @@ from torchvision.transforms import functional as TF
 
 from ..backbones.base import as_size
 from ..datasets.base import IGNORE_INDEX
+from ..defaults import INPUT_SIZE
 
-DEFAULT_INPUT_SIZE = 448  # the protocols' input resolution (Leopart's; `unseg docs evaluation`)
+DEFAULT_INPUT_SIZE = INPUT_SIZE  # the protocols' input resolution, defined in unseg.defaults
 
 
 def image_to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float],

@@ -17,6 +17,7 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence, get_args
 
@@ -29,7 +30,7 @@ from torch import nn
 from ..errors import ConfigError, MissingExtraError, SettingError, WeightsError
 from ..io import resume_checkpoint, save_torch
 
-__all__ = ["LoggerName", "LOGGERS", "RUN_ENTRIES", "check_logger", "make_logger", "build_trainer", "run_contents",
+__all__ = ["TrainerSettings", "LoggerName", "LOGGERS", "RUN_ENTRIES", "check_logger", "make_logger", "build_trainer", "run_contents",
            "check_run_folder", "clear_run", "load_resume", "first_process", "SafeCheckpointIO"]
 
 RUN_ENTRIES = ("config.yaml", "shifts.json", "logs", "checkpoints", "stego.ckpt", "leopart.ckpt")
@@ -38,6 +39,27 @@ RUN_ENTRIES = ("config.yaml", "shifts.json", "logs", "checkpoints", "stego.ckpt"
 LoggerName = Literal["csv", "tensorboard", "none"]
 LOGGERS: tuple[str, ...] = get_args(LoggerName)
 """The training loggers a config may name."""
+
+
+@dataclass
+class TrainerSettings:
+    """The section every training config shares (Leopart's and STEGO's add their own): the data and
+    backbone names, the batch, the seed, the loader processes, and the Lightning trainer's device,
+    precision and logging. A method changes a default by declaring the field again."""
+
+    dataset: str = "camvid"
+    root: str | None = None
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None  # initial weights (any layout of `unseg docs checkpoints`) or "random"
+    batch_size: int = 32  # per process
+    seed: int = 0
+    num_workers: int = 2
+    accelerator: str = "auto"
+    devices: int = 1
+    precision: str = "32-true"
+    log_every: int = 10
+    logger: LoggerName = "csv"  # under logs/: "csv" (metrics.csv), "tensorboard" (needs tensorboard) or "none"
+    progress_bar: bool = True
 
 
 def check_logger(name: str) -> None:

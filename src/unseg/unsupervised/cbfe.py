@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..defaults import NITER, NREDO
 from ..clustering import KMeansResult, kmeans
 from ..datasets.base import IGNORE_INDEX
 from ..features.saliency import foreground_mask
@@ -155,7 +156,7 @@ class ForegroundExtraction:
 
 
 def saliency_clusters(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0,
-                      niter: int = 100, nredo: int = 5) -> tuple[KMeansResult, np.ndarray, np.ndarray]:
+                      niter: int = NITER, nredo: int = NREDO) -> tuple[KMeansResult, np.ndarray, np.ndarray]:
     """CBFE's unlabelled half: spherical k-means of the tokens of (N, h, w) ``saliency``'s images,
     as (fit, (N, h, w) cluster maps, (N, h, w) noisy foreground masks)."""
     n = len(saliency)
@@ -166,8 +167,8 @@ def saliency_clusters(tokens: np.ndarray, grid: tuple[int, int], saliency: np.nd
 
 
 def cluster_based_foreground(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, num_train: int,
-                             gt_foreground_train: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0, niter: int = 100,
-                             nredo: int = 5) -> ForegroundExtraction:
+                             gt_foreground_train: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0, niter: int = NITER,
+                             nredo: int = NREDO) -> ForegroundExtraction:
     """CBFE on ``tokens`` ((N*h*w, D), the ``num_train`` train images first, then val).
 
     ``saliency`` (N, h, w) is the backbone's; ``gt_foreground_train`` (num_train, H, W) as in

@@ -30,6 +30,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from ..defaults import NITER, NREDO
 from ..clustering import kmeans
 from ..errors import ConfigError
 from ..evaluation.metrics import ConfusionAccumulator
@@ -150,7 +151,7 @@ class Overclustering:
     """
 
     def __init__(self, tokens: np.ndarray, grid: tuple[int, int], foreground: np.ndarray | None, k: int,
-                 mask_size: tuple[int, int], seed: int = 0, niter: int = 100, nredo: int = 5) -> None:
+                 mask_size: tuple[int, int], seed: int = 0, niter: int = NITER, nredo: int = NREDO) -> None:
         n = len(tokens) // (grid[0] * grid[1])
         keep = np.ones(len(tokens), bool) if foreground is None else foreground.reshape(-1)
         fit = kmeans(tokens[keep], k, seed=seed, niter=niter, nredo=nredo)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
+from ..defaults import MASK_SIZE, NITER, NREDO, PCA_DIM
 from ..clustering import StandardPCA, assign, kmeans
 from ..errors import WeightsError
 from ..evaluation.clustering import fit_projection
@@ -43,7 +44,7 @@ class CDSettings:
     weight_threshold: float = PUBLISHED["dino_vits16"]["weight_threshold"]
     fg_threshold: float | None = None
     fg_k: int = DEFAULT_FG_K
-    mask_size: int = 100
+    mask_size: int = MASK_SIZE
 
 
 @dataclass
@@ -170,8 +171,8 @@ class FittedSegmenter:
                    arrays.pop("centroids"), meta["variance"], settings=meta["settings"], **arrays)
 
 
-def fit_kmeans(cache: FeatureCache, k: int, seed: int = 0, pca_dim: int | None = 50, niter: int = 100,
-               nredo: int = 5, **identity: Any) -> FittedSegmenter:
+def fit_kmeans(cache: FeatureCache, k: int, seed: int = 0, pca_dim: int | None = PCA_DIM, niter: int = NITER,
+               nredo: int = NREDO, **identity: Any) -> FittedSegmenter:
     """Standardise + PCA + k-means on every cached token. ``identity``: backbone, weights, input_size."""
     pca, z = fit_projection([cache], pca_dim, keep_bytes=math.inf)  # float64 fit, in memory
     fit = kmeans(z, k, seed=seed, niter=niter, nredo=nredo)
@@ -181,8 +182,8 @@ def fit_kmeans(cache: FeatureCache, k: int, seed: int = 0, pca_dim: int | None =
                            **identity)
 
 
-def fit_cd(cache: FeatureCache, num_segments: int, cd: CDSettings, seed: int = 0, pca_dim: int | None = 50,
-           niter: int = 100, nredo: int = 5, **identity: Any) -> FittedSegmenter:
+def fit_cd(cache: FeatureCache, num_segments: int, cd: CDSettings, seed: int = 0, pca_dim: int | None = PCA_DIM,
+           niter: int = NITER, nredo: int = NREDO, **identity: Any) -> FittedSegmenter:
     """CBFE (when ``cd.fg_threshold`` is set) + overclustering + Infomap communities on the cached images,
     preferring ``num_segments`` communities; Infomap seed ``seed + 1``."""
     pca, z = fit_projection([cache], pca_dim, keep_bytes=math.inf)  # float64 fit, in memory

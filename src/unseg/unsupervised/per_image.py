@@ -22,6 +22,7 @@ import torch
 
 from scipy.cluster.hierarchy import fcluster, linkage
 
+from ..defaults import PCA_DIM
 from ..clustering import StandardPCA, kmeans
 from ..clustering.kmeans import unit_rows
 from ..errors import SettingError
@@ -96,7 +97,7 @@ def fit_vocabulary(descriptors: np.ndarray, k: int, seed: int = 0) -> np.ndarray
 
 
 def plan_folder(cache: FeatureCache, settings: SpectralSettings | None = None, groups: int | None = None,
-                seed: int = 0, pca_dim: int | None = 50, threads: int | None = None) -> FolderPlan:
+                seed: int = 0, pca_dim: int | None = PCA_DIM, threads: int | None = None) -> FolderPlan:
     """Segment every cached image on its own and group the segments across the folder.
 
     ``groups``: the vocabulary's size (default: the largest number of segments of one image).

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..defaults import NITER, NREDO, PCA_DIM, SEEDS
 from ..clustering import match
 from ..clustering.matching import class_predictions
 from ..evaluation.clustering import cluster_labels, fit_projection, pca_settings
@@ -155,9 +156,9 @@ def check_settings(hyper_parameters: dict[str, Any] | None, trials: int, runs: i
 
 def fully_unsupervised_splits(train: SplitData, val: SplitData, *, background: Sequence[str | int] | None = None,
                               hyper_parameters: dict[str, Any] | None = None, trials: int = 300, runs: int = 10,
-                              kmeans_seeds: Sequence[int] = range(5), fg_k: int = DEFAULT_FG_K,
+                              kmeans_seeds: Sequence[int] = range(SEEDS), fg_k: int = DEFAULT_FG_K,
                               clustering_seed: int = 0, preferred_modules: int | None = None,
-                              pca_dim: int | None = 50, niter: int = 100, nredo: int = 5,
+                              pca_dim: int | None = PCA_DIM, niter: int = NITER, nredo: int = NREDO,
                               search_seed: int = SEARCH_SEED) -> FullyUnsupervisedResult:
     """k-means, + CBFE, + community detection fitted on ``train`` + ``val``; scores on ``val``.
 

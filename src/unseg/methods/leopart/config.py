@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...defaults import INPUT_SIZE, MASK_SIZE
 from ...errors import ConfigError
-from ..trainer import LoggerName
+from ..trainer import TrainerSettings
 from .crops import CropConfig
 
 __all__ = ["ValConfig", "LeopartConfig", "check_config"]
@@ -29,28 +30,25 @@ class ValConfig:
     split: str = "val"
     every_epochs: int = 1
     num_images: int | None = 320
-    input_size: int = 448
-    mask_size: int = 100
+    input_size: int = INPUT_SIZE
+    mask_size: int = MASK_SIZE
     ks: list[int] = field(default_factory=lambda: [500, 300, 21])
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 32
 
 
 @dataclass
-class LeopartConfig:
-    """Every setting of a Leopart run.
-
-    Defaults: ``unseg docs methods``, else the authors' ImageNet-100 ViT-S/16 config.
+class LeopartConfig(TrainerSettings):
+    """Every setting of a Leopart run: the shared trainer section (:class:`unseg.methods.trainer.TrainerSettings`)
+    and Leopart's own. Defaults: ``unseg docs methods``, else the authors' ImageNet-100 ViT-S/16 config.
     """
 
     # data
     dataset: str = "imagenet100"
-    root: str | None = None
     split: str = "train"
     crops: CropConfig = field(default_factory=CropConfig)
     # networks
     backbone: str = "dino_vits16"
-    weights: str | None = None  # initial weights (any layout of `unseg docs checkpoints`) or "random"
     download: bool = False  # fetch hub weights when ``weights`` is unset
     drop_path_rate: float = 0.1  # student only; 0 for backbones without stochastic depth (resnet50)
     hidden_dim: int = 2048
@@ -71,7 +69,6 @@ class LeopartConfig:
     queue_push_per_image: int = 10
     # optimisation
     epochs: int = 50
-    batch_size: int = 32  # per process
     lr_backbone: float = 1e-5
     lr_head: float = 1e-4
     final_lr: float = 0.0
@@ -81,12 +78,9 @@ class LeopartConfig:
     momentum_teacher_end: float = 1.0
     seed: int = 400
     num_workers: int = 8
-    # trainer
-    accelerator: str = "auto"
-    devices: int = 1
+    # trainer, beyond the shared section
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning's: "ddp" for several GPUs (its default), "ddp_spawn", ...
-    precision: str = "32-true"
     # batch norm (CNN backbones; ViTs have none): "frozen" keeps the pretrained statistics (eval mode, affine
     # parameters still trained), as detection and segmentation fine-tuning does with small batches; "train" lets
     # small, colour-jittered crops overwrite the statistics the evaluation at full size uses; "sync" as "train"
@@ -95,8 +89,6 @@ class LeopartConfig:
     checkpoint_every_epochs: int = 5
     keep_checkpoints: bool = True  # keep every periodic checkpoint (the authors'), else only the latest
     log_every: int = 50
-    logger: LoggerName = "csv"  # under logs/: "csv" (metrics.csv), "tensorboard" (needs tensorboard) or "none"
-    progress_bar: bool = True
     val: ValConfig = field(default_factory=ValConfig)
 
 

@@ -24,7 +24,10 @@ from ...errors import CacheError, SettingError
 from ...features.cache import FeatureCache
 from ...io import save_npy
 
-__all__ = ["global_descriptors", "nearest_neighbours", "knn_indices", "load_knn", "knn_path"]
+__all__ = ["KNN_K", "global_descriptors", "nearest_neighbours", "knn_indices", "load_knn", "knn_path"]
+
+KNN_K = 30
+"""Nearest neighbours per training image in STEGO's kNN table (the authors' setting)."""
 
 
 def global_descriptors(cache: FeatureCache, batch: int = 256) -> np.ndarray:
@@ -90,7 +93,7 @@ def _read_knn(cache: FeatureCache, k: int) -> np.ndarray | None:
     return table if table.shape == (len(cache), k) else None
 
 
-def knn_indices(cache: FeatureCache, k: int = 30, batch: int = 4096) -> np.ndarray:
+def knn_indices(cache: FeatureCache, k: int = KNN_K, batch: int = 4096) -> np.ndarray:
     """(N, k) int64 kNN table of the cached images (in ``cache.ids`` order), built once and reused."""
     if not 1 <= k <= len(cache):
         raise SettingError(f"knn_k = {k} nearest neighbours is not allowed for the {len(cache)} training images of "
@@ -102,7 +105,7 @@ def knn_indices(cache: FeatureCache, k: int = 30, batch: int = 4096) -> np.ndarr
     return table
 
 
-def load_knn(cache: FeatureCache, k: int = 30, build: bool = True) -> np.ndarray:
+def load_knn(cache: FeatureCache, k: int = KNN_K, build: bool = True) -> np.ndarray:
     """The kNN table; with ``build=False`` a missing one is an error instead of a (long) computation."""
     if build:
         return knn_indices(cache, k)

@@ -34,8 +34,9 @@ from ...errors import ConfigError, SettingError
 from ...features.cache import FeatureCache
 from ...io import save_json
 from ..leopart.crops import derived_seed
-from ..trainer import LoggerName, build_trainer, check_logger, check_run_folder, clear_run, load_resume
+from ..trainer import TrainerSettings, build_trainer, check_logger, check_run_folder, clear_run, load_resume
 from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
+from .knn import KNN_K
 from .loss import CorrespondenceConfig, correspondence_terms
 from .shifts import auto_shifts, resolve_shifts
 from .model import ClusterProbe, LinearProbe, StegoHead
@@ -45,13 +46,13 @@ __all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampl
 
 
 @dataclass
-class StegoConfig:
-    """Every setting of a STEGO run. Defaults: ``unseg docs methods``, else the authors' ``train_config.yml``."""
+class StegoConfig(TrainerSettings):
+    """Every setting of a STEGO run: the shared trainer section (:class:`unseg.methods.trainer.TrainerSettings`)
+    and STEGO's own. Defaults: ``unseg docs methods``, else the authors' ``train_config.yml``."""
 
     # data: what the pipeline builds the training cache (or image dataset) and kNN table from;
     # train_stego itself receives them built and checks only ``data_source``
     dataset: str = "cocostuff27"
-    root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     data_source: Literal["cache", "images"] = "cache"
@@ -60,7 +61,6 @@ class StegoConfig:
     input_size: int = 224
     val_input_size: int = 320
     backbone: str = "dino_vits8"
-    weights: str | None = None
     # model
     n_classes: int = 27
     extra_clusters: int = 0
@@ -70,23 +70,14 @@ class StegoConfig:
     # a draw separate from the head's own two, as in the authors' featurizer (`unseg docs evaluation`)
     correlation_dropout: bool = True
     loss: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
-    knn_k: int = 30
+    knn_k: int = KNN_K
     num_neighbors: int = 7  # a positive is drawn from kNN neighbours 1..num_neighbors
     # optimisation
     lr_head: float = 5e-4
     lr_probes: float = 5e-3
     max_steps: int = 7000
-    batch_size: int = 32
-    seed: int = 0
-    num_workers: int = 2
-    # trainer
-    accelerator: str = "auto"
-    devices: int = 1
-    precision: str = "32-true"
+    # trainer, beyond the shared section
     checkpoint_every: int = 400
-    log_every: int = 10
-    logger: LoggerName = "csv"  # under logs/: "csv" (metrics.csv), "tensorboard" (needs tensorboard) or "none"
-    progress_bar: bool = True
     deterministic: bool = True
 
 

@@ -1,9 +1,14 @@
-"""Every way unseg segments a folder's images without labels, behind one interface, by name.
+"""Every method unseg runs, by name, behind one interface: how it segments a folder, how it trains.
 
-A segmenting method is fitted on the folder's cached features and then renders one image at a
+A method (:class:`Method`) says what it is and, where it does them, how it segments a folder of
+images without labels (``fit``) and how it trains (``train``). ``unseg segment`` and the
+per-image protocol look the segmenting methods up in :data:`METHODS`, ``unseg train`` the
+training ones; their options are the API's (:class:`unseg.segment.SegmentOptions`, each method's
+config).
+
+Segmenting: a method is fitted on the folder's cached features and then renders one image at a
 time at that image's own size (:class:`FolderSegmenter`): each image gets its own segments, the
-group (folder-wide label) of each segment, and which segments are background. ``unseg segment``
-and the per-image evaluation protocol look methods up in :data:`SEGMENTERS`:
+group (folder-wide label) of each segment, and which segments are background:
 
 - ``spectral``: each image segmented on its own from its features and pixels, segments grouped
   into one vocabulary across the folder (:mod:`unseg.unsupervised.spectral`, ``unseg docs photos``);
@@ -13,10 +18,14 @@ and the per-image evaluation protocol look methods up in :data:`SEGMENTERS`:
 - ``stego``: a trained STEGO head and its cluster probe (a checkpoint).
 
 The background of the clustering methods comes from the same border rule as the spectral one.
+Training: ``stego`` (a segmentation head on a frozen backbone's cached features) and ``leopart``
+(fine-tuning a backbone with dense self-supervision; it segments through the other methods, with
+its weights), each from its config (``unseg configs``) into a run folder.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
@@ -32,8 +41,9 @@ from .unsupervised.fitted import fit_cd, fit_kmeans
 from .unsupervised.per_image import FolderPlan, ImageSegmentation, plan_folder
 from .unsupervised.spectral import background_segments
 
-__all__ = ["FolderSegmenter", "Segmenter", "SegmenterSpec", "SEGMENTERS", "SpectralSegmenter", "ClusterSegmenter",
-           "FitContext", "DEFAULT_SEGMENTER", "DEFAULT_K", "render_each"]
+__all__ = ["Method", "Training", "METHODS", "segmenting_methods", "training_methods", "segmenter", "methods_table", "FolderSegmenter",
+           "Segmenter", "SpectralSegmenter", "ClusterSegmenter", "FitContext", "DEFAULT_SEGMENTER", "DEFAULT_K",
+           "render_each"]
 
 DEFAULT_SEGMENTER = "spectral"  # the best measured on CamVid's per-image and dataset-level protocols
 DEFAULT_K = 8  # clusters of the folder-level methods (kmeans, cd's preferred communities)
@@ -150,13 +160,28 @@ def render_each(folder: FolderSegmenter, cache: FeatureCache, load: Callable[[in
 
 
 @dataclass(frozen=True)
-class SegmenterSpec:
-    """A segmenting method: its name, what it does, and how it is fitted on a folder from the
-    options of :class:`unseg.segment.SegmentOptions` (``fit(context, options)``)."""
+class Training:
+    """How a method trains: its config class (a dataclass read by :func:`unseg.config.load_config`), the
+    call that runs it (``run(cfg, out_dir, cache_dir, resume, overwrite, evaluate)``, returning what to tell
+    the user, or None in the processes that are not the first of a multi-process run), the run folder's
+    default, what the folder holds, and an example override for the help."""
+
+    config: Callable[[], type]
+    run: Callable[..., Any]
+    out: str
+    holds: str
+    example: str
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method by name: what it does, how it segments a folder (``fit(context, options)`` ->
+    :class:`FolderSegmenter`; None: it does not) and how it trains (None: it does not)."""
 
     name: str
     summary: str
-    fit: Callable[[FitContext, Any], FolderSegmenter]
+    fit: Callable[[FitContext, Any], FolderSegmenter] | None = None
+    train: Training | None = None
 
 
 def _fit_spectral(ctx: FitContext, o: Any) -> FolderSegmenter:
@@ -169,13 +194,13 @@ def _clusters(fitted: Segmenter, ctx: FitContext, o: Any, settings: dict[str, An
 
 def _fit_kmeans(ctx: FitContext, o: Any) -> FolderSegmenter:
     fitted = ctx.fitted or fit_kmeans(ctx.cache, o.k or DEFAULT_K, seed=ctx.seed, niter=o.niter, nredo=o.nredo,
-                                    **ctx.identity)
+                                      **ctx.identity)
     return _clusters(fitted, ctx, o, {"method": "kmeans", **getattr(fitted, "settings", {})})
 
 
 def _fit_cd(ctx: FitContext, o: Any) -> FolderSegmenter:
     fitted = ctx.fitted or fit_cd(ctx.cache, o.k or DEFAULT_K, o.cd, seed=ctx.seed, niter=o.niter, nredo=o.nredo,
-                                **ctx.identity)
+                                  **ctx.identity)
     return _clusters(fitted, ctx, o, {"method": "cd", **getattr(fitted, "settings", {})})
 
 
@@ -185,12 +210,80 @@ def _fit_stego(ctx: FitContext, o: Any) -> FolderSegmenter:
     return _clusters(ctx.fitted, ctx, o, {"method": "stego", "checkpoint": str(o.checkpoint)})
 
 
-SEGMENTERS: Registry[SegmenterSpec] = Registry("segmenting method")
-"""Every segmenting method by name: spectral, kmeans, cd, stego."""
-for _spec in (
-        SegmenterSpec("spectral", "each image segmented on its own (spectral, from its features and pixels); "
-                                  "segments grouped into one vocabulary across the folder", _fit_spectral),
-        SegmenterSpec("kmeans", "k-means on all the folder's tokens: segments are the clusters", _fit_kmeans),
-        SegmenterSpec("cd", "community detection on an overclustering of the folder's tokens", _fit_cd),
-        SegmenterSpec("stego", "a trained STEGO head and its cluster probe (checkpoint)", _fit_stego)):
-    SEGMENTERS.add(_spec.name, _spec)
+def _stego_config() -> type:
+    from .methods.stego.train import StegoConfig
+
+    return StegoConfig
+
+
+def _train_stego(cfg: Any, out_dir: str, cache_dir: str | None, resume: str | None, overwrite: bool,
+                 evaluate: bool = True) -> str:
+    """Train, then (``evaluate``) score both probes on the config's val split."""
+    from .methods.stego.pipeline import evaluate_run, fit_stego, split_data
+
+    module = fit_stego(cfg, out_dir, cache_dir, resume=resume, overwrite=overwrite)
+    text = f"STEGO head written to {Path(out_dir) / 'stego.ckpt'} (STEGO's checkpoint layout)"
+    if evaluate:
+        scores = evaluate_run(module, split_data(cfg, cfg.val_split, cache_dir), cfg.n_classes)
+        text += f"\n{cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px, flip TTA: {scores.summary()}"
+    return text
+
+
+def _leopart_config() -> type:
+    from .methods.leopart import LeopartConfig
+
+    return LeopartConfig
+
+
+def _train_leopart(cfg: Any, out_dir: str, cache_dir: str | None, resume: str | None, overwrite: bool,
+                   evaluate: bool = True) -> str | None:
+    """Train (Leopart validates during training when the config's ``val.root`` is set)."""
+    from .methods.leopart import train_leopart
+
+    module = train_leopart(cfg, out_dir, resume=resume, overwrite=overwrite)
+    return (f"Leopart weights written to {Path(out_dir) / 'leopart.ckpt'} (Leopart's layout: --weights loads the "
+            "student, as Leopart's evaluation does; --weights-role teacher the teacher)"
+            if module.trainer.is_global_zero else None)
+
+
+METHODS: Registry[Method] = Registry("method")
+"""Every method by name: spectral, kmeans, cd, stego (segment); stego, leopart (train)."""
+for _method in (
+        Method("spectral", "each image segmented on its own (spectral, from its features and pixels); segments "
+                           "grouped into one vocabulary across the folder", fit=_fit_spectral),
+        Method("kmeans", "k-means on all the folder's tokens: segments are the clusters", fit=_fit_kmeans),
+        Method("cd", "community detection on an overclustering of the folder's tokens", fit=_fit_cd),
+        Method("stego", "a STEGO head distilled from feature correspondences on a frozen backbone; segments with "
+                        "its cluster probe (checkpoint)", fit=_fit_stego,
+               train=Training(_stego_config, _train_stego, "runs/stego", "config, logs, checkpoints, stego.ckpt",
+                              "root=DATA max_steps=N")),
+        Method("leopart", "fine-tunes a backbone with dense self-supervision (Leopart's loss); its weights then "
+                          "serve every other method (--weights)",
+               train=Training(_leopart_config, _train_leopart, "runs/leopart",
+                              "config, logs, checkpoints, leopart.ckpt", "root=DATA epochs=N"))):
+    METHODS.add(_method.name, _method)
+
+
+def segmenting_methods() -> list[str]:
+    """Names of the methods that segment a folder."""
+    return [n for n in METHODS.names() if METHODS.get(n).fit is not None]
+
+
+def training_methods() -> list[str]:
+    """Names of the methods that train."""
+    return [n for n in METHODS.names() if METHODS.get(n).train is not None]
+
+
+def segmenter(name: str) -> Callable[[FitContext, Any], FolderSegmenter]:
+    """How method ``name`` segments a folder; a method that does not fails naming those that do."""
+    fit = METHODS.get(name).fit
+    if fit is None:
+        raise SettingError(f"method {name!r} does not segment images; segmenting methods: "
+                           f"{', '.join(segmenting_methods())}")
+    return fit
+
+
+def methods_table() -> str:
+    """Every method, whether it segments and trains, and what it does, one line each (``unseg methods``)."""
+    return "\n".join(f"{name:10s} {'/'.join(w for w, on in (('segment', m.fit), ('train', m.train)) if on):15s} "
+                     f"{m.summary}" for name, m in ((n, METHODS.get(n)) for n in METHODS.names()))
