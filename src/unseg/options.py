@@ -174,7 +174,8 @@ EXTRACT = [
     Opt("--shard-size", "images per shard file", COUNT, _api("features.extract:extract_features", "shard_size")),
     Opt("--dtype", "storage type", None, _api("features.extract:extract_features", "dtype"),
         choices=("float32", "float16")),
-    Opt("--precision", "forward precision: autocast to bf16 / fp16 (CUDA only) or fp32; the cache records it", None,
+    Opt("--precision", "forward precision: full, or autocast to one of the half precisions (the IEEE one on CUDA "
+                       "only); the cache records it", None,
         _api("features.extract:extract_features", "precision"), choices=("fp32", "bf16", "fp16")),
     Opt("--rank", "this process's rank, below --world-size", NON_NEGATIVE, "$RANK from torchrun, else the first"),
     Opt("--world-size", "number of ranks", COUNT, "$WORLD_SIZE, else one"),

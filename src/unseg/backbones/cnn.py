@@ -47,7 +47,7 @@ class EfficientNetLite(ConvBackbone):
     1e-5 and gives other features from the same weights.) Features = the stride-16 stage
     output concatenated with the bilinearly upsampled output of stage ``deep_stage`` (stride 32):
     the last stage (6) by default; stage 5, the first stride-32 stage, overclusters better on
-    CamVid (README, "Which taps"). The saliency proxy is the norm of that deep output, and the
+    CamVid (`unseg docs results`, "Which taps"). The saliency proxy is the norm of that deep output, and the
     stages after it are not run.
 
     Checkpoints in the lukemelas ``efficientnet_pytorch`` layout (``_conv_stem``,

@@ -249,7 +249,7 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     files by a hash of their bytes instead of their size, times and inode (``unseg docs reliability``), for
     file systems that do not keep those reliably. Decoding runs in ``num_workers``
     processes (at the lowest priority beside a CPU forward) and shards are written in the
-    background, so the forward sets the pace (README, Benchmark).
+    background, so the forward sets the pace (`unseg docs benchmarks`).
     """
     size = as_size(input_size, "input size")
     stride = backbone.stride
