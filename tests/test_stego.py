@@ -494,7 +494,8 @@ def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path, feature
 
 
 def test_matching_options_on_the_command_line(tmp_path):
-    from unseg.cli import _scoring, build_parser
+    from unseg.cli import build_parser
+    from unseg.options import given
 
     parser = build_parser()
     (tmp_path / "c.yaml").write_text("dim: 8\n")
@@ -502,9 +503,9 @@ def test_matching_options_on_the_command_line(tmp_path):
     stego = ["eval", "stego", "--config", str(tmp_path / "c.yaml"), "--checkpoint", str(tmp_path / "s.ckpt")]
     cluster = ["eval", "cluster", "--root", str(tmp_path)]
     for base in (stego, cluster):
-        assert _scoring(parser.parse_args(base)) == {}  # the protocol's own default applies
+        assert given(parser.parse_args(base), "matching", "absent") == {}  # the protocol's own default applies
         args = parser.parse_args([*base, "--matching", "hungarian-iou", "--absent-classes", "zero"])
-        assert _scoring(args) == {"matching": "hungarian-iou", "absent": "zero"}
+        assert given(args, "matching", "absent") == {"matching": "hungarian-iou", "absent": "zero"}
         with pytest.raises(UsageError, match="--matching"):
             parser.parse_args([*base, "--matching", "hungarian"])
 

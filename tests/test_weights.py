@@ -240,7 +240,7 @@ def test_every_command_reading_weights_or_checkpoints_has_trust_checkpoint(tmp_p
     args = build_parser().parse_args(["eval", "cluster", "--root", ".", "--weights", str(tmp_path / "w.pth"),
                                       "--trust-checkpoint"])
     source = _source(args)  # the role left out falls through to the API's default
-    assert args.trust_checkpoint and args.weights_role is None and source.role == "auto" and source.trust_checkpoint
+    assert args.trust_checkpoint and args.role is None and source.role == "auto" and source.trust_checkpoint
 
 
 # ------------------------------------------------------------------- safetensors

@@ -29,7 +29,7 @@ import yaml
 
 from .errors import ConfigError
 from .io import atomic_path
-from .kinds import FRACTION, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
+from .kinds import FRACTION, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY, Kind
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -323,3 +323,32 @@ def configs_table() -> str:
     configs = shipped_configs()
     width = max(map(len, configs), default=0)
     return "\n".join(f"{name:{width}s}  {config_description(file)}" for name, file in configs.items())
+
+
+# the kinds (unseg.kinds) of the command line's config options, here where configs are read
+class ConfigRef(Kind):
+    """A shipped config name or a YAML file holding a mapping of settings (read to check it)."""
+
+    category = "config"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"a shipped {method} config name (`unseg configs`) or a YAML file of settings")
+        self.method = method
+
+    def parse(self, text: str) -> str:
+        read_yaml(resolve_config(text, self.method))  # an unknown name, bad YAML or a non-mapping fail here
+        return text
+
+
+class Override(Kind):
+    """``key=value`` (``group.key=value``), the value read as YAML; the key is checked against the config later."""
+
+    category = "override"
+
+    def __init__(self) -> None:
+        super().__init__("key=value settings over the config, e.g. root=DATA")
+        self.many = True
+
+    def parse(self, text: str) -> str:
+        parse_override(text)
+        return text

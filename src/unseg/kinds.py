@@ -30,7 +30,7 @@ from .errors import SettingError, UnsegError
 
 __all__ = ["MAX_SIDE", "MAX_PIXELS", "INT_MAX", "as_size", "nearest_existing", "probe_writable", "Kind", "Integer",
            "Real", "Size", "Text", "InputFile", "InputFolder", "InputPath", "OutputFolder", "OutputFile",
-           "CacheFolder", "Device", "Registered", "ConfigRef", "Override", "Resume", "UsageError", "Parser",
+           "CacheFolder", "Device", "Registered", "Resume", "UsageError", "Parser",
            "check_device", "COUNT", "COUNTS", "NON_NEGATIVE", "SEED", "SEEDS", "POSITIVE", "NON_NEGATIVE_REAL",
            "FRACTION", "PROBABILITY", "DEVICE"]
 
@@ -424,38 +424,6 @@ class Registered(Kind):
         known = self.names()
         if text not in known:
             raise Refused(f"known: {', '.join(known)}")
-        return text
-
-
-class ConfigRef(Kind):
-    """A shipped config name or a YAML file holding a mapping of settings (read to check it)."""
-
-    category = "config"
-
-    def __init__(self, method: str) -> None:
-        super().__init__(f"a shipped {method} config name (`unseg configs`) or a YAML file of settings")
-        self.method = method
-
-    def parse(self, text: str) -> str:
-        from .config import read_yaml, resolve_config
-
-        read_yaml(resolve_config(text, self.method))  # an unknown name, bad YAML or a non-mapping fail here
-        return text
-
-
-class Override(Kind):
-    """``key=value`` (``group.key=value``), the value read as YAML; the key is checked against the config later."""
-
-    category = "override"
-
-    def __init__(self) -> None:
-        super().__init__("key=value settings over the config, e.g. root=DATA")
-        self.many = True
-
-    def parse(self, text: str) -> str:
-        from .config import parse_override
-
-        parse_override(text)
         return text
 
 

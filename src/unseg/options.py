@@ -14,9 +14,10 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .config import ConfigRef, Override
 from .kinds import (COUNT, COUNTS, DEVICE, FRACTION, MAX_SIDE, NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE,
-                    PROBABILITY, SEED, SEEDS, CacheFolder, ConfigRef, InputFile, InputFolder, InputPath, Integer, Kind,
-                    OutputFile, OutputFolder, Override, Real, Registered, Resume, Size, Text)
+                    PROBABILITY, SEED, SEEDS, CacheFolder, InputFile, InputFolder, InputPath, Integer, Kind,
+                    OutputFile, OutputFolder, Real, Registered, Resume, Size, Text)
 
 __all__ = ["Opt", "From", "given", "SOURCE", "VIEWS", "JSON", "REPORT", "CLUSTER", "HEAD", "scoring", "upsample_group",
            "SPECTRAL", "CD", "UNSUPERVISED", "SEGMENTS", "RETRIEVAL", "EXTRACT", "STEGO", "RUN", "SWEEP", "SEGMENT",
