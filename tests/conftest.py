@@ -5,6 +5,7 @@ are fixtures returning the builder. Method configs go through the config loader
 (:func:`unseg.config.config_from_dict`), so a misspelt key in a test fails instead of
 leaving the default in place.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,6 +49,7 @@ def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
 
 # --- images and backbones -------------------------------------------------------------------------
 
+
 def _image_folder(root: Path, n: int, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
     """``n`` random RGB PNGs named img00.png ... (W, H) = size."""
     rng = np.random.default_rng(seed)
@@ -76,16 +78,24 @@ def tiny_vit() -> Callable[..., Backbone]:
 
 # --- feature caches -------------------------------------------------------------------------------
 
+
 def _feature_cache(root: Path, feats: np.ndarray, shard_size: int | None = None) -> FeatureCache:
     n, d, h, w = feats.shape
     size = shard_size or max(n, 1)
     num_shards = -(-n // size)
-    prepare_cache_dir(root, {"num_shards": num_shards, "dim": d, "grid": [h, w], "num_images": n,
-                             "input_size": [h * 8, w * 8]})
+    prepare_cache_dir(
+        root, {"num_shards": num_shards, "dim": d, "grid": [h, w], "num_images": n, "input_size": [h * 8, w * 8]}
+    )
     for s in range(num_shards):
-        block = feats[s * size:(s + 1) * size].astype(np.float32)
-        write_shard(root, s, block, np.full((len(block), h, w), 1 / (h * w), np.float32),
-                    [f"img{i:03d}" for i in range(s * size, s * size + len(block))], [])
+        block = feats[s * size : (s + 1) * size].astype(np.float32)
+        write_shard(
+            root,
+            s,
+            block,
+            np.full((len(block), h, w), 1 / (h * w), np.float32),
+            [f"img{i:03d}" for i in range(s * size, s * size + len(block))],
+            [],
+        )
     assert mark_complete(root, num_shards)
     return FeatureCache(root)
 
@@ -99,9 +109,20 @@ def feature_cache() -> Callable[[Path, np.ndarray], FeatureCache]:
 
 # --- method configs -------------------------------------------------------------------------------
 
-SMALL_STEGO = {"n_classes": 2, "dim": 8, "dropout": 0.0, "num_neighbors": 3, "batch_size": 4, "num_workers": 0,
-               "accelerator": "cpu", "progress_bar": False, "max_steps": 3, "checkpoint_every": 3, "log_every": 1,
-               "loss": {"feature_samples": 5, "neg_samples": 2}}
+SMALL_STEGO = {
+    "n_classes": 2,
+    "dim": 8,
+    "dropout": 0.0,
+    "num_neighbors": 3,
+    "batch_size": 4,
+    "num_workers": 0,
+    "accelerator": "cpu",
+    "progress_bar": False,
+    "max_steps": 3,
+    "checkpoint_every": 3,
+    "log_every": 1,
+    "loss": {"feature_samples": 5, "neg_samples": 2},
+}
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +148,23 @@ def tiny_leopart() -> Iterator[SimpleNamespace]:
     """
     from unseg.methods.leopart import LeopartConfig
 
-    base = {"dataset": "folder", "backbone": TINY_LEOPART, "weights": "random", "hidden_dim": 32, "dim": 16,
-            "num_prototypes": 10, "crops": {"global_size": 48, "local_size": 32}, "queue_length": 20, "epochs": 2,
-            "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "log_every": 1, "checkpoint_every_epochs": 1,
-            "progress_bar": False}
+    base = {
+        "dataset": "folder",
+        "backbone": TINY_LEOPART,
+        "weights": "random",
+        "hidden_dim": 32,
+        "dim": 16,
+        "num_prototypes": 10,
+        "crops": {"global_size": 48, "local_size": 32},
+        "queue_length": 20,
+        "epochs": 2,
+        "batch_size": 2,
+        "num_workers": 0,
+        "accelerator": "cpu",
+        "log_every": 1,
+        "checkpoint_every_epochs": 1,
+        "progress_bar": False,
+    }
 
     def config(root: Path, **overrides: Any) -> LeopartConfig:
         return config_from_dict(LeopartConfig, _merged({**base, "root": str(root)}, overrides), "test config")
@@ -138,22 +172,29 @@ def tiny_leopart() -> Iterator[SimpleNamespace]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(BACKBONES._entries, TINY_LEOPART, BackboneSpec(TINY_LEOPART, 64, 16, "random only (tests)",
-                                                                     partial(ViTBackbone, "test_vit")))
-        yield SimpleNamespace(backbone=TINY_LEOPART, config=config,
-                              images=lambda root, n=4: _image_folder(root, n, size=(64, 48)))
+        patch.setitem(
+            BACKBONES._entries,
+            TINY_LEOPART,
+            BackboneSpec(TINY_LEOPART, 64, 16, "random only (tests)", partial(ViTBackbone, "test_vit")),
+        )
+        yield SimpleNamespace(
+            backbone=TINY_LEOPART, config=config, images=lambda root, n=4: _image_folder(root, n, size=(64, 48))
+        )
     torch.set_num_threads(threads)
 
 
 # --- file systems that refuse: full, read-only, unreadable -------------------------------------------
+
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
     """Mount a tmpfs at ``where`` (root only); False when this machine does not allow it."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode
+        == 0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +246,7 @@ def as_nobody() -> Callable[..., Any]:
 
 
 # --- HTML reports ---------------------------------------------------------------------------------
+
 
 class _Links(HTMLParser):
     def __init__(self) -> None:

@@ -1,5 +1,6 @@
 """Speed and scale paths give the results of the plain ones: thread policy, parallel k-means
 restarts, float32 streaming PCA, block-wise reading and assignment, approximate kNN."""
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,6 @@ from unseg.features.cache import read_rows
 from unseg.methods.stego import knn
 
 kmeans_module = sys.modules["unseg.clustering.kmeans"]
-
 
 
 def blob_feats(n: int = 30, dim: int = 12, grid: tuple[int, int] = (4, 5), classes: int = 4, seed: int = 0):
@@ -157,7 +157,7 @@ def test_streaming_float32_pca_equals_in_memory_float64():
     rng = np.random.default_rng(2)
     x = ((rng.normal(size=(5000, 24)) * np.linspace(0.3, 5, 24)) @ rng.normal(size=(24, 24)) + 3).astype(np.float32)
     whole = StandardPCA(6).fit([x])  # float64, one chunk
-    streamed = StandardPCA(6, np.float32).fit(x[i:i + 700] for i in range(0, len(x), 700))
+    streamed = StandardPCA(6, np.float32).fit(x[i : i + 700] for i in range(0, len(x), 700))
     z = (x.astype(np.float64) - x.mean(0, dtype=np.float64)) / x.std(0, dtype=np.float64)
     _, _, vt = np.linalg.svd(z, full_matrices=False)
     ref = z @ vt[:6].T

@@ -1,4 +1,5 @@
 """How a command talks to its user: unseg's log lines on stderr, through one handler, while it runs."""
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ that a folder can be written and a checkpoint read back, made before any compute
 A write that fails (a full disk, a read-only file system, a folder where a file should go) is
 an :class:`~unseg.errors.OutputError` naming the file, and leaves nothing under its final name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,11 @@ import torch
 from .errors import OutputError, SettingError
 from .kinds import probe_writable
 
-_HINTS = {errno.ENOSPC: "the disk is full; free some space or choose another folder",
-          errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
-          errno.EROFS: "a read-only file system; choose another folder"}
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
+    errno.EROFS: "a read-only file system; choose another folder",
+}
 
 
 def output_error(exc: OSError, path: str | Path) -> OutputError:
@@ -119,15 +122,19 @@ def resume_checkpoint(resume: str | Path | None, out_dir: str | Path) -> str | N
     if str(resume) == "last":
         path = Path(out_dir) / "checkpoints" / "last.ckpt"
         if not path.exists():
-            raise SettingError(f"--resume last: run folder {out_dir} has no checkpoint {path}; to start a new "
-                               "run leave out --resume, or pass --out of the run to continue")
+            raise SettingError(
+                f"--resume last: run folder {out_dir} has no checkpoint {path}; to start a new "
+                "run leave out --resume, or pass --out of the run to continue"
+            )
     else:
         path = Path(resume)
         if not path.is_file():
             raise SettingError(f"--resume {resume}: no such checkpoint file")
     if not {"state_dict", "loops"} <= _pickled_strings(path):
-        raise SettingError(f"--resume {resume}: {path} is not a training checkpoint of a run (a Lightning "
-                           "checkpoint with its loops' state, e.g. RUN/checkpoints/last.ckpt)")
+        raise SettingError(
+            f"--resume {resume}: {path} is not a training checkpoint of a run (a Lightning "
+            "checkpoint with its loops' state, e.g. RUN/checkpoints/last.ckpt)"
+        )
     return str(path)
 
 

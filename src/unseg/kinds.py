@@ -15,6 +15,7 @@ table by being declared with a kind here.
 Sizes are bounded (:data:`MAX_PIXELS`): a size that could not be allocated is refused when it
 is read, not when memory runs out (``unseg docs reliability``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,43 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from .errors import SettingError, UnsegError
 
-__all__ = ["MAX_SIDE", "MAX_PIXELS", "INT_MAX", "as_size", "nearest_existing", "probe_writable", "Kind", "Integer",
-           "Real", "Size", "Text", "InputFile", "InputFolder", "InputPath", "OutputFolder", "OutputFile",
-           "CacheFolder", "Device", "Registered", "ConfigRef", "Override", "Resume", "UsageError", "Parser",
-           "check_device", "COUNT", "COUNTS", "NON_NEGATIVE", "SEED", "SEEDS", "POSITIVE", "NON_NEGATIVE_REAL",
-           "FRACTION", "PROBABILITY", "DEVICE"]
+__all__ = [
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "INT_MAX",
+    "as_size",
+    "nearest_existing",
+    "probe_writable",
+    "Kind",
+    "Integer",
+    "Real",
+    "Size",
+    "Text",
+    "InputFile",
+    "InputFolder",
+    "InputPath",
+    "OutputFolder",
+    "OutputFile",
+    "CacheFolder",
+    "Device",
+    "Registered",
+    "ConfigRef",
+    "Override",
+    "Resume",
+    "UsageError",
+    "Parser",
+    "check_device",
+    "COUNT",
+    "COUNTS",
+    "NON_NEGATIVE",
+    "SEED",
+    "SEEDS",
+    "POSITIVE",
+    "NON_NEGATIVE_REAL",
+    "FRACTION",
+    "PROBABILITY",
+    "DEVICE",
+]
 
 MAX_SIDE = 8192
 """The longest side anything is resized to (input, window, mask, upsampling target), in pixels."""
@@ -52,15 +85,18 @@ def as_size(size: int | Sequence[int], what: str = "size") -> tuple[int, int]:
     below 1, or more than :data:`MAX_PIXELS` pixels.
     """
     values = [size] if isinstance(size, numbers.Integral) else list(size) if isinstance(size, Sequence) else [size]
-    if not 1 <= len(values) <= 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                            for v in values):
+    if not 1 <= len(values) <= 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values
+    ):
         raise SettingError(f"{what} {size!r} is not one whole number (square) or two (H W)")
     h, w = int(values[0]), int(values[-1])
     if min(h, w) < 1:
         raise SettingError(f"{what} {_shown((h, w))} is not allowed: each side must be at least 1 px")
     if h * w > MAX_PIXELS:
-        raise SettingError(f"{what} {_shown((h, w))} is {h * w} pixels, more than the {MAX_PIXELS} "
-                           f"({MAX_SIDE}x{MAX_SIDE}) an image may have here (``unseg docs reliability``)")
+        raise SettingError(
+            f"{what} {_shown((h, w))} is {h * w} pixels, more than the {MAX_PIXELS} "
+            f"({MAX_SIDE}x{MAX_SIDE}) an image may have here (``unseg docs reliability``)"
+        )
     return h, w
 
 
@@ -169,8 +205,15 @@ class Real(Kind):
 
     category = "real"
 
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False, many: bool = False, meaning: str = "") -> None:
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        many: bool = False,
+        meaning: str = "",
+    ) -> None:
         if low is not None and high is not None:
             bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         elif low is not None:
@@ -211,8 +254,9 @@ class Size(Kind):
     max_values = 2
 
     def __init__(self, what: str) -> None:
-        super().__init__(f"one size in px (a square) or two (H W), each >= 1, at most {MAX_PIXELS} pixels "
-                         f"({MAX_SIDE}x{MAX_SIDE})")
+        super().__init__(
+            f"one size in px (a square) or two (H W), each >= 1, at most {MAX_PIXELS} pixels ({MAX_SIDE}x{MAX_SIDE})"
+        )
         self.what = what
 
     def parse(self, text: str) -> int:
@@ -482,8 +526,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(
+        self,
+        args: Sequence[str] | None = None,  # type: ignore[override]
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
         namespace, extras = super().parse_known_args(args, namespace)
         for action in self._actions:
             kind, values = action.type, getattr(namespace, action.dest, None)
@@ -513,6 +560,7 @@ DEVICE = Device()
 def created_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
     """The first missing folder on the way to each output the command names (an output folder or file, a
     cache): what the command will have created, to remove again if it fails and leaves them empty."""
+
     def actions(p: argparse.ArgumentParser) -> Iterator[argparse.Action]:
         for action in p._actions:
             yield action

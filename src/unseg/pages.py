@@ -4,6 +4,7 @@ The Markdown files of ``unseg/docs/`` are the one copy of the documentation: the
 (``make docs``) is built from them, and every install carries them, so help texts and
 docstrings cite ``unseg docs TOPIC``, a page a pip user has, never a path in the repository.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -46,5 +47,6 @@ def topics_table() -> str:
     """Every topic with its title, one line each (``unseg docs``)."""
     titles = topics()
     width = max(map(len, titles), default=0)
-    return "\n".join([f"{name:{width}s}  {title}" for name, title in titles.items()] +
-                     ["", "`unseg docs TOPIC` prints a page"])
+    return "\n".join(
+        [f"{name:{width}s}  {title}" for name, title in titles.items()] + ["", "`unseg docs TOPIC` prints a page"]
+    )

@@ -1,4 +1,5 @@
 """One registry type shared by backbones, datasets and evaluation protocols."""
+
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar

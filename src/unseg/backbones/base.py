@@ -1,4 +1,5 @@
 """The one backbone interface: dense features (B, D, h, w) and a saliency map (B, h, w)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -4,6 +4,7 @@ CNNs have no CLS attention; their saliency proxy is the L2 norm of the deepest
 feature map (high where the network responds strongly, which on object-centric
 images is the object), upsampled to the feature grid and normalised like the ViTs'.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -63,19 +64,22 @@ class EfficientNetLite(ConvBackbone):
             raise ValueError(f"deep_stage {deep_stage} is not a stride-32 stage of EfficientNet-Lite (5 or 6)")
         self.deep_stage = deep_stage
         # no classifier: features never use it, and checkpoints' heads are dropped on loading
-        self.model = timm.create_model(f"tf_efficientnet_{self.variant}", pretrained=False, num_classes=0,
-                                       drop_path_rate=drop_path_rate)
-        self.embed_dim = self.model.blocks[4][-1].conv_pwl.out_channels + \
-            self.model.blocks[deep_stage][-1].conv_pwl.out_channels
+        self.model = timm.create_model(
+            f"tf_efficientnet_{self.variant}", pretrained=False, num_classes=0, drop_path_rate=drop_path_rate
+        )
+        self.embed_dim = (
+            self.model.blocks[4][-1].conv_pwl.out_channels + self.model.blocks[deep_stage][-1].conv_pwl.out_channels
+        )
         if pretrained:
-            self.load_weight_state_dict(torch.load(packaged_weights(self.variant), map_location="cpu",
-                                                   weights_only=True))
+            self.load_weight_state_dict(
+                torch.load(packaged_weights(self.variant), map_location="cpu", weights_only=True)
+            )
         self.lay_out(self.memory_format)  # loading copies into the parameters, keeping their layout
 
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         y = m.bn1(m.conv_stem(self._input(x)))
-        for i, stage in enumerate(m.blocks[:self.deep_stage + 1]):
+        for i, stage in enumerate(m.blocks[: self.deep_stage + 1]):
             y = stage(y)
             if i == 4:
                 mid = y
@@ -110,8 +114,9 @@ def packaged_weights(variant: str) -> str:
     return getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path()
 
 
-def _from_lukemelas(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                    variant: str) -> dict[str, torch.Tensor]:
+def _from_lukemelas(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], variant: str
+) -> dict[str, torch.Tensor]:
     """Rename lukemelas keys to timm's: both list the same tensors in the same order."""
     src, dst = [k for k in state if not k.startswith("_fc.")], list(target)  # the ImageNet head goes
     if len(src) != len(dst) or any(state[s].shape != target[d].shape for s, d in zip(src, dst)):

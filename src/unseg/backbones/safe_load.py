@@ -7,6 +7,7 @@ without importing their modules, and refuses any other function a pickle asks to
 ``.safetensors`` files are read as such; a TorchScript archive is refused (torch.load would
 run it). Only ``trust_checkpoint=True`` unpickles fully.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -119,11 +120,11 @@ class SafeUnpickler(pickle.Unpickler):
                 break
             obj = inspect.getattr_static(obj, part, _MISSING)  # static: no module __getattr__, no import
         if obj is not _MISSING and not isinstance(obj, type):
-            raise UnsafeGlobalError(f"the pickle asks for {full}, which is not a class and not allowed "
-                                    "in a checkpoint")
+            raise UnsafeGlobalError(f"the pickle asks for {full}, which is not a class and not allowed in a checkpoint")
         if full not in self._stand_ins:
-            self._stand_ins[full] = type(name.rsplit(".", 1)[-1], (PickledObject,),
-                                         {"pickled_class": full, "__module__": __name__})
+            self._stand_ins[full] = type(
+                name.rsplit(".", 1)[-1], (PickledObject,), {"pickled_class": full, "__module__": __name__}
+            )
         return self._stand_ins[full]
 
 
@@ -194,8 +195,9 @@ def _safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SAFE_PICKLE)
     except UnsafeGlobalError as exc:
-        raise WeightsError(f"weights file {path} was not loaded: {exc}, so unpickling it could run code "
-                           f"({_TRUST_HINT})") from None
+        raise WeightsError(
+            f"weights file {path} was not loaded: {exc}, so unpickling it could run code ({_TRUST_HINT})"
+        ) from None
     except Exception as exc:  # any unpickling failure means: not a readable checkpoint
         raise WeightsError(f"weights file {path} is not a readable PyTorch checkpoint ({exc})") from None
 

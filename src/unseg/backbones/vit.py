@@ -8,6 +8,7 @@ resampling moves the features by up to ~5e-2 at sizes other than the training si
 Only timm's public modules are used (``patch_embed.proj``, ``blocks``, ``norm``, ...).
 Tested with timm 1.0.31 and torch 2.14.1.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,14 @@ class ViTBackbone(Backbone):
         m = self.model
         height, width = x.shape[-2:]
         patches = m.patch_embed.norm(m.patch_embed.proj(x).flatten(2).transpose(1, 2))
-        pos = resample_pos_embed(m.pos_embed, height // self.stride, width // self.stride, self.pos_prefix_tokens,
-                                 square_input=height == width, float32=self.dinov2)
+        pos = resample_pos_embed(
+            m.pos_embed,
+            height // self.stride,
+            width // self.stride,
+            self.pos_prefix_tokens,
+            square_input=height == width,
+            float32=self.dinov2,
+        )
         if self.dinov2:
             pos = pos.to(patches.dtype)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
@@ -81,7 +88,7 @@ class ViTBackbone(Backbone):
             tokens = block(tokens)
         saliency = cls_attention(m.blocks[-1], tokens, m.num_prefix_tokens)
         tokens = m.norm(m.blocks[-1](tokens))
-        patches = tokens[:, m.num_prefix_tokens:].transpose(1, 2).reshape(b, -1, h, w)
+        patches = tokens[:, m.num_prefix_tokens :].transpose(1, 2).reshape(b, -1, h, w)
         return patches, normalise_saliency(saliency.reshape(b, h, w))
 
 
@@ -93,8 +100,9 @@ def pos_embed_grid(pos: torch.Tensor, dim: int, prefix: int) -> int | None:
     return side if side * side == pos.shape[1] - prefix else None
 
 
-def resample_pos_embed(pos: torch.Tensor, gh: int, gw: int, prefix: int = 1, square_input: bool = True,
-                       float32: bool = False) -> torch.Tensor:
+def resample_pos_embed(
+    pos: torch.Tensor, gh: int, gw: int, prefix: int = 1, square_input: bool = True, float32: bool = False
+) -> torch.Tensor:
     """Position embedding for a gh x gw patch grid by DINO's rule (DINOv2's hub models: ``float32``).
 
     Unchanged when the grid has as many cells as the embedding and the input is square;
@@ -112,8 +120,9 @@ def resample_pos_embed(pos: torch.Tensor, gh: int, gw: int, prefix: int = 1, squ
     grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, scale_factor=((gh + 0.1) / side, (gw + 0.1) / side), mode="bicubic", antialias=False)
     if grid.shape[-2:] != (gh, gw):
-        raise ValueError(f"bicubic resampling of the {side}x{side} position grid gave {tuple(grid.shape[-2:])}, "
-                         f"not {gh}x{gw}")
+        raise ValueError(
+            f"bicubic resampling of the {side}x{side} position grid gave {tuple(grid.shape[-2:])}, not {gh}x{gw}"
+        )
     return torch.cat([pos[:, :prefix].to(grid.dtype), grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
 
 

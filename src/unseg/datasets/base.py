@@ -4,6 +4,7 @@ Every dataset is a list of :class:`Sample` file records built from its folder la
 plus a ``decode_mask`` that turns the stored label map into class ids. Decoding,
 validation and error messages live here, once, so every layout behaves the same.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -208,8 +209,9 @@ def create_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> Se
     try:
         return cls(root, split, **kwargs)
     except PermissionError as exc:  # a folder or split file of the layout this user may not read
-        raise LayoutError(f"{exc.filename or root} cannot be read ({exc.strerror}); dataset {name!r} needs to "
-                          "read its whole layout") from None
+        raise LayoutError(
+            f"{exc.filename or root} cannot be read ({exc.strerror}); dataset {name!r} needs to read its whole layout"
+        ) from None
 
 
 def list_datasets() -> list[str]:

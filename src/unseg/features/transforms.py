@@ -1,4 +1,5 @@
 """Deterministic evaluation-time preprocessing shared by extraction, heads and segmentation."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -15,8 +16,9 @@ from ..defaults import INPUT_SIZE
 DEFAULT_INPUT_SIZE = INPUT_SIZE  # the protocols' input resolution, defined in unseg.defaults
 
 
-def image_to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float],
-                    std: Sequence[float]) -> torch.Tensor:
+def image_to_tensor(
+    image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """Resize (bilinear, antialiased) to (H, W), scale to [0, 1], normalise: (3, H, W)."""
     image = image.resize((size[1], size[0]), Image.BILINEAR)
     return TF.normalize(TF.to_tensor(image), list(mean), list(std))

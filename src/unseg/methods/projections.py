@@ -5,6 +5,7 @@ is scored by the same probes: ``raw`` (identity, "only DINO"), ``pca`` (Standard
 PCA fitted on at most 5,000 training images) and ``random`` (Gaussian random projection,
 entries N(0, 1/dim) as in scikit-learn's GaussianRandomProjection).
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -21,7 +22,7 @@ PROJECTIONS = ("raw", "pca", "random")
 
 def _tokens_of(cache: FeatureCache, indices: np.ndarray, batch: int = 64) -> Iterator[np.ndarray]:
     for start in range(0, len(indices), batch):
-        block = np.stack([cache.features(int(i)) for i in indices[start:start + batch]])
+        block = np.stack([cache.features(int(i)) for i in indices[start : start + batch]])
         yield block.transpose(0, 2, 3, 1).reshape(-1, block.shape[1])
 
 

@@ -11,6 +11,7 @@ source) and imported only when a CRF runs. Inference is single-threaded C++, so
 :func:`crf_batch` spreads images over processes, as many as the one thread policy allows
 (:mod:`unseg.threads`).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,10 @@ def _pydensecrf() -> tuple[ModuleType, ModuleType]:
         import pydensecrf.densecrf as dcrf
         import pydensecrf.utils as utils
     except ImportError as exc:
-        raise MissingExtraError('the dense CRF needs pydensecrf; install it with pip install "unseg[crf]" '
-                                f"(PyPI package pydensecrf2, compiled from source) ({exc})") from exc
+        raise MissingExtraError(
+            'the dense CRF needs pydensecrf; install it with pip install "unseg[crf]" '
+            f"(PyPI package pydensecrf2, compiled from source) ({exc})"
+        ) from exc
     return dcrf, utils
 
 

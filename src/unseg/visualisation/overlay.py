@@ -1,4 +1,5 @@
 """Colour label maps and blend them over images: what a person looks at to judge a segmentation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,13 @@ def overlay(image: Image.Image, labels: np.ndarray, colours: np.ndarray, alpha: 
     return Image.blend(image.convert("RGB"), colour, alpha)
 
 
-def save_panel(path: str | Path, image: Image.Image, prediction: np.ndarray, colours: np.ndarray,
-               ground_truth: np.ndarray | None = None) -> Path:
+def save_panel(
+    path: str | Path,
+    image: Image.Image,
+    prediction: np.ndarray,
+    colours: np.ndarray,
+    ground_truth: np.ndarray | None = None,
+) -> Path:
     """Image | prediction overlay | ground truth (when given), side by side, as one PNG."""
     panels = [image.convert("RGB"), overlay(image, prediction, colours)]
     if ground_truth is not None:

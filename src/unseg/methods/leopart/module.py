@@ -13,6 +13,7 @@ checkpoints are written in Leopart's layout (:mod:`.checkpoint`). Randomness is 
 (seed, step, rank) for the step (drop-path, queue sampling), so resuming from an epoch's
 checkpoint replays the uninterrupted run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -96,7 +97,7 @@ class LeopartModule(L.LightningModule):
         self.teacher.normalise_prototypes()
         crops = batch["crops"]
         with torch.no_grad():
-            teacher = self.teacher(crops[:self.cfg.crops.num_global], saliency=self.cfg.mask != "all")
+            teacher = self.teacher(crops[: self.cfg.crops.num_global], saliency=self.cfg.mask != "all")
         return teacher, self.model(crops)[1]
 
     @torch.no_grad()
@@ -108,15 +109,21 @@ class LeopartModule(L.LightningModule):
         for i, c in enumerate(self.cfg.crops_for_assign):
             mask = None
             if saliency is not None:
-                fg = foreground_mask(saliency[c], self.cfg.fg_keep_mass, self.cfg.fg_blur_sigma,
-                                     self.cfg.fg_blur_kernel, self.cfg.fg_max_dropped)
+                fg = foreground_mask(
+                    saliency[c],
+                    self.cfg.fg_keep_mass,
+                    self.cfg.fg_blur_sigma,
+                    self.cfg.fg_blur_kernel,
+                    self.cfg.fg_max_dropped,
+                )
                 mask = fg if self.cfg.mask == "fg" else 1 - fg
                 masks[c] = mask[:, None]
             targets[c] = self._assign(i, scores[c], embeddings[c], mask)
         return targets, masks
 
-    def _assign(self, i: int, scores: torch.Tensor, embeddings: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def _assign(
+        self, i: int, scores: torch.Tensor, embeddings: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         b, k, h, w = scores.shape
         rows = scores.permute(0, 2, 3, 1).reshape(-1, k).float()
         if self.queue is not None:
@@ -124,14 +131,22 @@ class LeopartModule(L.LightningModule):
                 rows = torch.cat([(self.queue.embeddings[i] @ self.model.prototypes.weight.T).float(), rows])
             pushed = embeddings.reshape(-1, embeddings.shape[-1]) if mask is None else embeddings[mask.bool()]
             self.queue.push(i, pushed, b * self.cfg.queue_push_per_image)
-        q = sinkhorn(rows, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_iterations)[-b * h * w:]
+        q = sinkhorn(rows, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_iterations)[-b * h * w :]
         return q.reshape(b, h, w, k).permute(0, 3, 1, 2)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         teacher, predictions = self.forward_nets(batch)
         targets, masks = self.targets(teacher)
-        return leopart_loss(targets, predictions, batch["boxes_global"], batch["boxes_crop"], masks, self.stride,
-                            self.cfg.roi_size, self.cfg.temperature)
+        return leopart_loss(
+            targets,
+            predictions,
+            batch["boxes_global"],
+            batch["boxes_crop"],
+            masks,
+            self.stride,
+            self.cfg.roi_size,
+            self.cfg.temperature,
+        )
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -156,8 +171,14 @@ class LeopartModule(L.LightningModule):
         self.update_teacher(momentum)
         groups = {g["name"]: g for g in self.optimizers().param_groups}
         self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log_dict({"train/momentum": momentum, "train/weight_decay": self.weight_decay(self.global_step),
-                       "train/lr_backbone": groups["backbone"]["lr"], "train/lr_head": groups["head"]["lr"]})
+        self.log_dict(
+            {
+                "train/momentum": momentum,
+                "train/weight_decay": self.weight_decay(self.global_step),
+                "train/lr_backbone": groups["backbone"]["lr"],
+                "train/lr_head": groups["head"]["lr"],
+            }
+        )
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -167,8 +188,9 @@ class LeopartModule(L.LightningModule):
                 group["weight_decay"] = decay
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.cfg.lr_backbone, self.cfg.lr_head,
-                                                   self.cfg.weight_decay))
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, self.cfg.lr_backbone, self.cfg.lr_head, self.cfg.weight_decay)
+        )
         scheduler = CosineAnnealingLR(optimizer, T_max=self.total_steps, eta_min=self.cfg.final_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -194,8 +216,11 @@ class LeopartModule(L.LightningModule):
         if len(saved["embeddings"]) == world:
             self.queue.load_state_dict({k: v[rank] for k, v in saved.items()})
         else:
-            log.warning("the checkpoint's queue comes from %d processes, this run has %d: it starts empty",
-                        len(saved["embeddings"]), world)
+            log.warning(
+                "the checkpoint's queue comes from %d processes, this run has %d: it starts empty",
+                len(saved["embeddings"]),
+                world,
+            )
 
 
 def build_module(cfg: LeopartConfig) -> LeopartModule:
