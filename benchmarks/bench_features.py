@@ -36,8 +36,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from unseg import create_backbone, create_dataset, extract_features
-from unseg.evaluation.clustering import cluster_labels, project_tokens, score_labels
 from unseg.backbones.cnn import ConvBackbone
+from unseg.evaluation.clustering import cluster_labels, project_tokens, score_labels
 from unseg.features import as_size, image_to_tensor, resolve_device
 from unseg.features.cache import cached_masks, mark_complete, prepare_cache_dir, write_shard
 from unseg.features.extract import PRECISIONS, _Images, cache_dir_for, cache_meta

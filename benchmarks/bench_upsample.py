@@ -29,7 +29,7 @@ def rss() -> int:
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled every millisecond."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.peak = rss()
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)

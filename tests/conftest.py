@@ -15,12 +15,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingf
 import pwd  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from functools import partial  # noqa: E402
 from html.parser import HTMLParser  # noqa: E402
 from pathlib import Path  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping  # noqa: E402
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -18,7 +18,6 @@ from unseg.errors import CacheError, ImageError
 from unseg.features import FeatureCache, extract_features
 from unseg.features.cache import cached_masks
 
-
 SIZE = (32, 48)
 
 

@@ -9,9 +9,9 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 

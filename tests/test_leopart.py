@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
-from unseg.features import foreground_mask
 import timm
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -23,7 +21,7 @@ from unseg.config import load_config, shipped_configs
 from unseg.datasets import create_dataset
 from unseg.errors import ConfigError
 from unseg.evaluation.clustering import evaluate_clustering
-from unseg.features import extract_features
+from unseg.features import extract_features, foreground_mask
 from unseg.features.cache import cached_masks
 from unseg.methods.leopart import (
     CropConfig,

@@ -10,7 +10,6 @@ from scipy import ndimage
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 from unseg.visualisation.report import per_image_miou, write_report
 
-
 CLASSES = ["road", "car", "sky"]
 
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from unseg.config import config_from_dict, dump_config, load_config
 from unseg.errors import ConfigError, UnsegError, WeightsError
-from unseg.kinds import UsageError
 from unseg.features.cache import FeatureCache
+from unseg.kinds import UsageError
 from unseg.methods.stego import (
     CachedPairs,
     ClusterProbe,

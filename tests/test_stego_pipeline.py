@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from unseg.cli import main
+from unseg.config import load_config
 from unseg.demo import sample_root
 from unseg.methods.projections import projection_head
 from unseg.methods.stego import load_stego
 from unseg.methods.stego.pipeline import evaluate_run, fit_stego, split_data
-from unseg.config import load_config
 from unseg.methods.stego.train import StegoConfig
 
 CONFIG = "stego/camvid_effnet"  # a shipped config, by name

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from unseg.demo import sample_root
 from unseg import Source, fully_unsupervised
+from unseg.demo import sample_root
 from unseg.features import foreground_mask
 from unseg.features.cache import cached_masks
 from unseg.unsupervised.cbfe import (

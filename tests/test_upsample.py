@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from unseg.errors import SettingError
 from unseg.features import guided_filter as gf
 from unseg.features.guided_filter import box_mean, fast_guided_filter, guided_filter
-from unseg.features.upsample import Upsampling, bilinear_upsample, guided_upsample, guide_tensor, upsample_features
+from unseg.features.upsample import Upsampling, bilinear_upsample, guide_tensor, guided_upsample, upsample_features
 
 
 def edge_scene(h: int = 8, w: int = 8, factor: int = 8, edge: int = 29):

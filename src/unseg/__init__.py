@@ -15,7 +15,7 @@ from .evaluation.clustering import ClusteringResult, evaluate_clustering
 from .evaluation.heads import FCNHead, LinearHead, evaluate_head, train_head
 from .features import FeatureCache, Source, SplitData, extract_features, load_split
 from .protocols import clustering_protocol, evaluate, fully_unsupervised, head_protocol, retrieval_protocol
-from .segment import SegmentOptions, Segmentation, segment
+from .segment import Segmentation, SegmentOptions, segment
 from .unsupervised import SpectralSettings
 
 __version__ = "0.1.0"

@@ -7,8 +7,9 @@ import argparse
 import errno
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import options as op
 from .console import stderr_logging

@@ -21,15 +21,13 @@ from __future__ import annotations
 import dataclasses
 import re
 import types
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import (
     TYPE_CHECKING,
     Any,
-    Callable,
     Literal,
-    Mapping,
-    Sequence,
     TypeVar,
     Union,
     get_args,

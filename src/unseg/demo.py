@@ -7,15 +7,16 @@ metrics and colour overlays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .defaults import MASK_SIZE, OVERCLUSTERS, SEEDS
 from .evaluation.clustering import evaluate_clustering
 from .features.cache import cached_masks
-from .features.transforms import DEFAULT_INPUT_SIZE
 from .features.source import Source
+from .features.transforms import DEFAULT_INPUT_SIZE
 from .io import save_json
 from .visualisation import palette, save_panel
 

@@ -24,8 +24,9 @@ import math
 import numbers
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .errors import SettingError, UnsegError
 

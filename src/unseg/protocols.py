@@ -9,16 +9,18 @@ data it already holds (``write_report(dir)``). The scoring itself lives in the l
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from .defaults import MASK_SIZE, NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
+from .catalog import DEFAULT_SEGMENTER, FitContext, render_each, segmenter
 from .clustering.matching import CLUSTERING_MATCHING, class_predictions, match, resolve_method
+from .defaults import MASK_SIZE, NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from .evaluation.clustering import ClusteringResult, check_clustering_settings, evaluate_clustering
 from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
 from .evaluation.metrics import (
@@ -33,12 +35,11 @@ from .evaluation.retrieval import NEIGHBOURS, TEMPERATURE, RetrievalResult, dens
 from .features import as_size, resize_mask, upsample_labels
 from .features.source import Source, SplitData
 from .features.upsample import Upsampling, iter_guides
+from .segment import SegmentOptions
 from .unsupervised.cbfe import DEFAULT_FG_K
 from .unsupervised.community import published_hyper_parameters
-from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, check_settings, fully_unsupervised_splits
-from .segment import SegmentOptions
-from .catalog import DEFAULT_SEGMENTER, FitContext, render_each, segmenter
 from .unsupervised.per_image import ImageSegmentation
+from .unsupervised.pipeline import SEARCH_SEED, FullyUnsupervisedResult, check_settings, fully_unsupervised_splits
 from .visualisation.report import Report, dataset_report
 
 __all__ = [

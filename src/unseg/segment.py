@@ -14,28 +14,29 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from PIL import Image
 
-from .defaults import BATCH_SIZE, NITER, NREDO, NUM_WORKERS
 from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
 from .backbones.views import DEFAULT_OVERLAP
+from .catalog import DEFAULT_K, DEFAULT_SEGMENTER, FitContext, FolderSegmenter, Segmenter, render_each, segmenter
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
+from .defaults import BATCH_SIZE, NITER, NREDO, NUM_WORKERS
 from .errors import ImageError, LayoutError, SettingError, WeightsError
 from .features import DEFAULT_INPUT_SIZE, as_size, load_split, resolve_device, weights_fingerprint
 from .features.source import check_views
 from .features.upsample import Upsampling
 from .io import require_writable
 from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
-from .catalog import DEFAULT_K, DEFAULT_SEGMENTER, FitContext, FolderSegmenter, Segmenter, segmenter, render_each
 from .unsupervised.fitted import CDSettings, FittedSegmenter
 from .unsupervised.per_image import ImageSegmentation
 from .unsupervised.spectral import SpectralSettings
-from .visualisation.photos import OUTPUT_FOLDERS, WrittenImage, write_image, write_photo_gallery
 from .visualisation.overlay import palette
+from .visualisation.photos import OUTPUT_FOLDERS, WrittenImage, write_image, write_photo_gallery
 
 __all__ = ["SegmentOptions", "Segmentation", "segment", "collect_images", "InputImage"]
 

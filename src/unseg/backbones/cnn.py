@@ -30,7 +30,7 @@ class ConvBackbone(Backbone):
 
     memory_format = torch.channels_last
 
-    def lay_out(self, memory_format: torch.memory_format) -> "ConvBackbone":
+    def lay_out(self, memory_format: torch.memory_format) -> ConvBackbone:
         """Weights and inputs in ``memory_format`` from now on (the benchmark's old path uses the default)."""
         self.memory_format = memory_format
         return self.to(memory_format=memory_format)

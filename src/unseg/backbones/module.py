@@ -8,7 +8,7 @@ name and a fingerprint of its state dict, as they follow a registered backbone's
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -18,8 +18,7 @@ settings never answers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -9,21 +9,22 @@ follows from K unless given.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from ..clustering import StandardPCA, assign, kmeans, match, resolve_method
 from ..clustering.kmeans import fit_centroids, unit_rows
 from ..clustering.matching import CLUSTERING_MATCHING
+from ..defaults import NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from ..errors import SettingError
-from ..kinds import COUNT, INT_MAX
 from ..features.cache import FeatureCache
 from ..features.transforms import upsample_labels
 from ..features.upsample import Upsampling
+from ..kinds import COUNT, INT_MAX
 from .metrics import DEFAULT_ABSENT, ConfusionAccumulator, ScoresOverRuns, check_absent, scores_from_confusion
 
 

@@ -8,8 +8,9 @@ cached val features, so the backbone runs once per split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,14 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..defaults import BATCH_SIZE, MASK_SIZE, NUM_WORKERS
 from ..backbones import Backbone
-from ..errors import SettingError
-from ..kinds import COUNT, POSITIVE
 from ..datasets.base import IGNORE_INDEX, SegmentationDataset
+from ..defaults import BATCH_SIZE, MASK_SIZE, NUM_WORKERS
+from ..errors import SettingError
 from ..features.cache import FeatureCache
 from ..features.extract import resolve_device
 from ..features.transforms import DEFAULT_INPUT_SIZE, as_size, resize_mask
+from ..kinds import COUNT, POSITIVE
 from .metrics import ConfusionAccumulator, scores_from_confusion
 
 

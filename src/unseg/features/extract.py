@@ -12,17 +12,18 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..backbones import Backbone
 from ..datasets.base import SegmentationDataset
+from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..errors import CacheError, ImageError, SettingError
 from ..io import require_writable
 from ..kinds import check_device

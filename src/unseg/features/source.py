@@ -7,17 +7,18 @@ a :class:`Source`, the backbone-on-data settings they share.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..backbones import DEFAULT_BACKBONE, Backbone, as_backbone, create_backbone, views_name, with_views
 from ..backbones.views import DEFAULT_OVERLAP
 from ..datasets import SegmentationDataset, create_dataset
+from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..errors import SettingError
 from ..kinds import COUNT, DEVICE, FRACTION, MAX_PIXELS, NON_NEGATIVE, Real
 from .cache import FeatureCache, cached_masks

@@ -8,7 +8,7 @@ entries N(0, 1/dim) as in scikit-learn's GaussianRandomProjection).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -17,10 +17,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 from lightning.fabric.plugins import TorchCheckpointIO

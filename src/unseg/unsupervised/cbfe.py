@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO
 from ..clustering import KMeansResult, kmeans
 from ..datasets.base import IGNORE_INDEX
+from ..defaults import NITER, NREDO
 from ..features.saliency import foreground_mask
 from ..features.transforms import upsample_labels
 

@@ -31,8 +31,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO
 from ..clustering import kmeans
+from ..defaults import NITER, NREDO
 from ..errors import ConfigError
 from ..evaluation.metrics import ConfusionAccumulator
 from ..features.transforms import upsample_labels

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from scipy.special import log_softmax
 
-from ..defaults import MASK_SIZE, NITER, NREDO, PCA_DIM
 from ..clustering import StandardPCA, assign, kmeans
+from ..defaults import MASK_SIZE, NITER, NREDO, PCA_DIM
 from ..errors import WeightsError
 from ..evaluation.clustering import fit_projection
 from ..features.cache import FeatureCache

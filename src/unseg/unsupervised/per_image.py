@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from ..defaults import PCA_DIM
 from ..clustering import StandardPCA, kmeans
 from ..clustering.kmeans import unit_rows
+from ..defaults import PCA_DIM
 from ..errors import SettingError
 from ..features.cache import FeatureCache
 from ..threads import parallel_map, serial_blas

@@ -22,18 +22,19 @@ co-occurrence counts, as theirs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO, PCA_DIM, SEEDS
 from ..clustering import match
 from ..clustering.matching import class_predictions
+from ..defaults import NITER, NREDO, PCA_DIM, SEEDS
+from ..errors import SettingError
 from ..evaluation.clustering import cluster_labels, fit_projection, pca_settings
 from ..evaluation.metrics import ConfusionAccumulator, ScoresOverRuns, SegmentationScores, scores_from_confusion
-from ..errors import SettingError
 from ..features.source import SplitData
 from ..features.transforms import upsample_labels
 from .cbfe import DEFAULT_FG_K, ForegroundExtraction, cluster_based_foreground, foreground_iou, foreground_targets

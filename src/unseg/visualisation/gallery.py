@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import html
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np

@@ -14,8 +14,9 @@ blur sigma), so :class:`MultiCropDataset` makes every sample's crops a function 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -11,8 +11,8 @@ checkpoint replays the uninterrupted run.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint

@@ -8,8 +8,9 @@ come from the project's one metric and matching code.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from ...backbones import Backbone
 from ...clustering import match, resolve_method
 from ...clustering.matching import STEGO_MATCHING, class_predictions
+from ...errors import SettingError, WeightsError
 from ...evaluation.metrics import (
     DEFAULT_ABSENT,
     ConfusionAccumulator,
@@ -26,7 +28,6 @@ from ...evaluation.metrics import (
     check_absent,
     scores_from_confusion,
 )
-from ...errors import SettingError, WeightsError
 from ...features.cache import FeatureCache
 from ...features.extract import resolve_device
 from ...features.upsample import Upsampling

@@ -8,23 +8,24 @@ and the kNN table, the five crops and the masks are cached beside it.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from ...clustering.matching import STEGO_MATCHING
+from ...errors import ConfigError, SettingError
+from ...evaluation.metrics import DEFAULT_ABSENT
 from ...features import Source, SplitData, default_cache_root
 from ...features.extract import images_digest
 from ...features.upsample import Upsampling, iter_guides
-from ...errors import ConfigError, SettingError
 from ...io import atomic_path, save_json
-from ..trainer import check_run_folder
 from ..projections import PROJECTIONS, projection_head
+from ..trainer import check_run_folder
 from .checkpoint import load_stego
-from ...clustering.matching import STEGO_MATCHING
-from ...evaluation.metrics import DEFAULT_ABSENT
 from .evaluate import Refine, StegoScores, evaluate_stego
 from .fivecrop import five_crop_dataset
 from .knn import knn_indices

@@ -14,9 +14,10 @@ Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (``unseg d
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -39,8 +40,8 @@ from ..trainer import TrainerSettings, build_trainer, check_logger, check_run_fo
 from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
 from .knn import KNN_K
 from .loss import CorrespondenceConfig, correspondence_terms
-from .shifts import auto_shifts, resolve_shifts
 from .model import ClusterProbe, LinearProbe, StegoHead
+from .shifts import auto_shifts, resolve_shifts
 
 __all__ = [
     "StegoConfig",
