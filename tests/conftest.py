@@ -12,28 +12,28 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub: no test reaches the network
 
-import pwd  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from collections.abc import Callable, Iterator, Mapping  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from functools import partial  # noqa: E402
-from html.parser import HTMLParser  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
+import pwd
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote  # noqa: E402
+from urllib.parse import unquote
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
-from unseg.backbones import Backbone, create_backbone  # noqa: E402
-from unseg.backbones.base import BACKBONES, BackboneSpec  # noqa: E402
-from unseg.backbones.vit import ViTBackbone  # noqa: E402
-from unseg.config import config_from_dict  # noqa: E402
-from unseg.features.cache import FeatureCache, mark_complete, prepare_cache_dir, write_shard  # noqa: E402
+from unseg.backbones import Backbone, create_backbone
+from unseg.backbones.base import BACKBONES, BackboneSpec
+from unseg.backbones.vit import ViTBackbone
+from unseg.config import config_from_dict
+from unseg.features.cache import FeatureCache, mark_complete, prepare_cache_dir, write_shard
 
 if TYPE_CHECKING:  # the methods import Lightning: only the tests that use them pay for it
     from unseg.methods.leopart import LeopartConfig

@@ -539,7 +539,7 @@ STEGO = [
 ]
 
 
-def RUN(default: str, holds: str) -> list[Opt]:  # noqa: N802 - a group, like the others
+def RUN(default: str, holds: str) -> list[Opt]:  # upper case: a group, like the others
     """``--out``, ``--resume``, ``--overwrite``: where a training run lives and what happens to one already there."""
     return [
         Opt("--out", f"run folder: {holds}", OutputFolder(), default, parser_default=default),
@@ -630,7 +630,7 @@ SEGMENT = [
 ]
 
 
-def METHOD() -> Opt:  # noqa: N802 - a group, like the others
+def METHOD() -> Opt:  # upper case: a group, like the others
     """``--method``: a segmenting method of the catalog, each described."""
     from .catalog import DEFAULT_SEGMENTER, METHODS, segmenting_methods
 
