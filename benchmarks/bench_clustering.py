@@ -145,7 +145,7 @@ def main() -> None:
     )
     print(f"speed-up   {ref_total / new_total:.2f}x (reference time / unseg time)")
     for r in results:
-        diff = max(abs(a - b) for a, b in zip(r.miou, ref_miou[r.k]))
+        diff = max(abs(a - b) for a, b in zip(r.miou, ref_miou[r.k], strict=True))
         print(f"K={r.k:<4d} mIoU per seed {[round(v, 2) for v in r.miou]}  max |unseg - reference| {diff:.1e}")
 
 

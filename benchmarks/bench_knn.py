@@ -52,7 +52,7 @@ def main() -> None:
     start = time.perf_counter()
     approx = nearest_neighbours(x, args.k, method="hnsw", ef_search=args.ef_search)
     t_hnsw = time.perf_counter() - start
-    recall = np.mean([len(np.intersect1d(a, e)) / args.k for a, e in zip(approx, exact)])
+    recall = np.mean([len(np.intersect1d(a, e)) / args.k for a, e in zip(approx, exact, strict=True)])
     print(
         f"N={args.recall_size}: exact {t_exact:.1f} s, HNSW {t_hnsw:.1f} s ({t_exact / t_hnsw:.2f}x faster), "
         f"recall@{args.k} {recall:.4f}"

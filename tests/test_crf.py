@@ -56,7 +56,7 @@ def test_crf_batch_in_processes_equals_inline():
     inline = crf_batch(images, logits, processes=1)
     parallel = crf_batch(images, logits, processes=2)
     assert len(parallel) == 3
-    for a, b, image, x in zip(inline, parallel, images, logits):
+    for a, b, image, x in zip(inline, parallel, images, logits, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, dense_crf(image, x))
 

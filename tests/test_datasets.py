@@ -111,7 +111,7 @@ def labelled(
     kwargs: dict[str, Any] | None = None,
 ) -> Case:
     """Write one image and one label map (raw values shifted by the sample index) per id."""
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         write_image(image, i)
         write_mask(mask, tile(raw, i))
     return Case(name, root, split, ids, images, masks, raw, expected, write_mask, required, kwargs or {})
@@ -306,7 +306,7 @@ def build_potsdam3(tmp: Path) -> Case:
     images = [tmp / "imgs" / f"{i}.mat" for i in ids]
     masks = [tmp / "gt" / f"{i}.mat" for i in ids]
     raw = [0, 1, 2, 3, 4, 5, 255]
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         write_potsdam_image(image, i)
         write_potsdam_gt(mask, tile(raw, i))
     return Case(

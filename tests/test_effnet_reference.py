@@ -77,4 +77,4 @@ def test_every_packaged_tensor_is_loaded(variant):
     loaded = list(create_backbone(f"efficientnet_{variant}").model.state_dict().values())
     wanted = [v for k, v in packaged.items() if not k.startswith("_fc.")]  # the classifier is dropped
     assert len(loaded) == len(wanted)
-    assert all(torch.equal(a, b) for a, b in zip(loaded, wanted))
+    assert all(torch.equal(a, b) for a, b in zip(loaded, wanted, strict=True))

@@ -345,7 +345,7 @@ def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_affine_
     batch = default_collate([multicrop(smooth_image(64, 48)) for _ in range(2)])
     module.train()
     module.loss(batch).backward()
-    moved = [not torch.equal(n.running_mean, mean) for n, mean in zip(norms, means)]
+    moved = [not torch.equal(n.running_mean, mean) for n, mean in zip(norms, means, strict=True)]
     assert moved == ([False, False] if batchnorm == "frozen" else [True, True])
     assert bn.weight.grad.abs().sum() > 0  # affine parameters train either way
     assert module.model.projection_head.training and module.model.backbone.training

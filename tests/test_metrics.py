@@ -108,7 +108,7 @@ def test_accumulator_equals_one_shot():
     gt[rng.random(gt.shape) < 0.1] = 255
     pred = rng.integers(0, 6, size=gt.shape)
     acc = ConfusionAccumulator(4, num_preds=6)
-    for g, p in zip(gt, pred):
+    for g, p in zip(gt, pred, strict=True):
         acc.update(g, p)
     one_shot = confusion_matrix(gt, pred, 4, num_preds=6)
     np.testing.assert_array_equal(acc.matrix, one_shot)

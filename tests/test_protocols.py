@@ -50,7 +50,7 @@ def test_plain_module_equals_the_same_weights_as_a_backbone(tmp_path):
         ConvBackbone(copy.deepcopy(net)), root=sample_root(), ks=[11, 30], cache_dir=tmp_path, **FAST
     )
     assert [r.k for r in plain] == [11, 30]
-    for a, b in zip(plain, wrapped):
+    for a, b in zip(plain, wrapped, strict=True):
         assert a.miou == b.miou and a.pixel_accuracy == b.pixel_accuracy
         np.testing.assert_array_equal(a.labels, b.labels)
     # two caches (module class + state-dict fingerprint vs the Backbone class), the module's holding its features

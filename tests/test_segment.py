@@ -38,7 +38,7 @@ def test_segment_writes_labels_segments_foreground_and_a_gallery(photos, tmp_pat
     names = ["0016E5_07959", "0016E5_07969", "odd size"]
     for folder in ("labels", "segments", "foreground"):
         assert sorted(p.stem for p in (out / folder).glob("*.png")) == names
-    for name, result in zip(names, run.results):
+    for name, result in zip(names, run.results, strict=True):
         m = len(result.groups)
         assert result.segments.max() < m and result.groups.max() < run.num_groups and len(result.background) == m
         # palette PNGs hold the ids themselves; the foreground PNG is 255 on foreground pixels

@@ -145,7 +145,7 @@ def test_identical_regions_in_two_images_get_the_same_group(tmp_path, feature_ca
     cache = feature_cache(tmp_path / "cache", np.stack([fa, fb]))
     plan = plan_folder(cache, groups=3)
     shape_groups, background_groups = [], []
-    for features, segments, groups in zip((fa, fb), plan.segments, plan.groups):
+    for features, segments, groups in zip((fa, fb), plan.segments, plan.groups, strict=True):
         tokens = features.reshape(64, -1).T
         for s in range(segments.max() + 1):
             on_shape = (tokens[segments.ravel() == s] @ codes[1]).mean() > 0.5 * codes[1] @ codes[1]

@@ -94,7 +94,7 @@ def test_parallel_restarts_equal_faiss_nredo(spherical, mppc):
     params = {} if mppc is None else {"max_points_per_centroid": mppc}
     runs = [(8, 0), (8, 5), (12, 5)]
     ours = fit_centroids(x, runs, niter=12, nredo=3, spherical=spherical, max_points_per_centroid=mppc, threads=2)
-    for (k, seed), centroids in zip(runs, ours):
+    for (k, seed), centroids in zip(runs, ours, strict=True):
         ref = faiss.Kmeans(6, k, niter=12, nredo=3, seed=seed, spherical=spherical, verbose=False, **params)
         ref.train(x)
         np.testing.assert_array_equal(centroids, ref.centroids)
@@ -137,7 +137,7 @@ def test_pca_and_kmeans_are_bit_identical_for_any_thread_count(monkeypatch):
         finally:
             threads.set_threads(None)
         out.append((pca.components_, z, fit.centroids, fit.labels))
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -131,7 +131,7 @@ def plain_terms(f1, f2, fnegs, c1, c2, cnegs, cfg: CorrespondenceConfig) -> dict
     """Intra, inter and negative terms from sampled vectors; negatives averaged over the draws."""
     intra, intra_s = plain_term(f1, f1, c1, c1, cfg.pos_intra_shift, cfg.pointwise)
     inter, inter_s = plain_term(f1, f2, c1, c2, cfg.pos_inter_shift, cfg.pointwise)
-    negs = [plain_term(f1, fn, c1, cn, cfg.neg_inter_shift, cfg.pointwise) for fn, cn in zip(fnegs, cnegs)]
+    negs = [plain_term(f1, fn, c1, cn, cfg.neg_inter_shift, cfg.pointwise) for fn, cn in zip(fnegs, cnegs, strict=True)]
     return {
         "intra": intra,
         "inter": inter,
@@ -573,7 +573,7 @@ def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path, feature
     seen = []
 
     def refine(indices: list[int], scores: torch.Tensor) -> torch.Tensor:
-        seen.extend((i, tuple(s.shape)) for i, s in zip(indices, scores))
+        seen.extend((i, tuple(s.shape)) for i, s in zip(indices, scores, strict=True))
         return scores
 
     result = evaluate_stego(

@@ -179,7 +179,7 @@ def test_stego_codes_upsampling():
     )
     guides = [torch.rand(3, 8, 12), torch.zeros(3, 8, 12)]
     out = upsample_codes(code, (8, 12), Upsampling("guided"), iter(guides))
-    for c, g, o in zip(code, guides, out):  # each image by its own guide, in order
+    for c, g, o in zip(code, guides, out, strict=True):  # each image by its own guide, in order
         torch.testing.assert_close(o, guided_upsample(c, g))
 
 
@@ -196,5 +196,5 @@ def test_segment_with_guided_upsampling(tmp_path):
     guided = [r.labels for r in segment([tmp_path], **fast, upsample=Upsampling("guided", factor=4)).results]
     assert [g.shape for g in guided] == [c.shape for c in coarse] == [(360, 480)] * 2
     # the same clustering, read per pixel of a 4x finer grid: mostly the same segments, finer borders
-    agree = np.mean([(g == c).mean() for g, c in zip(guided, coarse)])
+    agree = np.mean([(g == c).mean() for g, c in zip(guided, coarse, strict=True)])
     assert 0.6 < agree < 1.0

@@ -4,6 +4,8 @@ and bad settings are one line."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 import torch
@@ -45,7 +47,7 @@ def test_sliding_window_of_a_patch_local_network_equals_its_full_forward(size):
     backbone = patch_local()
     x = image(2, *size)
     view = SlidingWindow(backbone, 64, 0.25, window_batch=4)  # 2 images x 3x3 (or 3x2) windows, 4 per pass
-    assert [window_positions(n, 64, step) for n, step in zip(size, view.steps)] == [
+    assert [window_positions(n, 64, step) for n, step in zip(size, view.steps, strict=True)] == [
         {160: [0, 48, 96], 112: [0, 48]}[n] for n in size
     ]
     feats = view(x)
@@ -59,7 +61,7 @@ def test_a_window_the_size_of_the_input_is_the_backbone_unchanged(tiny_vit):
     for backbone, window in ((patch_local(), 64), (tiny_vit(), (48, 64))):
         x = image(2, *((window, window) if isinstance(window, int) else window))
         for got, want in zip(
-            SlidingWindow(backbone, window).forward_with_saliency(x), backbone.forward_with_saliency(x)
+            SlidingWindow(backbone, window).forward_with_saliency(x), backbone.forward_with_saliency(x), strict=True
         ):
             assert torch.equal(got, want)
 
@@ -70,7 +72,7 @@ def test_window_positions_cover_every_token_and_the_last_is_flush():
             starts = window_positions(length, 64, step)
             assert starts[0] == 0 and starts[-1] == length - 64  # flush with both borders
             assert all(s % 16 == 0 for s in starts) and starts == sorted(set(starts))
-            assert all(0 < b - a <= step for a, b in zip(starts, starts[1:]))
+            assert all(0 < b - a <= step for a, b in pairwise(starts))
             covered = np.zeros(length, bool)
             for s in starts:
                 covered[s : s + 64] = True
@@ -91,7 +93,9 @@ def test_window_positions_cover_every_token_and_the_last_is_flush():
 def test_multi_scale_averages_the_resized_maps_and_scale_one_is_the_backbone():
     backbone = patch_local()
     x = image(2, 96, 64)
-    for got, want in zip(MultiScale(backbone, [1]).forward_with_saliency(x), backbone.forward_with_saliency(x)):
+    for got, want in zip(
+        MultiScale(backbone, [1]).forward_with_saliency(x), backbone.forward_with_saliency(x), strict=True
+    ):
         assert torch.equal(got, want)
     feats, sal = MultiScale(backbone, (1, 2)).forward_with_saliency(x)
     conv = backbone.model

@@ -342,7 +342,9 @@ def _convert(tp: Any, value: Any, key: str, where: Where, default: Any) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise wrong()
-            return tuple(_convert(a, v, f"{key}[{i}]", where, None) for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _convert(a, v, f"{key}[{i}]", where, None) for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
         items = [_convert(args[0], v, f"{key}[{i}]", where, None) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:

@@ -119,12 +119,12 @@ def _from_lukemelas(
 ) -> dict[str, torch.Tensor]:
     """Rename lukemelas keys to timm's: both list the same tensors in the same order."""
     src, dst = [k for k in state if not k.startswith("_fc.")], list(target)  # the ImageNet head goes
-    if len(src) != len(dst) or any(state[s].shape != target[d].shape for s, d in zip(src, dst)):
+    if len(src) != len(dst) or any(state[s].shape != target[d].shape for s, d in zip(src, dst, strict=True)):
         raise WeightsError(
             f"checkpoint in the efficientnet_pytorch layout has {len(src)} tensors that do not match "
             f"EfficientNet-{variant.capitalize()}'s {len(dst)}; is it another EfficientNet variant?"
         )
-    return {d: state[s] for s, d in zip(src, dst)}
+    return {d: state[s] for s, d in zip(src, dst, strict=True)}
 
 
 class ResNet50(ConvBackbone):

@@ -211,7 +211,7 @@ class SlidingWindow(BackboneView):
             f, m = self.inner.forward_with_saliency(
                 torch.stack([x[b, :, top * s : (top + th) * s, left * s : (left + tw) * s] for b, top, left in chunk])
             )
-            for (b, top, left), fi, mi in zip(chunk, f.float() * weight, m.float() * weight):
+            for (b, top, left), fi, mi in zip(chunk, f.float() * weight, m.float() * weight, strict=True):
                 feats[b, :, top : top + th, left : left + tw] += fi
                 sal[b, top : top + th, left : left + tw] += mi
         return (feats / total).to(f.dtype), normalise_saliency(sal / total)

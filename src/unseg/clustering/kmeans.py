@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import faiss
 import numpy as np
@@ -162,7 +163,7 @@ def _blocks(n: int, size: int) -> list[tuple[int, int]]:
     bounds = list(range(0, n, max(size, FAISS_BLAS_MIN_ROWS))) + [n]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < FAISS_BLAS_MIN_ROWS:
         del bounds[-2]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(pairwise(bounds))
 
 
 def _search(
@@ -279,7 +280,7 @@ def fit_centroids(
         jobs += [_Restart(samples[k, seed], k, seed + 1 + r * REDO_SEED_STRIDE, niter, spherical) for r in range(nredo)]
     order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j].x) * jobs[j].k)  # longest first: even finish
     # one faiss thread per restart: a restart's centroids do not depend on the thread count
-    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads, per_job=1)))
+    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads, per_job=1), strict=True))
     better = (lambda a, b: a > b) if spherical else (lambda a, b: a < b)
     out = []
     for i in range(len(runs)):

@@ -241,7 +241,7 @@ def evaluate_clustering(
         tokens = unit_rows(tokens)
     # every restart of every (K, seed) trains in parallel; labelling and scoring are cheap and run in turn
     runs = [(k, seed) for k in ks for seed in seeds]
-    centroids = dict(zip(runs, fit_centroids(tokens, runs, niter, nredo, spherical)))
+    centroids = dict(zip(runs, fit_centroids(tokens, runs, niter, nredo, spherical), strict=True))
     upsample = upsample or Upsampling()
     if upsample.guided and guides is None:
         raise SettingError("the guided upsampler needs the images as guides (guides=...)")
@@ -251,7 +251,7 @@ def evaluate_clustering(
         else None
     )
     results = []
-    for k, method in zip(ks, methods):
+    for k, method in zip(ks, methods, strict=True):
         settings = {
             "input_size": cache.meta["input_size"],
             "grid": list(cache.grid),

@@ -85,7 +85,7 @@ def crf_batch(images: Sequence[np.ndarray], logits: Sequence[Logits], processes:
     _pydensecrf()  # fail here, not once per worker
     processes = min(processes or get_threads(), len(images))
     if processes <= 1:
-        return [dense_crf(i, x) for i, x in zip(images, logits)]
+        return [dense_crf(i, x) for i, x in zip(images, logits, strict=True)]
     chunk = math.ceil(len(images) / (4 * processes))
     with multiprocessing.Pool(processes, initializer=_init_worker) as pool:
-        return pool.starmap(dense_crf, zip(images, logits), chunksize=chunk)
+        return pool.starmap(dense_crf, zip(images, logits, strict=True), chunksize=chunk)

@@ -139,7 +139,7 @@ def cooccurrence_graph(matrix: np.ndarray, weight_threshold: float) -> list[Edge
     """Undirected edges (i < j) where both directions reach ``weight_threshold``; weight = the smaller."""
     weights = np.minimum(matrix, matrix.T)
     rows, cols = np.nonzero(np.triu(weights >= weight_threshold, k=1))
-    return [(int(i), int(j), float(weights[i, j])) for i, j in zip(rows, cols)]
+    return [(int(i), int(j), float(weights[i, j])) for i, j in zip(rows, cols, strict=True)]
 
 
 def infomap_communities(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -153,4 +154,4 @@ def plan_folder(
         "seed": seed,
         **settings.describe(),
     }
-    return FolderPlan(settings, segments, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], k, summary)
+    return FolderPlan(settings, segments, [flat[a:b] for a, b in pairwise(bounds)], k, summary)

@@ -131,7 +131,7 @@ def colour_affinity(
     n = h * w
     x, y = np.tile(np.linspace(0, 1, w), h), np.repeat(np.linspace(0, 1, h), w)
     out = np.zeros((n, n))
-    for k, weight in zip(neighbours, position_weights):
+    for k, weight in zip(neighbours, position_weights, strict=False):
         points = np.column_stack([image.reshape(n, 3), weight * x, weight * y])
         _, near = cKDTree(points).query(points, k=min(k, n))
         rows = np.repeat(np.arange(n), near.shape[1])

@@ -44,7 +44,7 @@ def per_image_miou(predictions: np.ndarray, masks: np.ndarray, num_classes: int)
             scores_from_confusion(confusion_matrix(m, p, num_classes, num_classes + 1)).miou
             if (m != 255).any()
             else math.nan
-            for p, m in zip(predictions, masks)
+            for p, m in zip(predictions, masks, strict=False)
         ]
     )
 
@@ -71,7 +71,9 @@ def plot_iou(iou: np.ndarray, class_names: Sequence[str], miou: float, path: Pat
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(class_names) + 1.2))
     values = np.nan_to_num(np.asarray(iou, dtype=float))
     ax.barh(range(len(values)), values, color="#1f77b4")
-    ax.set_yticks(range(len(values)), [n if not math.isnan(v) else f"{n} (n/a)" for n, v in zip(class_names, iou)])
+    ax.set_yticks(
+        range(len(values)), [n if not math.isnan(v) else f"{n} (n/a)" for n, v in zip(class_names, iou, strict=False)]
+    )
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("IoU (%)")
@@ -135,14 +137,16 @@ def write_report(
     metrics: dict[str, Any] = {
         **summary,
         "class_names": list(class_names),
-        "iou_per_class": dict(zip(class_names, summary["iou"])),
+        "iou_per_class": dict(zip(class_names, summary["iou"], strict=False)),
         "confusion": np.asarray(confusion).tolist(),
         "settings": settings or {},
     }
     sections: dict[str, list[GalleryItem]] = {}
     if predictions is not None and masks is not None:
         image_miou = per_image_miou(predictions, masks, c)
-        metrics["per_image"] = [{"id": i, "miou": None if math.isnan(v) else float(v)} for i, v in zip(ids, image_miou)]
+        metrics["per_image"] = [
+            {"id": i, "miou": None if math.isnan(v) else float(v)} for i, v in zip(ids, image_miou, strict=False)
+        ]
         if load_image is not None:
             scored = [i for i in range(len(image_miou)) if not math.isnan(image_miou[i])]
             best = sorted(scored, key=lambda i: (-image_miou[i], i))[:examples]  # ties: dataset order
@@ -179,7 +183,7 @@ def write_report(
         title,
         intro=intro,
         links={"metrics.json": metrics_path},
-        legend=list(zip(class_names, palette(c))),
+        legend=list(zip(class_names, palette(c), strict=True)),
     )
     return Report(out, metrics_path, iou_path, conf_path, gallery)
 

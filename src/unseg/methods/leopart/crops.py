@@ -124,7 +124,7 @@ class MultiCrop:
     def __call__(self, image: Image.Image) -> dict[str, Any]:
         boxes = self.sample_boxes(image)
         crops = []
-        for (x1, y1, x2, y2), size in zip(boxes.tolist(), self.sizes):
+        for (x1, y1, x2, y2), size in zip(boxes.tolist(), self.sizes, strict=True):
             crop = TF.resized_crop(
                 image,
                 int(y1),

@@ -132,7 +132,7 @@ def freeze_unused(backbone: Backbone) -> list[str]:
         named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(features.sum() + saliency.sum(), [p for _, p in named], allow_unused=True)
     backbone.train(was_training)
-    unused = [n for (n, p), g in zip(named, grads) if g is None]
+    unused = [n for (n, p), g in zip(named, grads, strict=True) if g is None]
     for name, param in named:
         if name in unused:
             param.requires_grad_(False)

@@ -150,7 +150,7 @@ class LeopartModule(L.LightningModule):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        for student, teacher in zip(self.model.parameters(), self.teacher.parameters()):
+        for student, teacher in zip(self.model.parameters(), self.teacher.parameters(), strict=True):
             teacher.mul_(momentum).add_(student.detach(), alpha=1 - momentum)
 
     # -- Lightning hooks --

@@ -97,7 +97,7 @@ def five_crop_dataset(
                 if labelled
                 else [None] * NUM_CROPS
             )
-            for stem, crop, mask in zip(stems, five_crop(image, size), mask_crops):
+            for stem, crop, mask in zip(stems, five_crop(image, size), mask_crops, strict=True):
                 if (images / f"{stem}.png").exists():
                     continue
                 if mask is not None:

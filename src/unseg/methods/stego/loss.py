@@ -166,5 +166,5 @@ def correspondence_terms(
         perm = partners[i] if partners is not None else negative_partners(batch, feats.device)
         f_neg, c_neg = sample_grid(feats[perm], coords2), sample_grid(code[perm], coords2)
         negs.append(correspondence_term(f1, f_neg, c1, c_neg, cfg.neg_inter_shift, cfg.pointwise))
-    neg, neg_sim = (torch.stack(v).mean() for v in zip(*negs))
+    neg, neg_sim = (torch.stack(v).mean() for v in zip(*negs, strict=True))
     return CorrespondenceTerms(intra, inter, neg, intra_sim, inter_sim, neg_sim)
