@@ -144,7 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             runs = {
-                "extraction": lambda: extract_features(
+                "extraction": lambda r=r: extract_features(
                     backbone,
                     dataset,
                     size,
@@ -158,7 +158,7 @@ def main() -> None:
                 "bare": bare,
             }
             if args.precision == "fp32":
-                runs["old"] = lambda: old_extract(
+                runs["old"] = lambda r=r: old_extract(
                     old_backbone, dataset, size, Path(tmp) / f"old{r}", args.batch_size, args.workers, device
                 )
                 runs["bare old"] = lambda: bare(old_backbone)

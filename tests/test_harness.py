@@ -1,4 +1,5 @@
-"""The harness (``unseg docs reliability``): every command, every option that takes a value, every bad value of its kind.
+"""The harness (``unseg docs reliability``): every command, every option that takes a value, every bad
+value of its kind.
 
 The table is not written by hand: it walks the real parser (``unseg.cli.build_parser``), reads
 each option's kind (its ``type=``, a kind of :mod:`unseg.kinds`, or its ``choices``) and makes

@@ -52,7 +52,7 @@ def scene(shapes: int, size: tuple[int, int] = (96, 128), seed: int = 0, codes: 
     return regions, guide, feats.transpose(2, 0, 1).astype(np.float32)
 
 
-def segment_scene(regions, guide, feats, settings=SpectralSettings()):
+def segment_scene(regions, guide, feats, settings=SpectralSettings()):  # noqa: B008 - a frozen dataclass
     over = oversegment(feats, settings)
     sums, counts = segment_sums(feats, over)
     centre = sums.sum(0) / counts.sum()

@@ -438,8 +438,9 @@ class SegmentsEvaluation:
         segs = [np.mean(p.segments) for p in self.per_image]
         return "\n".join(
             [
-                f"{s['method']} segmentation on {s['dataset']}/{s['split']} ({s['num_images']} images), {s['backbone']} "
-                f"[{s['weights']}], input {_size_text(s['input_size'])}, seeds {self.seeds}, mean ± std over the seeds:",
+                f"{s['method']} segmentation on {s['dataset']}/{s['split']} ({s['num_images']} images), "
+                f"{s['backbone']} [{s['weights']}], input {_size_text(s['input_size'])}, seeds {self.seeds}, "
+                "mean ± std over the seeds:",
                 f"  per image (each image's segments matched to its own classes, Hungarian on IoU, absent classes "
                 f"skipped, at the images' size): mIoU {self._spread([p.miou for p in self.per_image])}, "
                 f"{np.mean(segs):.1f} segments per image",
@@ -495,7 +496,9 @@ def segments_protocol(
         folder = segmenter(o.method)(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
         groups = folder.num_groups
 
-        def use(i: int, image: Any, result: ImageSegmentation) -> tuple[np.ndarray, int, np.ndarray]:
+        def use(
+            i: int, image: Any, result: ImageSegmentation, groups: int = groups
+        ) -> tuple[np.ndarray, int, np.ndarray]:
             truth = data.dataset.load_mask(samples[data.cache.ids[i]], image.size)
             labels = resize_mask(result.labels.astype(np.int32), data.masks.shape[-2:])
             return (

@@ -107,7 +107,8 @@ def extract_backbone_state(
     target = backbone.weight_state_dict()
     first = next(iter(target))
     anchors = (first,) + _ANCHOR_ALIASES.get(first, ())
-    for layout, network, state in candidate_state_dicts(ckpt, role):
+    for candidate in candidate_state_dicts(ckpt, role):  # the one found is read after the loop
+        layout, network, state = candidate
         prefixes = _prefixes(state, anchors)
         if prefixes:
             break

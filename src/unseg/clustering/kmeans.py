@@ -159,7 +159,8 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) blocks of ``size`` rows; none too short for faiss's BLAS path (a short last one joins the one before)."""
+    """[start, stop) blocks of ``size`` rows; none too short for faiss's BLAS path (a short last one
+    joins the one before)."""
     bounds = list(range(0, n, max(size, FAISS_BLAS_MIN_ROWS))) + [n]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < FAISS_BLAS_MIN_ROWS:
         del bounds[-2]
@@ -169,7 +170,8 @@ def _blocks(n: int, size: int) -> list[tuple[int, int]]:
 def _search(
     x: np.ndarray, centroids: np.ndarray, spherical: bool, block: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, score) of (n, D) rows, ``block`` rows at a time: squared L2 distance, or inner product when spherical."""
+    """(labels, score) of (n, D) rows, ``block`` rows at a time: squared L2 distance, or inner product
+    when spherical."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
         raise ValueError(f"points of shape {x.shape} and centroids of shape {centroids.shape} do not fit")

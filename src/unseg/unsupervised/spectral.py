@@ -65,15 +65,17 @@ class SpectralSettings:
 
     ``embedding``: what the over-segmentation's k-means runs on: ``spectral`` (the graph's
     eigenvectors) or ``tokens`` (the image's centred, L2-normalised tokens: plain per-image k-means,
-    the baseline the graph is measured against). ``sharpness``: power of the clipped cosine affinity. ``colour``: weight of the colour-and-position
-    affinity in the graph (0: none). ``oversegments``: eigenvectors and segments before merging.
-    ``merge_threshold``: merge adjacent segments while their centred mean features' cosine is at
-    least this. ``segments``: a fixed number per image instead (merged down to it). ``min_tokens``: smaller
-    segments (slivers of mixed tokens along an edge) join their most similar neighbour. ``radius``,
-    ``eps``, ``cells_per_token``: the guided filter that puts the boundaries on the photo's edges
-    (window in tokens; ridge term; fitting grid; the coarse lead above which a pixel's segment is not
-    computed at full resolution, :func:`unseg.features.guided_filter.fast_guided_filter`). ``background_ratio``: border share over area share
-    above which a segment is background. ``niter``, ``nredo``: the over-segmentation's k-means.
+    the baseline the graph is measured against). ``sharpness``: power of the clipped cosine
+    affinity. ``colour``: weight of the colour-and-position affinity in the graph (0: none).
+    ``oversegments``: eigenvectors and segments before merging. ``merge_threshold``: merge adjacent
+    segments while their centred mean features' cosine is at least this. ``segments``: a fixed
+    number per image instead (merged down to it). ``min_tokens``: smaller segments (slivers of mixed
+    tokens along an edge) join their most similar neighbour. ``radius``, ``eps``,
+    ``cells_per_token``: the guided filter that puts the boundaries on the photo's edges (window in
+    tokens; ridge term; fitting grid; the coarse lead above which a pixel's segment is not computed
+    at full resolution, :func:`unseg.features.guided_filter.fast_guided_filter`).
+    ``background_ratio``: border share over area share above which a segment is background.
+    ``niter``, ``nredo``: the over-segmentation's k-means.
     """
 
     embedding: str = "spectral"
@@ -112,7 +114,8 @@ class SpectralSettings:
         if bad:
             raise SettingError(
                 f"spectral settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
-                f"(embedding one of {', '.join(EMBEDDINGS)}; sharpness, radius, eps, background_ratio > 0; colour >= 0; oversegments >= 2; "
+                f"(embedding one of {', '.join(EMBEDDINGS)}; sharpness, radius, eps, background_ratio > 0; "
+                "colour >= 0; oversegments >= 2; "
                 "merge_threshold in [-1, 1]; segments 1..oversegments; margin >= 0; min_tokens, cells_per_token, "
                 "niter, nredo >= 1)"
             )

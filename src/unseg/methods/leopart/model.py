@@ -1,4 +1,5 @@
-"""Leopart's network and loss (``unseg docs methods``): backbone, projection head, prototypes; RoI-aligned cross-entropy.
+"""Leopart's network and loss (``unseg docs methods``): backbone, projection head, prototypes;
+RoI-aligned cross-entropy.
 
 The same :class:`LeopartNet` is the student and (as its EMA) the teacher. Its state dict
 in a checkpoint is Leopart's: the backbone's own keys, ``projection_head.{0,2,4}.*`` and

@@ -387,8 +387,9 @@ def train_stego(
     (:func:`unseg.io.resume_checkpoint`) and fit this run's model (read safely, checked before
     ``config.yaml`` is written), and the resumed run ends equal to an uninterrupted one. A folder
     that holds a run is refused unless ``resume`` or ``overwrite`` (which replaces that run) is
-    given (:func:`unseg.methods.trainer.check_run_folder`). ``head``: a fixed 1x1 conv (:func:`unseg.methods.projections.projection_head`) whose codes only the probes
-    learn; no ``stego.ckpt`` is written for it.
+    given (:func:`unseg.methods.trainer.check_run_folder`). ``head``: a fixed 1x1 conv
+    (:func:`unseg.methods.projections.projection_head`) whose codes only the probes learn; no
+    ``stego.ckpt`` is written for it.
     """
     source = "cache" if isinstance(data, FeatureCache) else "images"
     if source != cfg.data_source:
