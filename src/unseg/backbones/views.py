@@ -79,7 +79,8 @@ def _tent(tokens: int, device: torch.device) -> torch.Tensor:
 
 def scaled_size(size: tuple[int, int], scale: float, stride: int) -> tuple[int, int]:
     """(H, W) times ``scale``, rounded to the nearest multiple of ``stride`` (at least one token)."""
-    return tuple(max(1, round(v * scale / stride)) * stride for v in size)  # type: ignore[return-value]
+    height, width = size
+    return max(1, round(height * scale / stride)) * stride, max(1, round(width * scale / stride)) * stride
 
 
 class BackboneView(Backbone):
@@ -90,23 +91,23 @@ class BackboneView(Backbone):
         self.inner = backbone
 
     @property
-    def model(self) -> torch.nn.Module:  # type: ignore[override]
+    def model(self) -> torch.nn.Module:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.model
 
     @property
-    def stride(self) -> int:  # type: ignore[override]
+    def stride(self) -> int:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.stride
 
     @property
-    def embed_dim(self) -> int:  # type: ignore[override]
+    def embed_dim(self) -> int:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.embed_dim
 
     @property
-    def mean(self) -> tuple[float, float, float]:  # type: ignore[override]
+    def mean(self) -> tuple[float, ...]:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.mean
 
     @property
-    def std(self) -> tuple[float, float, float]:  # type: ignore[override]
+    def std(self) -> tuple[float, ...]:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.std
 
     @property
@@ -250,9 +251,9 @@ class MultiScale(BackboneView):
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.scales == (1.0,):
             return self.inner.forward_with_saliency(x)
-        size = tuple(x.shape[-2:])
+        size = (x.shape[-2], x.shape[-1])
         grid = (size[0] // self.stride, size[1] // self.stride)
-        feats = sal = None
+        total: tuple[torch.Tensor, torch.Tensor] | None = None  # features and saliency summed over the scales
         for scale in self.scales:
             scaled = scaled_size(size, scale, self.stride)
             xs = (
@@ -271,7 +272,9 @@ class MultiScale(BackboneView):
             if f.shape[-2:] != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
                 m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-            feats, sal = (f, m) if feats is None else (feats + f, sal + m)
+            total = (f, m) if total is None else (total[0] + f, total[1] + m)
+        assert total is not None  # there is at least one scale
+        feats, sal = total
         return (feats / len(self.scales)).to(dtype), normalise_saliency(sal[:, 0] / len(self.scales))
 
 
