@@ -50,6 +50,7 @@ __all__ = [
     "segmenting_methods",
     "training_methods",
     "segmenter",
+    "training",
     "methods_table",
     "FolderSegmenter",
     "Segmenter",
@@ -86,7 +87,10 @@ class Segmenter(Protocol):
 class FolderSegmenter(Protocol):
     """A method fitted on a folder: renders its images one at a time (side by side: each call on one thread)."""
 
-    num_groups: int
+    @property
+    def num_groups(self) -> int:
+        """Folder-wide groups (labels) the segments fall into."""
+        ...
 
     def render(self, index: int, features: np.ndarray, image: Image.Image) -> ImageSegmentation:
         """Image ``index`` of the folder (its cached (D, h, w) ``features`` and the decoded ``image``) at its
@@ -154,6 +158,7 @@ class ClusterSegmenter:
         if self.crf:
             from .postprocess.crf import dense_crf
 
+            assert logits is not None  # asked for: with_logits
             labels = dense_crf(np.asarray(image), logits).argmax(0)
         else:
             labels = upsample_labels(torch.from_numpy(labels[None].astype(np.int64)), (image.size[1], image.size[0]))[
@@ -336,6 +341,14 @@ def segmenter(name: str) -> Callable[[FitContext, Any], FolderSegmenter]:
             f"method {name!r} does not segment images; segmenting methods: {', '.join(segmenting_methods())}"
         )
     return fit
+
+
+def training(name: str) -> Training:
+    """How method ``name`` trains; a method that does not fails naming those that do."""
+    train = METHODS.get(name).train
+    if train is None:
+        raise SettingError(f"method {name!r} does not train; training methods: {', '.join(training_methods())}")
+    return train
 
 
 def methods_table() -> str:

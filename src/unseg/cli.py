@@ -17,6 +17,8 @@ from .errors import UnsegError
 from .io import output_error
 from .kinds import COUNT, Parser, UsageError, created_folders, remove_empty
 
+Command = tuple[tuple[str, ...], str, list[op.Opt], Callable[[argparse.Namespace], None]]  # words, help, options, call
+
 
 def _source(args: argparse.Namespace) -> Any:
     from .features import Source
@@ -50,8 +52,8 @@ def _views(args: argparse.Namespace) -> dict[str, Any]:
     return {**views, "scales": tuple(views["scales"])} if "scales" in views else views
 
 
-def _seeds(args: argparse.Namespace) -> dict[str, Any]:
-    return {} if args.seeds is None else {"seeds": range(args.seeds)}
+def _seeds(args: argparse.Namespace, key: str = "seeds") -> dict[str, Any]:
+    return {} if args.seeds is None else {key: range(args.seeds)}
 
 
 def _upsampling(args: argparse.Namespace, default: str | None = None) -> Any:
@@ -185,7 +187,7 @@ def cmd_unsupervised(args: argparse.Namespace) -> None:
             _source(args),
             hyper_parameters="published" if args.published else (chosen or None),
             **op.given(args, "train_split", "val_split", "background", "trials", "runs", "fg_k", "mask_size"),
-            **({} if args.seeds is None else {"kmeans_seeds": range(args.seeds)}),
+            **_seeds(args, "kmeans_seeds"),
         ),
     )
 
@@ -221,15 +223,15 @@ def cmd_retrieval(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace, method: str) -> Any:
-    from .catalog import METHODS
+    from .catalog import training
     from .config import load_config
 
-    return load_config(METHODS.get(method).train.config(), args.config, args.overrides, method=method)
+    return load_config(training(method).config(), args.config, args.overrides, method=method)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Any training method of the catalog: its config, checked run folder, and run."""
-    from .catalog import METHODS
+    from .catalog import training
     from .config import require_accelerator
     from .methods.trainer import check_logger, check_run_folder
 
@@ -237,7 +239,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     require_accelerator(cfg.accelerator)  # what the run would find out only after preparing its data
     check_logger(cfg.logger)
     check_run_folder(args.out, args.resume, args.overwrite)
-    told = METHODS.get(args.method).train.run(
+    told = training(args.method).run(
         cfg,
         args.out,
         getattr(args, "cache_dir", None),
@@ -277,6 +279,7 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
     if args.report:
         from .visualisation.report import dataset_report
 
+        assert scores.predictions is not None  # kept for the report
         report = dataset_report(
             args.report,
             val.dataset,
@@ -351,12 +354,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(**op.given(args, "out", "device"), **_seeds(args), progress=sys.stderr.isatty())
 
 
-def _commands() -> list[tuple[tuple[str, ...], str, list[op.Opt], Callable[[argparse.Namespace], None]]]:
+def _commands() -> list[Command]:
     """(words, help, options, function) of every command, from the option groups and the method catalog."""
-    from .catalog import METHODS, training_methods
+    from .catalog import METHODS, training, training_methods
 
     source = [*op.SOURCE, *op.REPORT]
-    commands = [
+    commands: list[Command] = [
         (("backbones",), "list backbones: feature dim, stride, weight source", [], cmd_backbones),
         (("configs",), "list the shipped configs (names for --config) with a summary of each", [], cmd_configs),
         (
@@ -440,8 +443,9 @@ def _commands() -> list[tuple[tuple[str, ...], str, list[op.Opt], Callable[[argp
             (
                 ("train", name),
                 METHODS.get(name).summary,
-                op.train_options(name, METHODS.get(name).train),
-                lambda a, n=name: cmd_train(argparse.Namespace(**vars(a), method=n)),
+                op.train_options(name, training(name)),
+                # mypy infers no lambda with a default argument (here binding the loop's name)
+                lambda a, n=name: cmd_train(argparse.Namespace(**vars(a), method=n)),  # type: ignore[misc]
             )
         )
     return commands

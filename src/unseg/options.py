@@ -14,7 +14,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .kinds import (
     COUNT,
@@ -44,6 +44,9 @@ from .kinds import (
     Size,
     Text,
 )
+
+if TYPE_CHECKING:
+    from .catalog import Training
 
 __all__ = [
     "Opt",
@@ -90,7 +93,10 @@ class From:
             return getattr(self.target, self.name)
         if dataclasses.is_dataclass(self.target):
             f = next(f for f in dataclasses.fields(self.target) if f.name == self.name)
-            return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            assert f.default_factory is not dataclasses.MISSING, f"field {self.name} has no default"
+            return f.default_factory()
         return inspect.signature(self.target).parameters[self.name].default
 
 
@@ -677,6 +683,6 @@ TRAIN_EXTRA = {"stego": [STEGO[2], Opt("--no-eval", "skip the evaluation on the 
 """Options of one training method beyond every method's (config, overrides, run folder)."""
 
 
-def train_options(name: str, training: Any) -> list[Opt]:
+def train_options(name: str, training: Training) -> list[Opt]:
     """The options of ``unseg train NAME``: its config and overrides, its own, and the run folder's."""
     return [*config_options(name, training.example), *TRAIN_EXTRA.get(name, []), *RUN(training.out, training.holds)]

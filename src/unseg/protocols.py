@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -57,7 +57,12 @@ __all__ = [
     "evaluate",
 ]
 
-R = TypeVar("R")
+
+class _Scored(Protocol):
+    data: SplitData  # the split a result was scored on
+
+
+R = TypeVar("R", bound=_Scored)
 
 
 def _size_text(size: Sequence[int]) -> str:
@@ -125,6 +130,7 @@ class ClusteringEvaluation:
         """One report folder per K, ``out_dir/k<K>``, from each K's first seed."""
         reports = []
         for r in self.results:
+            assert r.labels is not None and r.mapping is not None  # the first seed's, always kept
             s = r.settings
             maps = upsample_labels(torch.from_numpy(r.labels), tuple(s["mask_size"])).numpy()
             reports.append(
@@ -253,6 +259,7 @@ def clustering_protocol(
     """
     check_clustering_settings(ks, seeds, pca_dim, niter, nredo)  # before any extraction
     data = source.load_split(split, as_size(mask_size, "mask size"))
+    assert data.masks is not None  # loaded with a mask size
     guides = None
     if upsample is not None and upsample.guided:
         guides = iter_guides(data.dataset, data.cache.ids, upsample.target(data.cache.grid, data.masks.shape[-2:]))
@@ -295,6 +302,7 @@ def head_protocol(
     msize = as_size(mask_size, "mask size")
     emsize = as_size(eval_mask_size if eval_mask_size is not None else source.input_size, "evaluation mask size")
     val = source.load_split(val_split, emsize)
+    assert val.masks is not None  # loaded with a mask size
     kwargs: dict[str, Any] = {}
     if augment:
         train = source.build_dataset(train_split)
@@ -349,6 +357,7 @@ def retrieval_protocol(
     val_size = as_size(eval_mask_size, "evaluation mask size") if eval_mask_size is not None else size
     train = source.load_split(train_split, size)
     val = source.load_split(val_split, val_size)
+    assert train.masks is not None and val.masks is not None  # loaded with a mask size
     result = dense_retrieval(
         train.cache,
         train.masks,
@@ -372,7 +381,7 @@ def fully_unsupervised(
     val_split: str = "val",
     *,
     background: Sequence[str | int] | None = None,
-    hyper_parameters: dict[str, Any] | str | None = None,
+    hyper_parameters: dict[str, Any] | Literal["published"] | None = None,
     trials: int = 300,
     runs: int = 10,
     kmeans_seeds: Sequence[int] = range(SEEDS),
@@ -480,6 +489,8 @@ def segments_protocol(
     check_absent(absent)
     o = replace(options or SegmentOptions(), method=method)
     data = source.load_split(split, as_size(mask_size, "mask size"))
+    masks = data.masks
+    assert masks is not None  # loaded with a mask size
     if o.method == "spectral" and o.groups is None:
         o = replace(o, groups=data.num_classes)
     elif o.method in ("kmeans", "cd") and o.k is None:
@@ -493,18 +504,18 @@ def segments_protocol(
     }
     per_image, dataset, matching, groups = [], [], "", 0
     for seed in seeds:
-        folder = segmenter(o.method)(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
+        folder = segmenter(method)(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
         groups = folder.num_groups
 
         def use(
             i: int, image: Any, result: ImageSegmentation, groups: int = groups
         ) -> tuple[np.ndarray, int, np.ndarray]:
             truth = data.dataset.load_mask(samples[data.cache.ids[i]], image.size)
-            labels = resize_mask(result.labels.astype(np.int32), data.masks.shape[-2:])
+            labels = resize_mask(result.labels.astype(np.int32), masks.shape[-2:])
             return (
                 image_ious(truth, result.segments, data.num_classes),
                 len(np.unique(result.segments)),
-                confusion_matrix(data.masks[i], labels, data.num_classes, groups),
+                confusion_matrix(masks[i], labels, data.num_classes, groups),
             )
 
         done = render_each(folder, data.cache, lambda i: data.dataset.load_image(samples[data.cache.ids[i]]), use)
@@ -520,7 +531,7 @@ def segments_protocol(
         "num_images": len(data.cache),
         "num_classes": data.num_classes,
         "groups": groups,
-        "mask_size": list(data.masks.shape[-2:]),
+        "mask_size": list(masks.shape[-2:]),
         "absent_classes": absent,
         "method_settings": folder.describe(),
     }

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -37,6 +37,9 @@ from .unsupervised.per_image import ImageSegmentation
 from .unsupervised.spectral import SpectralSettings
 from .visualisation.overlay import palette
 from .visualisation.photos import OUTPUT_FOLDERS, WrittenImage, write_image, write_photo_gallery
+
+if TYPE_CHECKING:
+    from .methods.stego import StegoSegmenter
 
 __all__ = ["SegmentOptions", "Segmentation", "segment", "collect_images", "InputImage"]
 
@@ -257,7 +260,7 @@ def _check_views(fitted: FittedSegmenter, views: dict[str, Any], path: str | Pat
         )
 
 
-def _stego(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
+def _stego(o: SegmentOptions) -> tuple[StegoSegmenter, SegmentOptions]:
     """The STEGO checkpoint's segmenter, with the backbone (and its weights, when the checkpoint holds
     them) it was trained on filled in where not given."""
     if o.checkpoint is None:
@@ -304,24 +307,28 @@ def segment(
         require_writable(o.out_dir, "output folder")
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    fitted: Segmenter | None = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
-    o = replace(o, method=o.method or ("stego" if o.checkpoint else fitted.method if fitted else DEFAULT_SEGMENTER))
-    if o.method == "stego":
-        fitted, o = _stego(o)
-    elif isinstance(fitted, FittedSegmenter):
-        if fitted.method != o.method:
-            raise SettingError(f"clustering {o.clustering} was fitted by method {fitted.method!r}, not {o.method!r}")
-        fitted_k = fitted.settings.get("k" if o.method == "kmeans" else "num_segments")
+    saved = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
+    method = o.method or ("stego" if o.checkpoint else saved.method if saved else DEFAULT_SEGMENTER)
+    o = replace(o, method=method)
+    stego = None
+    if method == "stego":
+        stego, o = _stego(o)  # it refuses a clustering: saved is None
+    elif saved is not None:
+        if saved.method != method:
+            raise SettingError(f"clustering {o.clustering} was fitted by method {saved.method!r}, not {method!r}")
+        fitted_k = saved.settings.get("k" if method == "kmeans" else "num_segments")
         if o.k is not None and o.k != fitted_k:
             raise SettingError(f"clustering {o.clustering} was fitted with k={fitted_k}, not k={o.k}")
-        o = replace(o, backbone=o.backbone or fitted.backbone, input_size=o.input_size or fitted.input_size)
+        o = replace(o, backbone=o.backbone or saved.backbone, input_size=o.input_size or saved.input_size)
+    fitted: Segmenter | None = stego if stego is not None else saved
     name = o.backbone or DEFAULT_BACKBONE
     size = as_size(o.input_size or DEFAULT_INPUT_SIZE)
     images = collect_images(paths, o.skip_invalid)
-    saved_views = fitted.settings.get("views", {}) if isinstance(fitted, FittedSegmenter) else {}
+    saved_views = saved.settings.get("views", {}) if saved is not None else {}
     views = _views(o, saved_views)
-    if isinstance(fitted, FittedSegmenter):
-        _check_views(fitted, views, o.clustering)
+    if saved is not None:
+        assert o.clustering is not None  # saved was read from it
+        _check_views(saved, views, o.clustering)
     check_views(size, **views)
     model = with_views(
         create_backbone(name, o.weights, download=o.download, role=o.role, trust_checkpoint=o.trust_checkpoint),
@@ -330,20 +337,21 @@ def segment(
         input_size=size,
     )
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
-    if o.method == "kmeans" and fitted is None and (o.k or DEFAULT_K) > tokens:
+    if method == "kmeans" and fitted is None and (o.k or DEFAULT_K) > tokens:
         raise SettingError(
             f"k = {o.k or DEFAULT_K} segments is more than the {tokens} feature tokens of "
             f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
             f"use k <= {tokens}"
         )
-    if o.method == "stego" and fitted.head.dim_in != model.embed_dim:
+    if stego is not None and stego.head.dim_in != model.embed_dim:
         raise WeightsError(
-            f"STEGO checkpoint {o.checkpoint} was trained on {fitted.head.dim_in}-d features, but "
+            f"STEGO checkpoint {o.checkpoint} was trained on {stego.head.dim_in}-d features, but "
             f"backbone {name} gives {model.embed_dim}-d ones: use the backbone it was trained on"
         )
     fingerprint = weights_fingerprint(model)
-    if isinstance(fitted, FittedSegmenter):
-        fitted.check(name, fingerprint, size, o.clustering)
+    if saved is not None:
+        assert o.clustering is not None  # saved was read from it
+        saved.check(name, fingerprint, size, o.clustering)
     identity = {"backbone": name, "weights": fingerprint, "input_size": size}
 
     seconds = dict.fromkeys(("features", "fit", "render", "gallery"), 0.0)
@@ -371,11 +379,12 @@ def segment(
             progress=False,
         ).cache
         lap("features")
-        folder: FolderSegmenter = segmenter(o.method)(FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
+        folder: FolderSegmenter = segmenter(method)(FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
         lap("fit")
-        if isinstance(getattr(folder, "segmenter", None), FittedSegmenter) and o.clustering is None:
+        clusters = getattr(folder, "segmenter", None)  # what a folder-level method (kmeans, cd, stego) applies
+        if isinstance(clusters, FittedSegmenter) and o.clustering is None:
             window = None if views["window"] is None else list(views["window"])  # a new fit: how its tokens were seen
-            folder.segmenter.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
+            clusters.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
         colours = palette(folder.num_groups)
 
         def use(i: int, image: Image.Image, result: ImageSegmentation) -> tuple[Any, WrittenImage | None]:
@@ -386,15 +395,16 @@ def segment(
         lap("render")
     results = [r for r, _ in done if r is not None]
     written = [w for _, w in done if w is not None]
-    if o.save_clustering is not None:  # kmeans or cd: the other methods refuse it before any work
-        folder.segmenter.save(o.save_clustering)
+    if o.save_clustering is not None:
+        assert isinstance(clusters, FittedSegmenter)  # kmeans or cd: the other methods refuse it before any work
+        clusters.save(o.save_clustering)
     run = Segmentation(
-        images, o.method, name, views_name(**views), folder.num_groups, folder.describe(), results, seconds=seconds
+        images, method, name, views_name(**views), folder.num_groups, folder.describe(), results, seconds=seconds
     )
     if o.out_dir is not None:
         _clear_outputs(Path(o.out_dir), images)
         run.gallery = write_photo_gallery(
-            o.out_dir, written, folder.num_groups, f"unseg segment: {o.method}, {name}", run.describe() + "."
+            o.out_dir, written, folder.num_groups, f"unseg segment: {method}, {name}", run.describe() + "."
         )
         lap("gallery")
     return run
