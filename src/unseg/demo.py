@@ -46,6 +46,7 @@ def run_demo(
         progress=progress,
     )
     val = source.load_split("val", mask_size)
+    assert val.masks is not None  # loaded with a mask size
     dataset, cache, k = val.dataset, val.cache, val.num_classes
     results = evaluate_clustering(cache, val.masks, k, ks=(k, overclusters), seeds=seeds)
     print(
@@ -58,6 +59,7 @@ def run_demo(
 
     # overlays of the K = #classes segmentation (seed 0), clusters mapped to classes by Hungarian matching
     segmentation = results[0]
+    assert segmentation.labels is not None and segmentation.mapping is not None  # the first seed's, always kept
     colours = palette(k)
     full_masks = cached_masks(cache, dataset, dataset[0]["mask"].shape)
     index = {s.id: s for s in dataset.samples}

@@ -151,14 +151,13 @@ def infomap_communities(
 
     labels = np.full(num_nodes, -1, dtype=np.int64)
     if edges:
-        options = {"preferred_number_of_modules": preferred_modules} if preferred_modules else {}
         result = infomap.run(
             edges,
             seed=seed + 1,
             two_level=True,
             directed=False,
             markov_time=markov_time,
-            options=infomap.Options(**options),
+            options=infomap.Options(preferred_number_of_modules=preferred_modules or None),  # None: Infomap's own
         )
         modules = result.modules()
         index = {m: i for i, m in enumerate(sorted(set(modules.values())))}

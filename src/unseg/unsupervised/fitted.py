@@ -40,7 +40,7 @@ class CDSettings:
     (``unseg docs methods``). ``fg_threshold`` None skips CBFE (every token is clustered); a value, e.g. one
     found by ``fully_unsupervised`` on a labelled dataset, keeps clusters at least that precise."""
 
-    k: int = PUBLISHED["dino_vits16"]["k"]
+    k: int = int(PUBLISHED["dino_vits16"]["k"])
     markov_time: float = PUBLISHED["dino_vits16"]["markov_time"]
     weight_threshold: float = PUBLISHED["dino_vits16"]["weight_threshold"]
     fg_threshold: float | None = None
@@ -73,6 +73,7 @@ class FittedSegmenter:
         """(nearest euclidean cluster, foreground flag) of PCA tokens."""
         fg = np.ones(len(z), bool)
         if self.fg_centroids is not None:
+            assert self.fg_clusters is not None  # saved with fg_centroids
             fg = self.fg_clusters[assign(z, self.fg_centroids, spherical=True)]
         return assign(z, self.centroids), fg
 
@@ -144,7 +145,7 @@ class FittedSegmenter:
             )
 
     def save(self, path: str | Path) -> Path:
-        arrays = {"pca_mean": self.pca.mean_, "pca_scale": self.pca.scale_, "centroids": self.centroids}
+        arrays: dict[str, Any] = {"pca_mean": self.pca.mean_, "pca_scale": self.pca.scale_, "centroids": self.centroids}
         if self.pca.components_ is not None:
             arrays["pca_components"] = self.pca.components_
         for name in ("communities", "fg_centroids", "fg_clusters"):

@@ -215,6 +215,8 @@ def fully_unsupervised_splits(
     check_settings(hyper_parameters, trials, runs, kmeans_seeds)
     train_split, val_split = train.dataset.split, val.dataset.split
     train_cache, val_cache, train_masks, val_masks = train.cache, val.cache, train.masks, val.masks
+    if train_masks is None or val_masks is None:
+        raise ValueError("train and val need masks: load them with a mask size")
     if train_cache.grid != val_cache.grid:
         raise ValueError(f"train and val token grids differ: {train_cache.grid} vs {val_cache.grid}")
     if train_masks.shape[-2:] != val_masks.shape[-2:]:

@@ -252,7 +252,7 @@ def merge_segments(
     owner = np.arange(k)
     alive = np.ones(k, bool)
 
-    def join(i: int, j: int) -> None:
+    def join(i: int | np.integer, j: int | np.integer) -> None:  # segment indices, numpy's among them
         sums[i] += sums[j]
         counts[i] += counts[j]
         adj[i] |= adj[j]

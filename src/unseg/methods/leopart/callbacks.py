@@ -50,14 +50,16 @@ class OverclusteringValidation(Callback):
                 world_size=1,
                 progress=False,
             )
+            assert val.masks is not None  # loaded with a mask size
             results = evaluate_clustering(val.cache, val.masks, val.num_classes, ks=self.cfg.ks, seeds=self.cfg.seeds)
         for m, training in modes.items():
             m.train(training)
         return {f"val/K={r.k}_miou": r.miou_mean for r in results}
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: LeopartModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.cfg.every_epochs:
             return
+        assert isinstance(module, LeopartModule)  # the callback of Leopart's training
         if trainer.is_global_zero:
             scores = self.evaluate(module.teacher.backbone, module.device)
             module.log_dict(scores, rank_zero_only=True)
@@ -71,6 +73,7 @@ class SaveWeights(Callback):
     def __init__(self, path: str | Path) -> None:
         self.path = path
 
-    def on_train_end(self, trainer: L.Trainer, module: LeopartModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        assert isinstance(module, LeopartModule)  # the callback of Leopart's training
         if trainer.is_global_zero:
             save_leopart(module, self.path)

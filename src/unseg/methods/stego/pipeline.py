@@ -98,6 +98,8 @@ def crf_refine(data: SplitData, processes: int | None = None) -> Refine:
     """Dense CRF on the evaluation images (resized to the masks' size), a batch at a time in parallel."""
     from ...postprocess import crf_batch  # optional extra: imported only when a CRF is asked for
 
+    if data.masks is None:
+        raise ValueError("the CRF refines at the masks' size: load the split with a mask size")
     index = {s.id: s for s in data.dataset.samples}
     height, width = data.masks.shape[-2:]
 
@@ -124,6 +126,8 @@ def evaluate_run(
     """Both probes of a trained module or a STEGO checkpoint on ``val``, optionally CRF-refined
     (``trust_checkpoint``: unpickle the checkpoint fully, which runs code in it). ``upsample``:
     how codes reach the masks' size (default bilinear, STEGO's; guided reads the val images)."""
+    if val.masks is None:
+        raise ValueError("val needs masks: load it with a mask size")
     if isinstance(module_or_path, (str, Path)):
         head, cluster_probe, linear_probe, _ = load_stego(
             module_or_path, n_classes=n_classes, trust_checkpoint=trust_checkpoint
