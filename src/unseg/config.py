@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import types
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -42,7 +43,12 @@ from .io import atomic_path
 from .kinds import FRACTION, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    from _typeshed import DataclassInstance
+
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 __all__ = [
     "load_config",
@@ -56,7 +62,7 @@ __all__ = [
     "require_accelerator",
 ]
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")  # a config class
 Where = Callable[[str], str]
 
 # PyYAML reads YAML 1.1, where ``5e-4`` (no dot) is a string: float fields accept such text.
@@ -115,15 +121,14 @@ def load_config(
 ) -> T:
     """An instance of dataclass ``cls``: its defaults, updated by the YAML file or shipped config ``path``
     (see :func:`resolve_config`; ``method`` narrows the names), then by ``overrides``."""
-    if path is not None:
-        path = resolve_config(path, method)
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    file = resolve_config(path, method) if path is not None else None
+    data: dict[str, Any] = read_yaml(file) if file is not None else {}
     origins: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key.split("."), value)
         origins[key] = f"override {item!r}"
-    source = f"config file {path}" if path is not None else "config"
+    source = f"config file {file}" if file is not None else "config"
 
     def where(key: str) -> str:  # the override that set a key (or one of its groups), else the file
         parts = key.split(".")
@@ -333,7 +338,7 @@ def _convert(tp: Any, value: Any, key: str, where: Where, default: Any) -> Any:
         if value in args:
             return value
         raise wrong()
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         base = default if isinstance(default, tp) else None
         return _build(tp, value, key, where, base)
     if origin in (list, tuple):

@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import torch
 
@@ -33,7 +33,7 @@ _HINTS = {
 def output_error(exc: OSError, path: str | Path) -> OutputError:
     """``exc``, raised while writing ``path``, as one line naming the file and what to do."""
     reason = exc.strerror or str(exc)
-    hint = _HINTS.get(exc.errno)
+    hint = _HINTS.get(exc.errno) if exc.errno is not None else None
     return OutputError(f"cannot write {path}: {reason}" + (f" ({hint})" if hint else ""))
 
 
@@ -64,7 +64,8 @@ class _WriteRecorder:
     """A file wrapper that keeps the OSError of a failed write: torch.save reports it only as a RuntimeError."""
 
     def __init__(self, fh: BinaryIO) -> None:
-        self.fh, self.error = fh, None
+        self.fh = fh
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         try:
@@ -82,7 +83,7 @@ def save_torch(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = _WriteRecorder(fh)
         try:
-            torch.save(obj, writer)
+            torch.save(obj, cast(BinaryIO, writer))  # a file as far as torch.save goes: write and flush
         except RuntimeError:
             if writer.error is not None:
                 raise writer.error from None

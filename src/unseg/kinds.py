@@ -196,7 +196,11 @@ class Integer(Kind):
         return value
 
     def check(self, value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not self.low <= value <= self.high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or not self.low <= int(value) <= self.high
+        ):
             raise SettingError(f"{name} = {value!r} is not allowed; it expects {self.expects}")
         return int(value)
 
@@ -527,22 +531,22 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
-    def parse_known_args(
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads on the namespace
         self,
-        args: Sequence[str] | None = None,  # type: ignore[override]
+        args: Sequence[str] | None = None,
         namespace: argparse.Namespace | None = None,
     ) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+        parsed, extras = super().parse_known_args(args, namespace)
         for action in self._actions:
-            kind, values = action.type, getattr(namespace, action.dest, None)
+            kind, values = action.type, getattr(parsed, action.dest, None)
             if isinstance(kind, Kind) and kind.many and isinstance(values, list) and values is not action.default:
                 try:
-                    setattr(namespace, action.dest, kind.finish(values))
+                    setattr(parsed, action.dest, kind.finish(values))
                 except (Refused, UnsegError) as exc:
                     flag = "/".join(action.option_strings) or action.metavar or action.dest
                     words = " ".join(str(v) for v in values)
                     self.error(f"argument {flag}: {kind.refusal(words, getattr(exc, 'reason', str(exc)))}")
-        return namespace, extras
+        return parsed, extras
 
 
 # the kinds most options share

@@ -7,13 +7,17 @@ docstrings cite ``unseg docs TOPIC``, a page a pip user has, never a path in the
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 __all__ = ["topics", "page", "topics_table"]
 

@@ -20,7 +20,7 @@ def image_to_tensor(
     image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """Resize (bilinear, antialiased) to (H, W), scale to [0, 1], normalise: (3, H, W)."""
-    image = image.resize((size[1], size[0]), Image.BILINEAR)
+    image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return TF.normalize(TF.to_tensor(image), list(mean), list(std))
 
 
@@ -28,7 +28,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label map to (H, W); ids (and 255) are kept exactly."""
     if mask.shape == size:
         return mask
-    return np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+    return np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
 def upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -178,7 +178,7 @@ def guide_tensor(image: Image.Image | np.ndarray, size: tuple[int, int]) -> torc
     """An RGB image resized (bilinear) to (H, W) as a (3, H, W) float tensor in [0, 1]: the guide."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+    image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 

@@ -55,14 +55,16 @@ def panel(
 ) -> Image.Image:
     """Photo | group labels | segments with their boundaries | foreground, each ``height`` px high."""
     width = max(1, round(image.size[0] * height / image.size[1]))
-    photo = image.convert("RGB").resize((width, height), Image.BILINEAR)
-    small = np.asarray(Image.fromarray(result.segments.astype(np.int32)).resize((width, height), Image.NEAREST))
+    photo = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    small = np.asarray(
+        Image.fromarray(result.segments.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
+    )
     rgb = np.asarray(photo, np.float32)
     labels = 0.45 * rgb + 0.55 * colourise(result.groups[small], group_colours)
     segs = 0.6 * rgb + 0.4 * colourise(small, palette(int(small.max()) + 1, seed=1))
     segs[_boundaries(small)] = (255, 230, 0)
     fore = rgb * np.where(result.background[small], 0.2, 1.0)[..., None]
-    views = [rgb, labels, segs, fore]
+    views: list[np.ndarray] = [rgb, labels, segs, fore]
     canvas = np.concatenate([v.clip(0, 255).astype(np.uint8) for v in views], axis=1)
     return Image.fromarray(canvas)
 
