@@ -114,6 +114,7 @@ class StandardPCA:
             xc = part - m.astype(self.dtype)
             block = (len(part), m, np.asarray(xc.T @ xc, dtype=np.float64))
             moments = block if moments is None else _merge(moments, block)
+        assert moments is not None  # fit passes blocks of at least one row
         return moments
 
     @property
@@ -130,6 +131,7 @@ class StandardPCA:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != len(self.mean_):
             raise ValueError(f"input of shape {x.shape} is not (n, {len(self.mean_)})")
+        assert self.scale_ is not None  # fitted with mean_
         mean, scale = self.mean_.astype(np.float32), self.scale_.astype(np.float32)
         comps = None if self.components_ is None else self.components_.T.astype(np.float32)
         out = np.empty((len(x), self.out_dim), np.float32)
@@ -198,7 +200,7 @@ def assign(x: np.ndarray, centroids: np.ndarray, spherical: bool = False, block:
 def _rand_perm(n: int, seed: int) -> np.ndarray:
     """faiss's own permutation of range(n) for ``seed`` (what its sampling and initialisation use)."""
     perm = np.empty(n, dtype=np.int32)
-    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)  # type: ignore[attr-defined]  # missing from faiss's stubs
     return perm
 
 
@@ -225,7 +227,8 @@ def _run_restart(job: _Restart) -> tuple[float, np.ndarray]:
     faiss.copy_array_to_vector(np.ascontiguousarray(start).ravel(), clus.centroids)
     index = faiss.IndexFlatIP(d) if job.spherical else faiss.IndexFlatL2(d)
     clus.train(job.x, index)
-    obj = clus.iteration_stats.at(clus.iteration_stats.size() - 1).obj
+    stats = clus.iteration_stats  # a SWIG vector (at, size), where faiss's stubs say a list
+    obj = stats.at(stats.size() - 1).obj  # type: ignore[attr-defined]
     return obj, faiss.vector_float_to_array(clus.centroids).reshape(job.k, d)
 
 
@@ -290,6 +293,7 @@ def fit_centroids(
         for obj, centroids in (done[i * nredo + r] for r in range(nredo)):
             if best is None or better(obj, best_obj):
                 best_obj, best = obj, centroids
+        assert best is not None  # nredo >= 1
         out.append(best)
     return out
 

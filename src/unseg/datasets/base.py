@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -185,13 +185,14 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-DATASETS: Registry[Callable[..., SegmentationDataset]] = Registry("dataset")
+DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
+D = TypeVar("D", bound=SegmentationDataset)
 
 
-def register_dataset(name: str) -> Callable[[type], type]:
+def register_dataset(name: str) -> Callable[[type[D]], type[D]]:
     """Class decorator: make a dataset reachable as ``create_dataset(name, root, split)``."""
 
-    def add(cls: type) -> type:
+    def add(cls: type[D]) -> type[D]:
         cls.name = name
         DATASETS.add(name, cls)
         return cls

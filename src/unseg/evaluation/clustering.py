@@ -166,8 +166,8 @@ def dense_confusions(
     kept: dict[tuple[int, int], list[np.ndarray]] = {(k, s): [] for k, s in first.items()}
     for i in range(len(masks)):
         z = torch.from_numpy(np.ascontiguousarray(maps[i].transpose(2, 0, 1)))
-        rows = upsample.apply(z, size, next(guide_iter) if guide_iter is not None else None).flatten(1).T
-        rows = np.ascontiguousarray(rows.numpy())
+        upsampled = upsample.apply(z, size, next(guide_iter) if guide_iter is not None else None)
+        rows = np.ascontiguousarray(upsampled.flatten(1).T.numpy())
         for run, c in centroids.items():
             labels = assign(rows, c, spherical).reshape(1, *size)
             if run in kept:

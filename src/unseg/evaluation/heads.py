@@ -160,6 +160,8 @@ def train_head(
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=list(milestones), gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
     if augment:
+        if train is None:
+            raise ValueError("augment=True trains on the images: pass train (the dataset)")
         loader = DataLoader(
             _AugmentedPairs(train, size, msize, backbone.mean, backbone.std),
             batch_size=batch_size,

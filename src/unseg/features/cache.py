@@ -97,7 +97,7 @@ class FeatureCache:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.meta["grid"])  # type: ignore[return-value]
+        return tuple(self.meta["grid"])
 
     def _locate(self, index: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
@@ -154,6 +154,7 @@ def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     if not isinstance(array, np.memmap) or not array.flags.c_contiguous:
         return np.array(array[start:stop])
     row = array.shape[1:]
+    assert array.filename is not None  # the caches' maps are of files
     with open(array.filename, "rb") as fh:
         fh.seek(array.offset + start * array.itemsize * int(np.prod(row)))
         return np.fromfile(fh, dtype=array.dtype, count=(stop - start) * int(np.prod(row))).reshape(stop - start, *row)
@@ -218,7 +219,9 @@ def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def file_identity(path: Path, hash_contents: bool = False) -> tuple[str, int | str, ...]:
+def file_identity(
+    path: Path, hash_contents: bool = False
+) -> tuple[str, int] | tuple[str, int, int, int, int] | tuple[str, int, str]:
     """What a cached result made from the file at ``path`` answers for.
 
     (path, size, modification time, inode change time (ns), inode): the change time and the

@@ -88,7 +88,8 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     sigma = sigma + eps * torch.tensor([1.0, 0, 0, 1, 0, 1], dtype=sigma.dtype, device=sigma.device)[:, None, None]
     inverse = _inverse_3x3(sigma.permute(0, 2, 3, 1)).permute(0, 3, 4, 1, 2)  # (B, 3, 3, H, W)
     cov = mean_ip - mean_p[:, :, None] * mean_i[:, None]  # (B, C, 3, H, W)
-    a = sum(inverse[:, None, :, j] * cov[:, :, j : j + 1] for j in range(3))  # (B, C, 3, H, W): Σ⁻¹ cov per pixel
+    terms = [inverse[:, None, :, j] * cov[:, :, j : j + 1] for j in range(3)]
+    a = terms[0] + terms[1] + terms[2]  # (B, C, 3, H, W): Σ⁻¹ cov per pixel
     b = mean_p - (a * mean_i[:, None]).sum(2)
     averaged = box_mean(torch.cat([a.flatten(1, 2), b], 1), radius)
     return averaged[:, : 3 * c_].reshape(b_, c_, 3, h, w), averaged[:, 3 * c_ :]

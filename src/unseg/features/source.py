@@ -212,7 +212,7 @@ class Source:
         else:
             model = self.build_backbone()
             name, weights = model.cache_name, f"fingerprint {weights_fingerprint(model)}"
-        views = {}
+        views: dict[str, Any] = {}
         if self.window is not None:
             views.update(window=list(as_size(self.window)), window_overlap=self.window_overlap)
         if tuple(self.scales) != (1.0,):
