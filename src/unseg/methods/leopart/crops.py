@@ -203,5 +203,5 @@ class EpochSampler(DistributedSampler):
     is what lets :class:`MultiCropDataset` seed each sample without shared state.
     """
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         return ((self.epoch, index) for index in super().__iter__())

@@ -19,6 +19,7 @@ class MultiCropData(L.LightningDataModule):
         self.data, self.batch_size, self.num_workers, self.seed = data, batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
+        assert self.trainer is not None  # Lightning attaches it before it asks for the loader
         sampler = EpochSampler(
             self.data,
             num_replicas=self.trainer.world_size,

@@ -60,9 +60,11 @@ class LeopartNet(nn.Module):
 
     def forward(self, crops: list[torch.Tensor], saliency: bool = False) -> NetOutput:
         """Per crop: embeddings, scores and (if asked) saliency (B, h, w); same-size crops share one pass."""
-        embeddings, scores, saliencies = [], [], []
-        for _, group in itertools.groupby(crops, key=lambda c: c.shape[-2:]):
-            group = list(group)
+        embeddings: list[torch.Tensor] = []
+        scores: list[torch.Tensor] = []
+        saliencies: list[torch.Tensor] = []
+        for _, same_size in itertools.groupby(crops, key=lambda c: c.shape[-2:]):
+            group = list(same_size)
             features, sal = self.backbone.forward_with_saliency(torch.cat(group))
             emb, score = self.head(features)
             embeddings += emb.chunk(len(group))

@@ -21,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
@@ -105,7 +106,7 @@ class LeopartModule(L.LightningModule):
         """Per assignment crop: Sinkhorn targets (B, K, h, w) and, unless mask 'all', the loss mask (B, 1, h, w)."""
         embeddings, scores, saliency = teacher
         targets: dict[int, torch.Tensor] = {}
-        masks: dict[int, torch.Tensor] | None = None if saliency is None else {}
+        masks: dict[int, torch.Tensor] = {}  # none without saliency
         for i, c in enumerate(self.cfg.crops_for_assign):
             mask = None
             if saliency is not None:
@@ -119,7 +120,7 @@ class LeopartModule(L.LightningModule):
                 mask = fg if self.cfg.mask == "fg" else 1 - fg
                 masks[c] = mask[:, None]
             targets[c] = self._assign(i, scores[c], embeddings[c], mask)
-        return targets, masks
+        return targets, (None if saliency is None else masks)
 
     def _assign(
         self, i: int, scores: torch.Tensor, embeddings: torch.Tensor, mask: torch.Tensor | None
@@ -169,7 +170,9 @@ class LeopartModule(L.LightningModule):
         loss = self.loss(batch)
         momentum = self.momentum(self.global_step)
         self.update_teacher(momentum)
-        groups = {g["name"]: g for g in self.optimizers().param_groups}
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers makes one
+        groups = {g["name"]: g for g in optimizer.param_groups}
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log_dict(
             {
@@ -187,7 +190,7 @@ class LeopartModule(L.LightningModule):
             if group["decay"]:
                 group["weight_decay"] = decay
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.AdamW(
             param_groups(self.model, self.cfg.lr_backbone, self.cfg.lr_head, self.cfg.weight_decay)
         )
@@ -200,8 +203,9 @@ class LeopartModule(L.LightningModule):
         if self.queue is not None:
             gathered = {}
             for key, value in self.queue.state_dict().items():
-                value = self.all_gather(value.to(self.device))
-                gathered[key] = (value if self.trainer.world_size > 1 else value[None]).cpu()
+                stacked = self.all_gather(value.to(self.device))
+                assert isinstance(stacked, torch.Tensor)  # as it was given
+                gathered[key] = (stacked if self.trainer.world_size > 1 else stacked[None]).cpu()
             checkpoint[QUEUE_KEY] = gathered  # (world_size, ...) per tensor
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -96,7 +96,8 @@ def load_stego(
     }
     hparams = to_plain(ckpt.get("hyper_parameters") or {})
     hparams = hparams if isinstance(hparams, dict) else {}
-    config = hparams.get("cfg") if isinstance(hparams.get("cfg"), dict) else {}
+    config = hparams.get("cfg")
+    config = config if isinstance(config, dict) else {}
     stored = {"n_classes": hparams.get("n_classes"), "dim": hparams.get("dim", config.get("dim"))}
     for key, value in stored.items():
         if value is not None and value != sizes[key]:

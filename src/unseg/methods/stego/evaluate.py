@@ -31,7 +31,7 @@ from ...evaluation.metrics import (
 from ...features.cache import FeatureCache
 from ...features.extract import resolve_device
 from ...features.upsample import Upsampling
-from .model import ClusterProbe, LinearProbe, StegoHead
+from .model import ClusterProbe, LinearProbe
 
 __all__ = ["stego_codes", "evaluate_stego", "StegoScores", "Refine"]
 
@@ -70,7 +70,7 @@ class StegoScores:
 
 @torch.no_grad()
 def stego_codes(
-    head: StegoHead, x: torch.Tensor, flip_tta: bool = True, backbone: Backbone | None = None
+    head: nn.Module, x: torch.Tensor, flip_tta: bool = True, backbone: Backbone | None = None
 ) -> torch.Tensor:
     """Codes of feature maps ``x`` (or of images ``x`` through ``backbone``), averaged with their mirror.
 
@@ -100,8 +100,12 @@ def upsample_codes(
         return F.interpolate(code, size=tuple(size), mode="bilinear", align_corners=False)
     if upsample.guided and guides is None:
         raise SettingError("the guided upsampler needs the images as guides")
+    target = (size[0], size[1])
     return torch.stack(
-        [upsample.apply(c, tuple(size), next(guides).to(c.device) if upsample.guided else None) for c in code]
+        [
+            upsample.apply(c, target, next(guides).to(c.device) if upsample.guided and guides is not None else None)
+            for c in code
+        ]
     )
 
 
@@ -144,7 +148,7 @@ def evaluate_stego(
     method = resolve_method(matching, n_classes, cluster_probe.n_clusters)
     check_absent(absent)
     dev = resolve_device(device)
-    head, cluster_probe, linear_probe = (m.to(dev).eval() for m in (head, cluster_probe, linear_probe))
+    head, cluster_probe, linear_probe = head.to(dev).eval(), cluster_probe.to(dev).eval(), linear_probe.to(dev).eval()
     clusters = ConfusionAccumulator(n_classes, cluster_probe.n_clusters)
     linear = ConfusionAccumulator(n_classes)
     kept = []

@@ -72,11 +72,13 @@ def nearest_neighbours(
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
     if not 1 <= k <= len(x):
         raise ValueError(f"k = {k} neighbours needs 1 <= k <= {len(x)} (the number of images)")
+    index: faiss.Index
     if method == "exact" or (method == "auto" and len(x) <= EXACT_MAX):
         index = faiss.IndexFlatIP(x.shape[1])
     else:
-        index = faiss.IndexHNSWFlat(x.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, max(ef_search, k)
+        graph = faiss.IndexHNSWFlat(x.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction, graph.hnsw.efSearch = ef_construction, max(ef_search, k)
+        index = graph
     index.add(x)
     out = np.empty((len(x), k), dtype=np.int64)
     for start in range(0, len(x), batch):

@@ -150,6 +150,12 @@ def correspondence_terms(
         )
     if partners is not None and len(partners) != cfg.neg_samples:
         raise ValueError(f"{len(partners)} partner draws given for neg_samples={cfg.neg_samples}")
+    # numbers now: "auto" is refused above
+    intra_shift, inter_shift, neg_shift = (
+        float(cfg.pos_intra_shift),
+        float(cfg.pos_inter_shift),
+        float(cfg.neg_inter_shift),
+    )
     batch = feats.shape[0]
     if coords is None:
         coords = (
@@ -159,12 +165,12 @@ def correspondence_terms(
     coords1, coords2 = coords
     f1, c1 = sample_grid(feats, coords1), sample_grid(code, coords1)
     f2, c2 = sample_grid(feats_pos, coords2), sample_grid(code_pos, coords2)
-    intra, intra_sim = correspondence_term(f1, f1, c1, c1, cfg.pos_intra_shift, cfg.pointwise)
-    inter, inter_sim = correspondence_term(f1, f2, c1, c2, cfg.pos_inter_shift, cfg.pointwise)
+    intra, intra_sim = correspondence_term(f1, f1, c1, c1, intra_shift, cfg.pointwise)
+    inter, inter_sim = correspondence_term(f1, f2, c1, c2, inter_shift, cfg.pointwise)
     negs = []
     for i in range(cfg.neg_samples):
         perm = partners[i] if partners is not None else negative_partners(batch, feats.device)
         f_neg, c_neg = sample_grid(feats[perm], coords2), sample_grid(code[perm], coords2)
-        negs.append(correspondence_term(f1, f_neg, c1, c_neg, cfg.neg_inter_shift, cfg.pointwise))
+        negs.append(correspondence_term(f1, f_neg, c1, c_neg, neg_shift, cfg.pointwise))
     neg, neg_sim = (torch.stack(v).mean() for v in zip(*negs, strict=True))
     return CorrespondenceTerms(intra, inter, neg, intra_sim, inter_sim, neg_sim)

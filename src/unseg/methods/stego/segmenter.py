@@ -46,7 +46,7 @@ class StegoSegmenter:
         code = stego_codes(self.head, torch.from_numpy(features)[None].to(self.device))
         target = upsample.target(features.shape[1:], size)
         up = (
-            upsample_codes(code, target, upsample, iter([guide]))
+            upsample_codes(code, target, upsample, None if guide is None else iter([guide]))
             if upsample.active
             else F.interpolate(code, size=size, mode="bilinear", align_corners=False)
         )

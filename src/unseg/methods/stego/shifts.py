@@ -161,7 +161,7 @@ def resolve_shifts(
     sims = pair_similarities(features, knn, cfg, num_neighbors, batch_size, seed=seed)
     shifts = shifts_from_similarities(sims, attract)
     fractions = _check_fractions(attract)
-    record = {
+    record: dict[str, Any] = {
         "rule": "quantile of F per pair type",
         "auto": keys,
         "shifts": {k: shifts[k] for k in keys},

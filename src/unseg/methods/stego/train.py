@@ -172,12 +172,13 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
 class PairsData(L.LightningDataModule):
     """Training batches in :class:`StepSampler` order, sharded by rank (Lightning's distributed sampler is off)."""
 
-    def __init__(self, pairs: Dataset, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(self, pairs: _Pairs, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
         self.pairs, self.batch_size, self.num_workers, self.seed = pairs, batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
+        assert trainer is not None  # Lightning attaches it before it asks for the loader
         sampler = StepSampler(
             len(self.pairs),
             self.batch_size,
@@ -465,5 +466,6 @@ def train_stego(
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(module, datamodule=PairsData(pairs, cfg.batch_size, cfg.num_workers, cfg.seed), ckpt_path=resume)
     if trainer.is_global_zero and head is None:
+        assert isinstance(module.net, StegoHead)  # no fixed head: the one trained
         save_stego(out / "stego.ckpt", module.net, module.cluster_probe, module.linear_probe, cfg, module.backbone)
     return module
