@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast install install-dev docs bench clean
+.PHONY: demo test test-fast lint install install-dev docs bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: install-dev
 test-fast: install-dev  # everything but the slow end-to-end runs: about a minute
 	$(PY) -m pytest -q -m "not slow"
 
+lint: install-dev  # ruff (lint, then the format check) over the Python files; mypy over src/unseg
+	$(PY) -m ruff check src tests benchmarks tools
+	$(PY) -m ruff format --check src tests benchmarks tools
+	$(PY) -m mypy
+
 docs: $(VENV)/.installed-docs  # the site into site/ (open site/index.html); any warning, e.g. a broken link or reference, fails
 	$(PY) -m mkdocs build --strict
 
@@ -46,4 +51,4 @@ bench: install  # CPU benchmarks; on a machine with a GPU also `bash benchmarks/
 	$(PY) benchmarks/bench_leopart.py
 
 clean:
-	rm -rf demo_out .pytest_cache build dist site
+	rm -rf demo_out .pytest_cache .mypy_cache .ruff_cache build dist site

@@ -8,6 +8,7 @@ seed as a parallel job). Prints both wall times, their ratio, and the largest pe
 mIoU difference (0 = identical results). Run: `make bench` or
 `python benchmarks/bench_clustering.py --root ../shared/data/camvid --ks 100 300`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ class ReferencePCA:
         return z @ self.components_.T.astype(np.float32)
 
 
-def reference_protocol(cache: FeatureCache, masks: np.ndarray, num_classes: int, ks: list[int], seeds: list[int],
-                       niter: int, nredo: int) -> tuple[dict[int, list[float]], dict[str, float]]:
+def reference_protocol(
+    cache: FeatureCache, masks: np.ndarray, num_classes: int, ks: list[int], seeds: list[int], niter: int, nredo: int
+) -> tuple[dict[int, list[float]], dict[str, float]]:
     """The protocol as it ran before: per-seed mIoU for each K, and seconds per stage."""
     times = {}
     start = time.perf_counter()
@@ -96,8 +98,11 @@ def main() -> None:
     p.add_argument("--niter", type=int, default=100)
     p.add_argument("--nredo", type=int, default=5)
     p.add_argument("--threads", type=int, help="default: UNSEG_THREADS, OMP_NUM_THREADS or all cores")
-    p.add_argument("--reference-threads", type=int,
-                   help="faiss threads of the reference (default: --threads, as the old code used them all)")
+    p.add_argument(
+        "--reference-threads",
+        type=int,
+        help="faiss threads of the reference (default: --threads, as the old code used them all)",
+    )
     args = p.parse_args()
     set_threads(args.threads)
     dataset = create_dataset("camvid", args.root, "val")
@@ -110,29 +115,37 @@ def main() -> None:
         masks = cached_masks(cache, dataset, (100, 100))
         seeds = list(range(args.seeds))
         n = len(cache) * cache.grid[0] * cache.grid[1]
-        print(f"# clustering protocol on camvid/val: {n} tokens x {cache.dim}, PCA 50, K {args.ks}, "
-              f"{len(seeds)} seeds, niter {args.niter}, nredo {args.nredo}, {get_threads()} threads "
-              f"(reference: {args.reference_threads or get_threads()}), "
-              f"{platform.processor() or platform.machine()}")
+        print(
+            f"# clustering protocol on camvid/val: {n} tokens x {cache.dim}, PCA 50, K {args.ks}, "
+            f"{len(seeds)} seeds, niter {args.niter}, nredo {args.nredo}, {get_threads()} threads "
+            f"(reference: {args.reference_threads or get_threads()}), "
+            f"{platform.processor() or platform.machine()}"
+        )
         faiss.omp_set_num_threads(args.reference_threads or get_threads())
-        ref_miou, ref_times = reference_protocol(cache, masks, dataset.num_classes, args.ks, seeds, args.niter,
-                                                 args.nredo)
+        ref_miou, ref_times = reference_protocol(
+            cache, masks, dataset.num_classes, args.ks, seeds, args.niter, args.nredo
+        )
         faiss.omp_set_num_threads(get_threads())
         start = time.perf_counter()
         project_tokens(cache, 50)
         new_pca = time.perf_counter() - start
         start = time.perf_counter()
-        results = evaluate_clustering(cache, masks, dataset.num_classes, ks=args.ks, seeds=seeds, niter=args.niter,
-                                      nredo=args.nredo)
+        results = evaluate_clustering(
+            cache, masks, dataset.num_classes, ks=args.ks, seeds=seeds, niter=args.niter, nredo=args.nredo
+        )
         new_total = time.perf_counter() - start
     ref_total = sum(ref_times.values())
-    print(f"reference  standardise+PCA {ref_times['pca']:6.2f} s, k-means+score {ref_times['kmeans+score']:7.2f} s, "
-          f"total {ref_total:7.2f} s")
-    print(f"unseg      standardise+PCA {new_pca:6.2f} s ({ref_times['pca'] / new_pca:.1f}x faster), "
-          f"whole protocol {new_total:7.2f} s")
+    print(
+        f"reference  standardise+PCA {ref_times['pca']:6.2f} s, k-means+score {ref_times['kmeans+score']:7.2f} s, "
+        f"total {ref_total:7.2f} s"
+    )
+    print(
+        f"unseg      standardise+PCA {new_pca:6.2f} s ({ref_times['pca'] / new_pca:.1f}x faster), "
+        f"whole protocol {new_total:7.2f} s"
+    )
     print(f"speed-up   {ref_total / new_total:.2f}x (reference time / unseg time)")
     for r in results:
-        diff = max(abs(a - b) for a, b in zip(r.miou, ref_miou[r.k]))
+        diff = max(abs(a - b) for a, b in zip(r.miou, ref_miou[r.k], strict=True))
         print(f"K={r.k:<4d} mIoU per seed {[round(v, 2) for v in r.miou]}  max |unseg - reference| {diff:.1e}")
 
 

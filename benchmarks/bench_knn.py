@@ -8,6 +8,7 @@ top-k that HNSW returns. At each of ``--sizes`` HNSW alone is timed; exact searc
 grows with N^2, is extrapolated from its time at ``--recall-size``.
 Run: `make bench` or `python benchmarks/bench_knn.py --sizes 100000 1000000`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="default: UNSEG_THREADS, OMP_NUM_THREADS or all cores")
     args = p.parse_args()
     set_threads(args.threads)
-    print(f"# kNN table: D={args.dim}, k={args.k}, HNSW M=32 efConstruction=80 efSearch={args.ef_search}, "
-          f"{get_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"# kNN table: D={args.dim}, k={args.k}, HNSW M=32 efConstruction=80 efSearch={args.ef_search}, "
+        f"{get_threads()} threads, {platform.processor() or platform.machine()}"
+    )
 
     x = descriptors(args.recall_size, args.dim)
     start = time.perf_counter()
@@ -49,9 +52,11 @@ def main() -> None:
     start = time.perf_counter()
     approx = nearest_neighbours(x, args.k, method="hnsw", ef_search=args.ef_search)
     t_hnsw = time.perf_counter() - start
-    recall = np.mean([len(np.intersect1d(a, e)) / args.k for a, e in zip(approx, exact)])
-    print(f"N={args.recall_size}: exact {t_exact:.1f} s, HNSW {t_hnsw:.1f} s ({t_exact / t_hnsw:.2f}x faster), "
-          f"recall@{args.k} {recall:.4f}")
+    recall = np.mean([len(np.intersect1d(a, e)) / args.k for a, e in zip(approx, exact, strict=True)])
+    print(
+        f"N={args.recall_size}: exact {t_exact:.1f} s, HNSW {t_hnsw:.1f} s ({t_exact / t_hnsw:.2f}x faster), "
+        f"recall@{args.k} {recall:.4f}"
+    )
     print(f"{'N':>9} | {'HNSW s':>8} | {'exact s (extrapolated N^2)':>26} | {'ratio':>6}")
     for n in args.sizes:
         x = descriptors(n, args.dim, seed=1)

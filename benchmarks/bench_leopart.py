@@ -7,14 +7,15 @@ loader workers), forward (student on every crop, teacher on the global crops), S
 cross-entropy), backward (backward, AdamW step, EMA update). Run:
 `python benchmarks/bench_leopart.py --root ../shared/data/camvid --steps 3`.
 """
+
 from __future__ import annotations
 
 import argparse
 import platform
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -45,16 +46,26 @@ def main() -> None:
     args = p.parse_args()
 
     weights = args.weights or (None if args.backbone == "efficientnet_lite0" else "random")
-    cfg = LeopartConfig(dataset=args.dataset, root=args.root, split=args.split, backbone=args.backbone,
-                        weights=weights, batch_size=args.batch_size, mask=args.mask,
-                        crops=CropConfig(global_size=args.global_size, local_size=args.local_size))
+    cfg = LeopartConfig(
+        dataset=args.dataset,
+        root=args.root,
+        split=args.split,
+        backbone=args.backbone,
+        weights=weights,
+        batch_size=args.batch_size,
+        mask=args.mask,
+        crops=CropConfig(global_size=args.global_size, local_size=args.local_size),
+    )
     device = resolve_device(args.device)
     torch.manual_seed(0)
     module = build_module(cfg).to(device)
     module.on_fit_start()  # moves the queue
     backbone = module.model.backbone
-    data = MultiCropDataset(create_dataset(cfg.dataset, cfg.root, cfg.split),
-                            MultiCrop(cfg.crops, backbone.mean, backbone.std, backbone.stride), cfg.seed)
+    data = MultiCropDataset(
+        create_dataset(cfg.dataset, cfg.root, cfg.split),
+        MultiCrop(cfg.crops, backbone.mean, backbone.std, backbone.stride),
+        cfg.seed,
+    )
     optimizer = torch.optim.AdamW(param_groups(module.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay))
     dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
@@ -82,8 +93,16 @@ def main() -> None:
             with timed("sinkhorn", record):
                 targets, masks = module.targets(teacher)
             with timed("roi_align", record):
-                loss = leopart_loss(targets, predictions, batch["boxes_global"], batch["boxes_crop"], masks,
-                                    module.stride, cfg.roi_size, cfg.temperature)
+                loss = leopart_loss(
+                    targets,
+                    predictions,
+                    batch["boxes_global"],
+                    batch["boxes_crop"],
+                    masks,
+                    module.stride,
+                    cfg.roi_size,
+                    cfg.temperature,
+                )
         with timed("backward", record):
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -94,16 +113,22 @@ def main() -> None:
     total = sum(seconds.values())
     compute = total - seconds["crops"]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"# Leopart step: {cfg.backbone} on {cfg.dataset}/{cfg.split}, batch {cfg.batch_size}, crops "
-          f"{cfg.crops.num_global}x{cfg.crops.global_size} + {cfg.crops.num_local}x{cfg.crops.local_size}, mask "
-          f"{cfg.mask}, precision {args.precision}, {where}, {platform.machine()}, {args.steps} timed steps")
+    print(
+        f"# Leopart step: {cfg.backbone} on {cfg.dataset}/{cfg.split}, batch {cfg.batch_size}, crops "
+        f"{cfg.crops.num_global}x{cfg.crops.global_size} + {cfg.crops.num_local}x{cfg.crops.local_size}, mask "
+        f"{cfg.mask}, precision {args.precision}, {where}, {platform.machine()}, {args.steps} timed steps"
+    )
     for name in COMPONENTS:
         per_step = seconds[name] / args.steps
         print(f"{name:10s} {1000 * per_step:9.1f} ms/step  {100 * seconds[name] / total:5.1f} %")
-    print(f"{'step':10s} {1000 * compute / args.steps:9.1f} ms/step without crops  "
-          f"{cfg.batch_size * args.steps / compute:7.2f} images/s")
-    print(f"{'':10s} {1000 * total / args.steps:9.1f} ms/step with crops     "
-          f"{cfg.batch_size * args.steps / total:7.2f} images/s")
+    print(
+        f"{'step':10s} {1000 * compute / args.steps:9.1f} ms/step without crops  "
+        f"{cfg.batch_size * args.steps / compute:7.2f} images/s"
+    )
+    print(
+        f"{'':10s} {1000 * total / args.steps:9.1f} ms/step with crops     "
+        f"{cfg.batch_size * args.steps / total:7.2f} images/s"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ faiss's sample of 256 * K points, and points are assigned one block at a time; w
 in memory is the (N, 50) float32 projection (200 bytes per token) and one block.
 Run: `make bench` or `python benchmarks/bench_scale.py --sizes 1000000 3000000 10000000`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,15 @@ def make(root: Path, tokens: int) -> None:
         m = min(SHARD, n - s * SHARD)
         truth = rng.integers(0, CLASSES, (m, GRID // 4, GRID // 4)).repeat(4, 1).repeat(4, 2)  # 4x4-token regions
         feats = centres[truth].transpose(0, 3, 1, 2) + rng.standard_normal((m, DIM, GRID, GRID), dtype=np.float32)
-        write_shard(root, s, feats.astype(np.float16), np.zeros((m, GRID, GRID), np.float16),
-                    [f"img{i:06d}" for i in range(s * SHARD, s * SHARD + m)], [])
-        masks[s * SHARD:s * SHARD + m] = truth[:, idx][:, :, idx]
+        write_shard(
+            root,
+            s,
+            feats.astype(np.float16),
+            np.zeros((m, GRID, GRID), np.float16),
+            [f"img{i:06d}" for i in range(s * SHARD, s * SHARD + m)],
+            [],
+        )
+        masks[s * SHARD : s * SHARD + m] = truth[:, idx][:, :, idx]
     mark_complete(root, shards)
     np.save(root / "bench-masks.npy", masks)
 
@@ -83,21 +90,30 @@ def main() -> None:
 
     from unseg.threads import get_threads
 
-    print(f"# clustering protocol at scale: {DIM}-dim float16 caches of 28x28-token images, PCA 50, K={args.k}, "
-          f"1 seed, niter {args.niter}, nredo {args.nredo}, {get_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# clustering protocol at scale: {DIM}-dim float16 caches of 28x28-token images, PCA 50, K={args.k}, "
+        f"1 seed, niter {args.niter}, nredo {args.nredo}, {get_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print(f"{'tokens':>10} | {'cache GB':>8} | {'seconds':>8} | {'s per M tokens':>14} | {'peak GiB':>8} | {'mIoU':>5}")
     for n in args.sizes:
         root = Path(tempfile.mkdtemp(prefix="unseg-scale-", dir=args.tmp))
         try:
             base = [sys.executable, __file__, "--sizes", str(n), "--root", str(root)]
             subprocess.run(base + ["--child", "make"], check=True)
-            out = subprocess.run(base + ["--child", "run", "--k", str(args.k), "--niter", str(args.niter),
-                                         "--nredo", str(args.nredo)], check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                base + ["--child", "run", "--k", str(args.k), "--niter", str(args.niter), "--nredo", str(args.nredo)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             size_gb = sum(f.stat().st_size for f in root.glob("shard-*.feats.npy")) / 1e9
-            print(f"{n:>10} | {size_gb:>8.1f} | {r['seconds']:>8.1f} | {r['seconds'] / n * 1e6:>14.1f} | "
-                  f"{r['peak_gib']:>8.2f} | {r['miou']:>5.1f}", flush=True)
+            print(
+                f"{n:>10} | {size_gb:>8.1f} | {r['seconds']:>8.1f} | {r['seconds'] / n * 1e6:>14.1f} | "
+                f"{r['peak_gib']:>8.2f} | {r['miou']:>5.1f}",
+                flush=True,
+            )
         finally:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -14,6 +14,7 @@ forward. Then the time of each stage of ``segment`` (its best run), per image. I
 folder (``--images``), default CamVid's val split (``--root``). Run:
 ``python benchmarks/bench_segment.py --root ../shared/data/camvid``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,16 +50,25 @@ def main() -> None:
 
     threads = set_threads(args.threads)
     folder = Path(args.images) if args.images else Path(args.root) / "val"
-    images = collect_images([folder])[:args.limit]
+    images = collect_images([folder])[: args.limit]
     size = as_size(args.input_size)
     backbone = create_backbone(args.backbone, args.weights).eval()
-    batches = [torch.stack([image_to_tensor(read_image(i.path), size, backbone.mean, backbone.std)
-                            for i in images[s:s + args.batch_size]]) for s in range(0, len(images), args.batch_size)]
+    batches = [
+        torch.stack(
+            [
+                image_to_tensor(read_image(i.path), size, backbone.mean, backbone.std)
+                for i in images[s : s + args.batch_size]
+            ]
+        )
+        for s in range(0, len(images), args.batch_size)
+    ]
     with torch.inference_mode():
         backbone(batches[0])  # warm-up
-    print(f"# segment vs bare forward: {args.backbone} on {len(images)} images of {folder} at {args.input_size}px, "
-          f"batch {args.batch_size}, {args.workers} loader workers, threads {threads} of {available_cores()} cores, "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"# segment vs bare forward: {args.backbone} on {len(images)} images of {folder} at {args.input_size}px, "
+        f"batch {args.batch_size}, {args.workers} loader workers, threads {threads} of {available_cores()} cores, "
+        f"{platform.processor() or platform.machine()}"
+    )
 
     def bare() -> float:
         start = time.perf_counter()
@@ -75,8 +85,16 @@ def main() -> None:
         for r in range(args.repeats):
             runs["bare"].append(bare())
             start = time.perf_counter()
-            run = segment(paths, out_dir=Path(tmp) / f"out{r}", method=args.method, backbone=args.backbone,
-                          weights=args.weights, input_size=args.input_size, batch_size=args.batch_size, num_workers=args.workers)
+            run = segment(
+                paths,
+                out_dir=Path(tmp) / f"out{r}",
+                method=args.method,
+                backbone=args.backbone,
+                weights=args.weights,
+                input_size=args.input_size,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+            )
             runs["segment"].append(time.perf_counter() - start)
             stages.append(run.seconds)
             description = run.describe()
@@ -84,16 +102,22 @@ def main() -> None:
     print(f"# {description}")
     print(f"{'path':9s} {'img/s':>7s} {'best s':>7s} {'median s':>9s}  runs (s)")
     for name, times in runs.items():
-        print(f"{name:9s} {n / min(times):7.2f} {min(times):7.2f} {statistics.median(times):9.2f}  "
-              + " ".join(f"{t:.2f}" for t in times))
+        print(
+            f"{name:9s} {n / min(times):7.2f} {min(times):7.2f} {statistics.median(times):9.2f}  "
+            + " ".join(f"{t:.2f}" for t in times)
+        )
     best = min(runs["bare"]) / min(runs["segment"])
     median = statistics.median(runs["bare"]) / statistics.median(runs["segment"])
-    print(f"segment / bare forward throughput: {best:.2f} (best runs), {median:.2f} (medians)  (1.00 = nothing "
-          "beyond the forward)")
+    print(
+        f"segment / bare forward throughput: {best:.2f} (best runs), {median:.2f} (medians)  (1.00 = nothing "
+        "beyond the forward)"
+    )
     fastest = stages[runs["segment"].index(min(runs["segment"]))]
-    print("segment's stages (its best run), ms per image: " + ", ".join(
-        f"{name} {1000 * seconds / n:.1f}" for name, seconds in fastest.items())
-        + f"; bare forward {1000 * min(runs['bare']) / n:.1f}")
+    print(
+        "segment's stages (its best run), ms per image: "
+        + ", ".join(f"{name} {1000 * seconds / n:.1f}" for name, seconds in fastest.items())
+        + f"; bare forward {1000 * min(runs['bare']) / n:.1f}"
+    )
 
 
 if __name__ == "__main__":

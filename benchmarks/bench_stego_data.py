@@ -5,6 +5,7 @@ searched in query blocks (what ``knn_indices`` runs on a cache's descriptors). C
 random images with smooth random logits at 1/8 of the image size (a backbone's grid),
 for each number of processes. Run: `python benchmarks/bench_stego_data.py`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from unseg.postprocess import crf_batch
 
 
 def bench_knn(sizes: list[int], dim: int, k: int, batch: int) -> None:
-    print(f"\nkNN: D={dim}, k={k}, faiss IndexFlatIP, query blocks of {batch}, "
-          f"faiss threads {faiss.omp_get_max_threads()}")
+    print(
+        f"\nkNN: D={dim}, k={k}, faiss IndexFlatIP, query blocks of {batch}, "
+        f"faiss threads {faiss.omp_get_max_threads()}"
+    )
     print(f"{'N':>8} | {'seconds':>8} | {'images/s':>9} | {'table MiB':>9}")
     rng = np.random.default_rng(0)
     for n in sizes:
@@ -38,10 +41,13 @@ def bench_knn(sizes: list[int], dim: int, k: int, batch: int) -> None:
 def bench_crf(num_images: int, size: tuple[int, int], classes: int, processes: list[int]) -> None:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(num_images)]
-    logits = [F.avg_pool2d(torch.randn(1, classes, size[0] // 8, size[1] // 8) * 4, 3, 1, 1)[0]
-              for _ in range(num_images)]
-    print(f"\ndense CRF: {num_images} images {size[0]}x{size[1]}, {classes} classes, "
-          f"logits {size[0] // 8}x{size[1] // 8}, 10 iterations")
+    logits = [
+        F.avg_pool2d(torch.randn(1, classes, size[0] // 8, size[1] // 8) * 4, 3, 1, 1)[0] for _ in range(num_images)
+    ]
+    print(
+        f"\ndense CRF: {num_images} images {size[0]}x{size[1]}, {classes} classes, "
+        f"logits {size[0] // 8}x{size[1] // 8}, 10 iterations"
+    )
     print(f"{'processes':>9} | {'seconds':>8} | {'images/s':>9}")
     for p in processes:
         start = time.perf_counter()
@@ -61,8 +67,10 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=11)
     p.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     args = p.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     bench_knn(args.sizes, args.dim, args.k, args.batch)
     bench_crf(args.crf_images, tuple(args.crf_size), args.classes, args.processes)
 

@@ -4,6 +4,7 @@ Times the same optimisation step (correspondence loss + probes, backward, Adam) 
 from the feature cache and on batches of images run through the frozen backbone. Run:
 `python benchmarks/bench_stego_train.py --root ../shared/data/camvid`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,19 +45,26 @@ def main() -> None:
     train = split_data(cfg, cfg.train_split, args.cache_dir)
     knn = knn_indices(train.cache, cfg.knn_k)
     torch.manual_seed(0)
-    cached = DataLoader(CachedPairs(train.cache, knn, cfg.num_neighbors), batch_size=cfg.batch_size, shuffle=True,
-                        num_workers=2)
+    cached = DataLoader(
+        CachedPairs(train.cache, knn, cfg.num_neighbors), batch_size=cfg.batch_size, shuffle=True, num_workers=2
+    )
     module = StegoModule(cfg, train.cache.dim)
     fast = steps_per_second(module, cached, args.steps)
 
     from unseg.backbones import create_backbone
 
     backbone = create_backbone(cfg.backbone, cfg.weights)
-    images = DataLoader(ImagePairs(train.dataset, knn, cfg.input_size, backbone.mean, backbone.std,
-                                   cfg.num_neighbors), batch_size=cfg.batch_size, shuffle=True, num_workers=2)
+    images = DataLoader(
+        ImagePairs(train.dataset, knn, cfg.input_size, backbone.mean, backbone.std, cfg.num_neighbors),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=2,
+    )
     slow = steps_per_second(StegoModule(cfg, backbone.embed_dim, backbone), images, args.steps)
-    print(f"# STEGO {cfg.backbone} on {cfg.dataset}/{cfg.train_split}, batch {cfg.batch_size}, "
-          f"input {cfg.input_size}px, {torch.get_num_threads()} torch threads, {args.steps} timed steps")
+    print(
+        f"# STEGO {cfg.backbone} on {cfg.dataset}/{cfg.train_split}, batch {cfg.batch_size}, "
+        f"input {cfg.input_size}px, {torch.get_num_threads()} torch threads, {args.steps} timed steps"
+    )
     print(f"cached features  {fast:6.2f} steps/s  {fast * cfg.batch_size:7.1f} images/s")
     print(f"images           {slow:6.2f} steps/s  {slow * cfg.batch_size:7.1f} images/s")
     print(f"speed-up         {fast / slow:6.1f}x")

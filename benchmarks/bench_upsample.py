@@ -6,6 +6,7 @@ of the process's resident set above the start on CPU (Linux /proc, sampled by a 
 ``torch.cuda.max_memory_allocated`` on a GPU. Also times the PCA-50 space the clustering
 protocol upsamples in. Run: `python benchmarks/bench_upsample.py [--device cuda]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def rss() -> int:
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled every millisecond."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.base = self.peak = rss()
         self.running = True
         self.thread = threading.Thread(target=self._sample, daemon=True)
@@ -49,8 +50,9 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def measure(up: Upsampling, feats: torch.Tensor, size: tuple[int, int], repeats: int, device: torch.device
-            ) -> tuple[float, float]:
+def measure(
+    up: Upsampling, feats: torch.Tensor, size: tuple[int, int], repeats: int, device: torch.device
+) -> tuple[float, float]:
     """(seconds per image, peak MiB) of upsampling ``feats`` to ``size``."""
     guide = torch.rand(3, *size, device=device) if up.guided else None
     up.apply(feats, size, guide)  # warm-up
@@ -81,10 +83,15 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, " \
-                                                                            f"{args.threads} thread(s)"
-    print(f"feature upsampling per image on {name}, grid {args.grid[0]}x{args.grid[1]}, "
-          f"guided: the API's defaults ({Upsampling('guided').describe()}); {args.repeats} repeats")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'}, {args.threads} thread(s)"
+    )
+    print(
+        f"feature upsampling per image on {name}, grid {args.grid[0]}x{args.grid[1]}, "
+        f"guided: the API's defaults ({Upsampling('guided').describe()}); {args.repeats} repeats"
+    )
     print(f"{'method':9s} {'dim':>5s} {'target':>9s} {'ms/img':>9s} {'peak MiB':>9s} {'output MiB':>10s}")
     for dim in args.dims:
         feats = torch.randn(dim, *args.grid, device=device)
@@ -93,8 +100,10 @@ def main() -> None:
             for method in ("bilinear", "guided"):
                 seconds, mib = measure(Upsampling(method), feats, size, args.repeats, device)
                 out_mib = dim * side * side * 4 / 2**20
-                print(f"{method:9s} {dim:5d} {side:4d}x{side:<4d} {seconds * 1e3:9.1f} {mib:9.1f} {out_mib:10.1f}",
-                      flush=True)
+                print(
+                    f"{method:9s} {dim:5d} {side:4d}x{side:<4d} {seconds * 1e3:9.1f} {mib:9.1f} {out_mib:10.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

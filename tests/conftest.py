@@ -5,33 +5,35 @@ are fixtures returning the builder. Method configs go through the config loader
 (:func:`unseg.config.config_from_dict`), so a misspelt key in a test fails instead of
 leaving the default in place.
 """
+
 from __future__ import annotations
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before anything imports huggingface_hub: no test reaches the network
 
-import pwd  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from functools import partial  # noqa: E402
-from html.parser import HTMLParser  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping  # noqa: E402
-from urllib.parse import unquote  # noqa: E402
+import pwd
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from html.parser import HTMLParser
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
-from unseg.backbones import Backbone, create_backbone  # noqa: E402
-from unseg.backbones.base import BACKBONES, BackboneSpec  # noqa: E402
-from unseg.backbones.vit import ViTBackbone  # noqa: E402
-from unseg.config import config_from_dict  # noqa: E402
-from unseg.features.cache import FeatureCache, mark_complete, prepare_cache_dir, write_shard  # noqa: E402
+from unseg.backbones import Backbone, create_backbone
+from unseg.backbones.base import BACKBONES, BackboneSpec
+from unseg.backbones.vit import ViTBackbone
+from unseg.config import config_from_dict
+from unseg.features.cache import FeatureCache, mark_complete, prepare_cache_dir, write_shard
 
 if TYPE_CHECKING:  # the methods import Lightning: only the tests that use them pay for it
     from unseg.methods.leopart import LeopartConfig
@@ -47,6 +49,7 @@ def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, 
 
 
 # --- images and backbones -------------------------------------------------------------------------
+
 
 def _image_folder(root: Path, n: int, size: tuple[int, int] = (40, 30), seed: int = 0) -> Path:
     """``n`` random RGB PNGs named img00.png ... (W, H) = size."""
@@ -76,16 +79,24 @@ def tiny_vit() -> Callable[..., Backbone]:
 
 # --- feature caches -------------------------------------------------------------------------------
 
+
 def _feature_cache(root: Path, feats: np.ndarray, shard_size: int | None = None) -> FeatureCache:
     n, d, h, w = feats.shape
     size = shard_size or max(n, 1)
     num_shards = -(-n // size)
-    prepare_cache_dir(root, {"num_shards": num_shards, "dim": d, "grid": [h, w], "num_images": n,
-                             "input_size": [h * 8, w * 8]})
+    prepare_cache_dir(
+        root, {"num_shards": num_shards, "dim": d, "grid": [h, w], "num_images": n, "input_size": [h * 8, w * 8]}
+    )
     for s in range(num_shards):
-        block = feats[s * size:(s + 1) * size].astype(np.float32)
-        write_shard(root, s, block, np.full((len(block), h, w), 1 / (h * w), np.float32),
-                    [f"img{i:03d}" for i in range(s * size, s * size + len(block))], [])
+        block = feats[s * size : (s + 1) * size].astype(np.float32)
+        write_shard(
+            root,
+            s,
+            block,
+            np.full((len(block), h, w), 1 / (h * w), np.float32),
+            [f"img{i:03d}" for i in range(s * size, s * size + len(block))],
+            [],
+        )
     assert mark_complete(root, num_shards)
     return FeatureCache(root)
 
@@ -99,9 +110,20 @@ def feature_cache() -> Callable[[Path, np.ndarray], FeatureCache]:
 
 # --- method configs -------------------------------------------------------------------------------
 
-SMALL_STEGO = {"n_classes": 2, "dim": 8, "dropout": 0.0, "num_neighbors": 3, "batch_size": 4, "num_workers": 0,
-               "accelerator": "cpu", "progress_bar": False, "max_steps": 3, "checkpoint_every": 3, "log_every": 1,
-               "loss": {"feature_samples": 5, "neg_samples": 2}}
+SMALL_STEGO = {
+    "n_classes": 2,
+    "dim": 8,
+    "dropout": 0.0,
+    "num_neighbors": 3,
+    "batch_size": 4,
+    "num_workers": 0,
+    "accelerator": "cpu",
+    "progress_bar": False,
+    "max_steps": 3,
+    "checkpoint_every": 3,
+    "log_every": 1,
+    "loss": {"feature_samples": 5, "neg_samples": 2},
+}
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +149,23 @@ def tiny_leopart() -> Iterator[SimpleNamespace]:
     """
     from unseg.methods.leopart import LeopartConfig
 
-    base = {"dataset": "folder", "backbone": TINY_LEOPART, "weights": "random", "hidden_dim": 32, "dim": 16,
-            "num_prototypes": 10, "crops": {"global_size": 48, "local_size": 32}, "queue_length": 20, "epochs": 2,
-            "batch_size": 2, "num_workers": 0, "accelerator": "cpu", "log_every": 1, "checkpoint_every_epochs": 1,
-            "progress_bar": False}
+    base = {
+        "dataset": "folder",
+        "backbone": TINY_LEOPART,
+        "weights": "random",
+        "hidden_dim": 32,
+        "dim": 16,
+        "num_prototypes": 10,
+        "crops": {"global_size": 48, "local_size": 32},
+        "queue_length": 20,
+        "epochs": 2,
+        "batch_size": 2,
+        "num_workers": 0,
+        "accelerator": "cpu",
+        "log_every": 1,
+        "checkpoint_every_epochs": 1,
+        "progress_bar": False,
+    }
 
     def config(root: Path, **overrides: Any) -> LeopartConfig:
         return config_from_dict(LeopartConfig, _merged({**base, "root": str(root)}, overrides), "test config")
@@ -138,22 +173,29 @@ def tiny_leopart() -> Iterator[SimpleNamespace]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(BACKBONES._entries, TINY_LEOPART, BackboneSpec(TINY_LEOPART, 64, 16, "random only (tests)",
-                                                                     partial(ViTBackbone, "test_vit")))
-        yield SimpleNamespace(backbone=TINY_LEOPART, config=config,
-                              images=lambda root, n=4: _image_folder(root, n, size=(64, 48)))
+        patch.setitem(
+            BACKBONES._entries,
+            TINY_LEOPART,
+            BackboneSpec(TINY_LEOPART, 64, 16, "random only (tests)", partial(ViTBackbone, "test_vit")),
+        )
+        yield SimpleNamespace(
+            backbone=TINY_LEOPART, config=config, images=lambda root, n=4: _image_folder(root, n, size=(64, 48))
+        )
     torch.set_num_threads(threads)
 
 
 # --- file systems that refuse: full, read-only, unreadable -------------------------------------------
+
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
     """Mount a tmpfs at ``where`` (root only); False when this machine does not allow it."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True).returncode
+        == 0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +247,7 @@ def as_nobody() -> Callable[..., Any]:
 
 
 # --- HTML reports ---------------------------------------------------------------------------------
+
 
 class _Links(HTMLParser):
     def __init__(self) -> None:

@@ -7,6 +7,7 @@ Checkpoints are built here from models with random weights and the real key name
 no test needs a download; inputs are tiny, except the position-embedding checks at the
 evaluation sizes, which run one block.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,20 @@ def feats(backbone, x: torch.Tensor) -> torch.Tensor:
 def dino_vit_keys(depth: int = 12, layerscale: bool = False) -> set[str]:
     """The key names of facebookresearch/dino (and dinov2: ls1/ls2) ViT backbone files."""
     keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"}
-    per_block = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                 "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                 "mlp.fc2.weight", "mlp.fc2.bias"] + (["ls1.gamma", "ls2.gamma"] if layerscale else [])
+    per_block = [
+        "norm1.weight",
+        "norm1.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc1.bias",
+        "mlp.fc2.weight",
+        "mlp.fc2.bias",
+    ] + (["ls1.gamma", "ls2.gamma"] if layerscale else [])
     return keys | {f"blocks.{i}.{k}" for i in range(depth) for k in per_block}
 
 
@@ -98,8 +110,11 @@ def one_thread():
 @pytest.fixture(scope="module")
 def vits16():
     """Teacher and student ViT-S/16 with different random weights, and an unrelated one."""
-    return {"teacher": random_backbone("dino_vits16", 1), "student": random_backbone("dino_vits16", 2),
-            "fresh": random_backbone("dino_vits16", 3)}
+    return {
+        "teacher": random_backbone("dino_vits16", 1),
+        "student": random_backbone("dino_vits16", 2),
+        "fresh": random_backbone("dino_vits16", 3),
+    }
 
 
 X16 = images(32, 48)  # 2x3 patches at stride 16
@@ -122,8 +137,12 @@ def test_dinov2_backbone_pth_with_layerscale_and_mask_token(tmp_path):
     body = vit_state(source, layerscale=True)
     assert body["pos_embed"].shape == (1, 1 + 37 * 37, 384)  # DINOv2 files are made at 518 px
     # facebookresearch/dinov2 order: cls_token, pos_embed, mask_token (training only), then the rest
-    state = {"cls_token": body.pop("cls_token"), "pos_embed": body.pop("pos_embed"),
-             "mask_token": torch.zeros(1, 384), **body}
+    state = {
+        "cls_token": body.pop("cls_token"),
+        "pos_embed": body.pop("pos_embed"),
+        "mask_token": torch.zeros(1, 384),
+        **body,
+    }
     path = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save(state, path)
     assert_loads_as(create_backbone("dinov2_vits14", weights=path), source, fresh, X14)
@@ -131,9 +150,16 @@ def test_dinov2_backbone_pth_with_layerscale_and_mask_token(tmp_path):
 
 def _dino_head(prefix: str, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    shapes = {"mlp.0.weight": (64, 384), "mlp.0.bias": (64,), "mlp.2.weight": (64, 64), "mlp.2.bias": (64,),
-              "mlp.4.weight": (32, 64), "mlp.4.bias": (32,), "last_layer.weight_g": (100, 1),
-              "last_layer.weight_v": (100, 32)}
+    shapes = {
+        "mlp.0.weight": (64, 384),
+        "mlp.0.bias": (64,),
+        "mlp.2.weight": (64, 64),
+        "mlp.2.bias": (64,),
+        "mlp.4.weight": (32, 64),
+        "mlp.4.bias": (32,),
+        "last_layer.weight_g": (100, 1),
+        "last_layer.weight_v": (100, 32),
+    }
     return {f"{prefix}head.{k}": torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
@@ -156,10 +182,15 @@ def test_dino_full_training_checkpoint(vits16, tmp_path, role, expected):
 
 def _leopart_head(prefix: str, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    shapes = {"projection_head.0.weight": (128, 384), "projection_head.0.bias": (128,),
-              "projection_head.2.weight": (128, 128), "projection_head.2.bias": (128,),
-              "projection_head.4.weight": (256, 128), "projection_head.4.bias": (256,),
-              "prototypes.weight": (300, 256)}
+    shapes = {
+        "projection_head.0.weight": (128, 384),
+        "projection_head.0.bias": (128,),
+        "projection_head.2.weight": (128, 128),
+        "projection_head.2.bias": (128,),
+        "projection_head.4.weight": (256, 128),
+        "projection_head.4.bias": (256,),
+        "prototypes.weight": (300, 256),
+    }
     return {f"{prefix}{k}": torch.randn(s, generator=g) for k, s in shapes.items()}
 
 
@@ -167,12 +198,28 @@ def _leopart_head(prefix: str, seed: int) -> dict[str, torch.Tensor]:
 def test_leopart_lightning_checkpoint(vits16, tmp_path, role, expected):
     """Leopart's evaluation reads the student (``model.*``): the default here too."""
     teacher, student = vit_state(vits16["teacher"]), vit_state(vits16["student"])
-    state = {**{f"model.{k}": v for k, v in student.items()}, **_leopart_head("model.", 1),
-             **{f"teacher.{k}": v for k, v in teacher.items()}, **_leopart_head("teacher.", 2)}
-    ckpt = {"state_dict": state, "epoch": 49, "global_step": 12345, "pytorch-lightning_version": "1.5.10",
-            "optimizer_states": [], "lr_schedulers": [],
-            "hyper_parameters": {"arch": "vit-small", "patch_size": 16, "num_prototypes": 300,
-                                 "projection_feat_dim": 256, "teacher_gs": 224, "loss_mask": "fg"}}
+    state = {
+        **{f"model.{k}": v for k, v in student.items()},
+        **_leopart_head("model.", 1),
+        **{f"teacher.{k}": v for k, v in teacher.items()},
+        **_leopart_head("teacher.", 2),
+    }
+    ckpt = {
+        "state_dict": state,
+        "epoch": 49,
+        "global_step": 12345,
+        "pytorch-lightning_version": "1.5.10",
+        "optimizer_states": [],
+        "lr_schedulers": [],
+        "hyper_parameters": {
+            "arch": "vit-small",
+            "patch_size": 16,
+            "num_prototypes": 300,
+            "projection_feat_dim": 256,
+            "teacher_gs": 224,
+            "loss_mask": "fg",
+        },
+    }
     path = tmp_path / "leopart_vits16.ckpt"
     torch.save(ckpt, path)
     other = "student" if expected == "teacher" else "teacher"
@@ -183,14 +230,31 @@ def test_leopart_lightning_checkpoint(vits16, tmp_path, role, expected):
 def test_stego_lightning_checkpoint(vits16, tmp_path, role):
     g = torch.Generator().manual_seed(7)
     r = lambda *s: torch.randn(s, generator=g)  # noqa: E731
-    state = {**{f"net.model.{k}": v for k, v in vit_state(vits16["student"]).items()},
-             "net.cluster1.0.weight": r(70, 384, 1, 1), "net.cluster1.0.bias": r(70),
-             "net.cluster2.0.weight": r(384, 384, 1, 1), "net.cluster2.0.bias": r(384),
-             "net.cluster2.2.weight": r(70, 384, 1, 1), "net.cluster2.2.bias": r(70),
-             "decoder.weight": r(384, 70, 1, 1), "decoder.bias": r(384),
-             "cluster_probe.clusters": r(27, 70), "linear_probe.weight": r(27, 70, 1, 1), "linear_probe.bias": r(27)}
-    cfg = {"model_type": "vit_small", "dino_patch_size": 16, "dim": 70, "continuous": True, "extra_clusters": 0,
-           "pointwise": True, "neg_inter_weight": 0.63, "pos_inter_weight": 0.25, "pos_intra_weight": 0.67}
+    state = {
+        **{f"net.model.{k}": v for k, v in vit_state(vits16["student"]).items()},
+        "net.cluster1.0.weight": r(70, 384, 1, 1),
+        "net.cluster1.0.bias": r(70),
+        "net.cluster2.0.weight": r(384, 384, 1, 1),
+        "net.cluster2.0.bias": r(384),
+        "net.cluster2.2.weight": r(70, 384, 1, 1),
+        "net.cluster2.2.bias": r(70),
+        "decoder.weight": r(384, 70, 1, 1),
+        "decoder.bias": r(384),
+        "cluster_probe.clusters": r(27, 70),
+        "linear_probe.weight": r(27, 70, 1, 1),
+        "linear_probe.bias": r(27),
+    }
+    cfg = {
+        "model_type": "vit_small",
+        "dino_patch_size": 16,
+        "dim": 70,
+        "continuous": True,
+        "extra_clusters": 0,
+        "pointwise": True,
+        "neg_inter_weight": 0.63,
+        "pos_inter_weight": 0.25,
+        "pos_intra_weight": 0.67,
+    }
     ckpt = {"state_dict": state, "epoch": 1, "global_step": 5000, "hyper_parameters": {"n_classes": 27, "cfg": cfg}}
     path = tmp_path / "potsdam_test.ckpt"
     torch.save(ckpt, path)
@@ -260,9 +324,11 @@ def test_resnet50_torchvision_layout(tmp_path, with_fc):
 def test_resnet50_in_dino_full_checkpoint(tmp_path, role, expected):
     """DINO's ResNet-50 training checkpoint: many keys end in 'conv1.weight' (layerN.M.conv1)."""
     nets = {"teacher": random_backbone("resnet50", 31), "student": random_backbone("resnet50", 32)}
-    ckpt = {"teacher": {f"backbone.{k}": v for k, v in nets["teacher"].weight_state_dict().items()},
-            "student": {f"module.backbone.{k}": v for k, v in nets["student"].weight_state_dict().items()},
-            "epoch": 3}
+    ckpt = {
+        "teacher": {f"backbone.{k}": v for k, v in nets["teacher"].weight_state_dict().items()},
+        "student": {f"module.backbone.{k}": v for k, v in nets["student"].weight_state_dict().items()},
+        "epoch": 3,
+    }
     ckpt["teacher"].update(_dino_head("", 1))
     path = tmp_path / "checkpoint.pth"
     torch.save(ckpt, path)
@@ -350,9 +416,11 @@ def test_vit_state_dict_into_efficientnet(vits16, tmp_path):
     assert "conv_stem.weight" in _raises_naming(path, "efficientnet_lite0")
 
 
-JUNK = {"text": b"hello, this is a text file\nnot a checkpoint\n",
-        "random-bytes": random.Random(2).randbytes(4000),  # torch.load(weights_only=True): IndexError
-        "empty": b""}
+JUNK = {
+    "text": b"hello, this is a text file\nnot a checkpoint\n",
+    "random-bytes": random.Random(2).randbytes(4000),  # torch.load(weights_only=True): IndexError
+    "empty": b"",
+}
 
 
 @pytest.mark.parametrize("content", list(JUNK.values()), ids=list(JUNK))
@@ -426,7 +494,7 @@ def _reference_cls_attention(model, tokens: torch.Tensor) -> torch.Tensor:
         attn.fused_attn = fused
         hook.remove()
     (a,) = captured  # (B, heads, N, N)
-    cls_to_patches = a[:, :, 0, model.num_prefix_tokens:].mean(dim=1)
+    cls_to_patches = a[:, :, 0, model.num_prefix_tokens :].mean(dim=1)
     return cls_to_patches / cls_to_patches.sum(dim=-1, keepdim=True)
 
 
@@ -439,8 +507,9 @@ def authors_pos_embed(pos: torch.Tensor, height: int, width: int, patch: int, di
         return pos
     m = int(math.sqrt(n))
     grid = pos[:, 1:].float() if dinov2 else pos[:, 1:]
-    grid = F.interpolate(grid.reshape(1, m, m, -1).permute(0, 3, 1, 2), scale_factor=((gh + 0.1) / m, (gw + 0.1) / m),
-                         mode="bicubic")
+    grid = F.interpolate(
+        grid.reshape(1, m, m, -1).permute(0, 3, 1, 2), scale_factor=((gh + 0.1) / m, (gw + 0.1) / m), mode="bicubic"
+    )
     assert grid.shape[-2:] == (gh, gw)
     return torch.cat([pos[:, :1].to(grid.dtype), grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)], dim=1)
 
@@ -464,9 +533,11 @@ def _one_block_vit(name: str, seed: int):
     return backbone
 
 
-POS_CASES = [("dino_vits16", s) for s in [(448, 448), (224, 320), (160, 224), (224, 224), (96, 96)]] + \
-            [("dino_vits8", s) for s in [(448, 448), (224, 320), (160, 224)]] + \
-            [("dinov2_vits14", s) for s in [(448, 448), (224, 322), (154, 224), (518, 518)]]
+POS_CASES = (
+    [("dino_vits16", s) for s in [(448, 448), (224, 320), (160, 224), (224, 224), (96, 96)]]
+    + [("dino_vits8", s) for s in [(448, 448), (224, 320), (160, 224)]]
+    + [("dinov2_vits14", s) for s in [(448, 448), (224, 322), (154, 224), (518, 518)]]
+)
 
 
 @pytest.mark.parametrize("name,size", POS_CASES, ids=[f"{n}-{h}x{w}" for n, (h, w) in POS_CASES])
@@ -523,8 +594,15 @@ def test_no_weights_needs_a_local_file(name):
         create_backbone(name)
 
 
-@pytest.mark.parametrize("name, dim", [("efficientnet_lite0", 432), ("efficientnet_lite0_stage5", 304),
-                                       ("efficientnet_lite1", 432), ("efficientnet_lite2", 472)])
+@pytest.mark.parametrize(
+    "name, dim",
+    [
+        ("efficientnet_lite0", 432),
+        ("efficientnet_lite0_stage5", 304),
+        ("efficientnet_lite1", 432),
+        ("efficientnet_lite2", 472),
+    ],
+)
 def test_efficientnet_needs_no_weights_argument(name, dim):
     assert create_backbone(name).embed_dim == dim
 
@@ -596,7 +674,9 @@ def test_asking_for_a_role_the_checkpoint_lacks_is_an_error(tmp_path):
     teacher = create_backbone("dino_vits16", weights=dino, role="teacher").weight_state_dict()
     assert teacher.keys() == state.keys() and all(torch.equal(teacher[k], v) for k, v in state.items())
     leopart = tmp_path / "two_students.ckpt"
-    torch.save({"state_dict": {**{f"model.{k}": v for k, v in state.items()},
-                               **{f"ema.{k}": v for k, v in state.items()}}}, leopart)
+    torch.save(
+        {"state_dict": {**{f"model.{k}": v for k, v in state.items()}, **{f"ema.{k}": v for k, v in state.items()}}},
+        leopart,
+    )
     with pytest.raises(WeightsError, match="none is the teacher"):
         create_backbone("dino_vits16", weights=leopart, role="teacher")

@@ -1,5 +1,6 @@
 """Feature cache: reused when present, atomic (a crashed or killed run is never read as
 complete), resumable shard by shard, corrupt images reported by name."""
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from unseg.datasets import create_dataset
 from unseg.errors import CacheError, ImageError
 from unseg.features import FeatureCache, extract_features
 from unseg.features.cache import cached_masks
-
 
 SIZE = (32, 48)
 
@@ -38,8 +38,9 @@ class CountingBackbone:
 
 
 def extract(backbone, dataset, root, **kw):
-    return extract_features(backbone, dataset, SIZE, cache_root=root, batch_size=2, num_workers=0,
-                            shard_size=2, progress=False, **kw)
+    return extract_features(
+        backbone, dataset, SIZE, cache_root=root, batch_size=2, num_workers=0, shard_size=2, progress=False, **kw
+    )
 
 
 def test_cache_contents_match_the_backbone_and_are_reused(tmp_path, image_folder, tiny_vit):
@@ -59,7 +60,7 @@ def test_cache_contents_match_the_backbone_and_are_reused(tmp_path, image_folder
     np.testing.assert_allclose(cache.features(3), f[0].numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(cache.saliency(3), s[0].numpy(), rtol=1e-5, atol=1e-6)
     tokens = np.concatenate(list(cache.iter_tokens(batch=2)))
-    np.testing.assert_allclose(tokens[3 * 6: 4 * 6], f[0].flatten(1).T.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tokens[3 * 6 : 4 * 6], f[0].flatten(1).T.numpy(), rtol=1e-5, atol=1e-5)
     # second call: nothing recomputed
     again = extract(backbone, dataset, tmp_path / "cache")
     assert counter.images == 5 and again.root == cache.root
@@ -110,8 +111,8 @@ def test_killed_process_leaves_a_resumable_cache(tmp_path, image_folder, tiny_vi
             time.sleep(0.3)
             return out
         b.forward_with_saliency = slow
-        ds = create_dataset("folder", {str(tmp_path / 'imgs')!r}, "")
-        extract_features(b, ds, (32, 48), cache_root={str(tmp_path / 'cache')!r}, batch_size=2,
+        ds = create_dataset("folder", {str(tmp_path / "imgs")!r}, "")
+        extract_features(b, ds, (32, 48), cache_root={str(tmp_path / "cache")!r}, batch_size=2,
                          num_workers=0, shard_size=4, progress=False)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -129,8 +130,16 @@ def test_killed_process_leaves_a_resumable_cache(tmp_path, image_folder, tiny_vi
     dataset = create_dataset("folder", tmp_path / "imgs", "")
     backbone = tiny_vit()
     counter = CountingBackbone(backbone)
-    resumed = extract_features(backbone, dataset, (32, 48), cache_root=tmp_path / "cache", batch_size=2,
-                               num_workers=0, shard_size=4, progress=False)
+    resumed = extract_features(
+        backbone,
+        dataset,
+        (32, 48),
+        cache_root=tmp_path / "cache",
+        batch_size=2,
+        num_workers=0,
+        shard_size=4,
+        progress=False,
+    )
     assert resumed.root == folder and len(resumed) == 12
     assert counter.images == 12 - 4 * len(done)  # only the missing shards were computed
     from unseg.features import image_to_tensor

@@ -3,6 +3,7 @@
 Every default a help text shows is read from the API (``unseg.options.From``), so a help string
 written in the source holds no number: a copied default would stay behind when the API changes.
 """
+
 from __future__ import annotations
 
 import argparse

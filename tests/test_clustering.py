@@ -1,11 +1,21 @@
 """Matching, StandardPCA and k-means against hand-computed values and numpy references."""
+
 import itertools
 
 import numpy as np
 import pytest
 
-from unseg.clustering import (UNMATCHED, StandardPCA, apply_matching, assign, greedy_match, hungarian_match,
-                              kmeans, match, resolve_method)
+from unseg.clustering import (
+    UNMATCHED,
+    StandardPCA,
+    apply_matching,
+    assign,
+    greedy_match,
+    hungarian_match,
+    kmeans,
+    match,
+    resolve_method,
+)
 from unseg.clustering.matching import CLUSTERING_MATCHING, STEGO_MATCHING, MatchingError, pixel_match
 from unseg.errors import UnsegError
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
@@ -15,21 +25,15 @@ from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 
 def test_hungarian_recovers_a_permutation():
     # the 3-class example of test_metrics with clusters (2, 0, 1) holding classes (2, 0, 1)
-    conf = np.array([[0, 3, 1],
-                     [2, 0, 4],
-                     [5, 1, 0]])
+    conf = np.array([[0, 3, 1], [2, 0, 4], [5, 1, 0]])
     mapping, matched = match(conf)
     np.testing.assert_array_equal(mapping, [2, 0, 1])
-    np.testing.assert_array_equal(matched, [[3, 1, 0, 0],
-                                            [0, 4, 2, 0],
-                                            [1, 0, 5, 0]])
+    np.testing.assert_array_equal(matched, [[3, 1, 0, 0], [0, 4, 2, 0], [1, 0, 5, 0]])
     assert scores_from_confusion(matched).miou == pytest.approx(59.880952, abs=1e-6)
 
 
 def test_hungarian_fewer_clusters_than_classes():
-    conf = np.array([[5, 0],
-                     [1, 4],
-                     [3, 1]])
+    conf = np.array([[5, 0], [1, 4], [3, 1]])
     # rows 5 5 4, cols 9 5; IoU(c0,k0) = 5/9, IoU(c1,k1) = 4/6 beats every other pairing
     mapping = hungarian_match(conf)
     np.testing.assert_array_equal(mapping, [0, 1])
@@ -41,8 +45,7 @@ def test_hungarian_fewer_clusters_than_classes():
 
 
 def test_hungarian_extra_clusters_are_unmatched_and_count_as_errors():
-    conf = np.array([[6, 0, 2],
-                     [1, 5, 0]])
+    conf = np.array([[6, 0, 2], [1, 5, 0]])
     # IoU(c0,k0) = 6/9, IoU(c1,k1) = 5/6; cluster 2 is left over
     mapping, matched = match(conf, "hungarian-iou")
     np.testing.assert_array_equal(mapping, [0, 1, UNMATCHED])
@@ -55,16 +58,12 @@ def test_hungarian_extra_clusters_are_unmatched_and_count_as_errors():
 
 
 def test_greedy_many_to_one():
-    conf = np.array([[4, 0, 1, 3, 0],
-                     [1, 3, 0, 0, 0],
-                     [0, 1, 5, 1, 0]])
+    conf = np.array([[4, 0, 1, 3, 0], [1, 3, 0, 0, 0], [0, 1, 5, 1, 0]])
     # column argmax: k0 -> 0, k1 -> 1, k2 -> 2, k3 -> 0, k4 empty -> unmatched
     assert greedy_match(conf).tolist() == [0, 1, 2, 0, UNMATCHED]
     mapping, matched = match(conf)  # auto: K = 5 > C = 3 -> greedy
     np.testing.assert_array_equal(mapping, [0, 1, 2, 0, UNMATCHED])
-    np.testing.assert_array_equal(matched, [[7, 0, 1, 0],
-                                            [1, 3, 0, 0],
-                                            [1, 1, 5, 0]])
+    np.testing.assert_array_equal(matched, [[7, 0, 1, 0], [1, 3, 0, 0], [1, 1, 5, 0]])
     # rows 8 4 7, cols 9 4 6: IoU = 7/10, 3/5, 5/8
     s = scores_from_confusion(matched)
     np.testing.assert_allclose(s.iou, [70.0, 60.0, 62.5])
@@ -84,9 +83,7 @@ def test_auto_rule_follows_leopart():
 # over clusters X / Y; class 1 (6 px) is 1 / 5. Class 2 and cluster Z are empty (absent from
 # both ground truth and prediction). Identity: IoUs 5/16, 5/16, 10 matched pixels; swapping
 # X and Y: IoUs 10/20, 1/11, 11 matched pixels. Max-IoU keeps the identity, max-pixels swaps.
-DISAGREE = np.array([[5, 10, 0],
-                     [1, 5, 0],
-                     [0, 0, 0]])
+DISAGREE = np.array([[5, 10, 0], [1, 5, 0], [0, 0, 0]])
 
 
 def _pair_ious(conf: np.ndarray, perm: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -126,13 +123,10 @@ def test_iou_and_pixel_rules_disagree_and_each_reproduces_its_papers_number():
 
 
 def test_pixel_rule_with_more_or_fewer_clusters_than_classes():
-    conf = np.array([[6, 0, 2],
-                     [1, 5, 0]])
+    conf = np.array([[6, 0, 2], [1, 5, 0]])
     assert pixel_match(conf).tolist() == [0, 1, UNMATCHED]  # 11 matched pixels beats every other pairing
     # class 0 (9 px) is mostly cluster 1; class 1 (4 px) all in cluster 1 too; cluster 0 holds class 2
-    conf = np.array([[0, 9],
-                     [0, 4],
-                     [3, 0]])
+    conf = np.array([[0, 9], [0, 4], [3, 0]])
     assert pixel_match(conf).tolist() == [2, 0]  # 3 + 9 matched pixels; class 1 gets no cluster
 
 

@@ -1,4 +1,5 @@
 """Shipped configs: found by name inside the installed package, a path still works, `unseg configs` lists them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,17 +25,24 @@ def files_on_disk() -> dict[str, Path]:
 def test_every_shipped_file_has_a_name_and_no_name_is_invented():
     names = set(shipped_configs())
     assert names == set(files_on_disk())
-    assert {"leopart/camvid_effnet", "leopart/imagenet100_vits16", "stego/camvid_effnet",
-            "stego/cocostuff27_vitb8"} <= names
+    assert {
+        "leopart/camvid_effnet",
+        "leopart/imagenet100_vits16",
+        "stego/camvid_effnet",
+        "stego/cocostuff27_vitb8",
+    } <= names
     assert set(shipped_configs("stego")) == {n for n in names if n.startswith("stego/")}
 
 
-@pytest.mark.parametrize("ref, method", [
-    ("stego/cocostuff27_vitb8", None),
-    ("stego/cocostuff27_vitb8.yaml", None),
-    ("cocostuff27_vitb8", None),         # unique across methods
-    ("cocostuff27_vitb8", "stego"),
-])
+@pytest.mark.parametrize(
+    "ref, method",
+    [
+        ("stego/cocostuff27_vitb8", None),
+        ("stego/cocostuff27_vitb8.yaml", None),
+        ("cocostuff27_vitb8", None),  # unique across methods
+        ("cocostuff27_vitb8", "stego"),
+    ],
+)
 def test_a_name_loads_the_same_settings_as_the_file(ref, method):
     path = files_on_disk()["stego/cocostuff27_vitb8"]
     by_name = load_config(StegoConfig, ref, ["dim=12"], method=method)
@@ -61,11 +69,14 @@ def test_a_path_wins_over_a_name(tmp_path, monkeypatch):
     assert load_config(StegoConfig, "stego/camvid_effnet", method="stego").dim == 70  # no such file: the name
 
 
-@pytest.mark.parametrize("ref, method, listed, not_listed", [
-    ("cocostuff_vitb8", "stego", "stego/cocostuff27_vitb8", "leopart/"),
-    ("leopart/camvid_effnet", "stego", "stego/camvid_effnet", "leopart/"),  # another method's config
-    ("configs/stego/camvid_effnet.yaml", None, "leopart/coco_vits16", None),  # the old in-repository path
-])
+@pytest.mark.parametrize(
+    "ref, method, listed, not_listed",
+    [
+        ("cocostuff_vitb8", "stego", "stego/cocostuff27_vitb8", "leopart/"),
+        ("leopart/camvid_effnet", "stego", "stego/camvid_effnet", "leopart/"),  # another method's config
+        ("configs/stego/camvid_effnet.yaml", None, "leopart/coco_vits16", None),  # the old in-repository path
+    ],
+)
 def test_an_unknown_name_is_one_line_listing_the_names(ref, method, listed, not_listed):
     with pytest.raises(ConfigError) as info:
         load_config(StegoConfig, ref, method=method)

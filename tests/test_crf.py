@@ -1,5 +1,6 @@
 """Dense CRF: cleans a noisy segmentation along image edges, runs the same in worker processes (as
 many as the thread policy allows), and without pydensecrf fails naming the extra to install."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,9 @@ from unseg import threads
 from unseg.errors import MissingExtraError
 from unseg.postprocess import crf, crf_batch, dense_crf
 
-needs_crf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
-                               reason='pydensecrf is not installed (pip install "unseg[crf]")')
+needs_crf = pytest.mark.skipif(
+    importlib.util.find_spec("pydensecrf") is None, reason='pydensecrf is not installed (pip install "unseg[crf]")'
+)
 H, W = 48, 64
 
 
@@ -22,7 +24,7 @@ def two_regions(seed: int, flip: float = 0.25) -> tuple[np.ndarray, np.ndarray, 
     """(image, logits, labels): dark left / bright right halves; logits of labels with ``flip`` swapped."""
     rng = np.random.default_rng(seed)
     labels = np.zeros((H, W), np.int64)
-    labels[:, W // 2:] = 1
+    labels[:, W // 2 :] = 1
     image = np.where(labels[..., None] == 1, 200.0, 40.0) + rng.normal(0, 8, (H, W, 3))
     noisy = np.where(rng.random((H, W)) < flip, 1 - labels, labels)
     logits = 2 * np.eye(2, dtype=np.float32)[noisy].transpose(2, 0, 1)
@@ -54,7 +56,7 @@ def test_crf_batch_in_processes_equals_inline():
     inline = crf_batch(images, logits, processes=1)
     parallel = crf_batch(images, logits, processes=2)
     assert len(parallel) == 3
-    for a, b, image, x in zip(inline, parallel, images, logits):
+    for a, b, image, x in zip(inline, parallel, images, logits, strict=True):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, dense_crf(image, x))
 

@@ -4,13 +4,15 @@ Each fixture stores label maps with chosen raw values; the tests check the exact
 they decode to (ignore mapping included), the ids, sizes and the error for each kind of
 broken input.
 """
+
 from __future__ import annotations
 
 import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,11 +97,21 @@ class Case:
         return create_dataset(self.name, self.root, self.split, **self.kwargs)
 
 
-def labelled(name: str, root: Path, split: str, ids: list[str], images: list[Path], masks: list[Path],
-             raw: list[int], expected: list[int], write_mask: Callable[[Path, np.ndarray], None],
-             required: Path, kwargs: dict[str, Any] | None = None) -> Case:
+def labelled(
+    name: str,
+    root: Path,
+    split: str,
+    ids: list[str],
+    images: list[Path],
+    masks: list[Path],
+    raw: list[int],
+    expected: list[int],
+    write_mask: Callable[[Path, np.ndarray], None],
+    required: Path,
+    kwargs: dict[str, Any] | None = None,
+) -> Case:
     """Write one image and one label map (raw values shifted by the sample index) per id."""
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         write_image(image, i)
         write_mask(mask, tile(raw, i))
     return Case(name, root, split, ids, images, masks, raw, expected, write_mask, required, kwargs or {})
@@ -108,64 +120,126 @@ def labelled(name: str, root: Path, split: str, ids: list[str], images: list[Pat
 def build_camvid(tmp: Path) -> Case:
     ids = ["0016E5_07959", "0016E5_07961", "Seq05VD_f00000"]
     write_lines(tmp / "val.txt", ids)
-    return labelled("camvid", tmp, "val", ids, [tmp / "val" / f"{i}.png" for i in ids],
-                    [tmp / "valannot" / f"{i}.png" for i in ids],
-                    [0, 5, 10, 11, 12], [0, 5, 10, 255, 255], write_grey, tmp / "valannot")
+    return labelled(
+        "camvid",
+        tmp,
+        "val",
+        ids,
+        [tmp / "val" / f"{i}.png" for i in ids],
+        [tmp / "valannot" / f"{i}.png" for i in ids],
+        [0, 5, 10, 11, 12],
+        [0, 5, 10, 255, 255],
+        write_grey,
+        tmp / "valannot",
+    )
 
 
 def build_folder(tmp: Path) -> Case:
     root, masks = tmp / "images", tmp / "masks"
     ids = ["a", "b", "c"]
-    return labelled("folder", root, "", ids, [root / f"{i}.png" for i in ids], [masks / f"{i}.png" for i in ids],
-                    [0, 1, 2, 3, 255], [0, 1, 2, 255, 255], write_grey, masks / "b.png",
-                    {"masks": masks, "num_classes": 3})
+    return labelled(
+        "folder",
+        root,
+        "",
+        ids,
+        [root / f"{i}.png" for i in ids],
+        [masks / f"{i}.png" for i in ids],
+        [0, 1, 2, 3, 255],
+        [0, 1, 2, 255, 255],
+        write_grey,
+        masks / "b.png",
+        {"masks": masks, "num_classes": 3},
+    )
 
 
 def build_voc_leopart_val(tmp: Path) -> Case:
     base = tmp / "VOCSegmentation"  # Leopart's VOCDataModule appends this to its data_dir
     ids = ["2007_000033", "2007_000042", "2011_003271"]
     write_lines(base / "sets" / "val.txt", ids)
-    return labelled("voc12", tmp, "val", ids, [base / "images" / f"{i}.jpg" for i in ids],
-                    [base / "SegmentationClass" / f"{i}.png" for i in ids],
-                    [0, 1, 15, 20, 255, 21, 200], [0, 1, 15, 20, 255, 255, 255], write_palette,
-                    base / "sets" / "val.txt")
+    return labelled(
+        "voc12",
+        tmp,
+        "val",
+        ids,
+        [base / "images" / f"{i}.jpg" for i in ids],
+        [base / "SegmentationClass" / f"{i}.png" for i in ids],
+        [0, 1, 15, 20, 255, 21, 200],
+        [0, 1, 15, 20, 255, 255, 255],
+        write_palette,
+        base / "sets" / "val.txt",
+    )
 
 
 def build_voc_leopart_train(tmp: Path) -> Case:
     """Leopart reads train masks from SegmentationClassAug; SegmentationClass is absent here."""
     ids = ["2007_000032", "2007_000039"]
     write_lines(tmp / "sets" / "train.txt", ids)
-    return labelled("voc12", tmp, "train", ids, [tmp / "images" / f"{i}.jpg" for i in ids],
-                    [tmp / "SegmentationClassAug" / f"{i}.png" for i in ids],
-                    [0, 7, 255, 30], [0, 7, 255, 255], write_grey, tmp / "SegmentationClassAug")
+    return labelled(
+        "voc12",
+        tmp,
+        "train",
+        ids,
+        [tmp / "images" / f"{i}.jpg" for i in ids],
+        [tmp / "SegmentationClassAug" / f"{i}.png" for i in ids],
+        [0, 7, 255, 30],
+        [0, 7, 255, 255],
+        write_grey,
+        tmp / "SegmentationClassAug",
+    )
 
 
 def build_voc_devkit_val(tmp: Path) -> Case:
     base = tmp / "VOCdevkit" / "VOC2012"
     ids = ["2007_000033", "2007_000042"]
     write_lines(base / "ImageSets" / "Segmentation" / "val.txt", ids)
-    return labelled("voc12", tmp, "val", ids, [base / "JPEGImages" / f"{i}.jpg" for i in ids],
-                    [base / "SegmentationClass" / f"{i}.png" for i in ids],
-                    [0, 3, 20, 255, 22], [0, 3, 20, 255, 255], write_palette, base / "JPEGImages")
+    return labelled(
+        "voc12",
+        tmp,
+        "val",
+        ids,
+        [base / "JPEGImages" / f"{i}.jpg" for i in ids],
+        [base / "SegmentationClass" / f"{i}.png" for i in ids],
+        [0, 3, 20, 255, 22],
+        [0, 3, 20, 255, 255],
+        write_palette,
+        base / "JPEGImages",
+    )
 
 
 def build_voc_devkit_trainaug(tmp: Path) -> Case:
     base = tmp / "VOC2012"
     ids = ["2007_000032", "2008_000002", "2011_000003"]
     write_lines(base / "ImageSets" / "Segmentation" / "trainaug.txt", ids)
-    return labelled("voc12", tmp, "trainaug", ids, [base / "JPEGImages" / f"{i}.jpg" for i in ids],
-                    [base / "SegmentationClassAug" / f"{i}.png" for i in ids],
-                    [0, 12, 255, 99], [0, 12, 255, 255], write_grey, base / "SegmentationClassAug")
+    return labelled(
+        "voc12",
+        tmp,
+        "trainaug",
+        ids,
+        [base / "JPEGImages" / f"{i}.jpg" for i in ids],
+        [base / "SegmentationClassAug" / f"{i}.png" for i in ids],
+        [0, 12, 255, 99],
+        [0, 12, 255, 255],
+        write_grey,
+        base / "SegmentationClassAug",
+    )
 
 
 def build_cocostuff27(tmp: Path) -> Case:
     ids = ["000000000139", "000000000285", "000000000632"]
     write_lines(tmp / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt", ids)
     # fine ids: 0 person, 2 car, 17 dog, 91 banner, 148 road, 181 wood; 255 unlabelled
-    return labelled("cocostuff27", tmp, "val", ids, [tmp / "images" / "val2017" / f"{i}.jpg" for i in ids],
-                    [tmp / "annotations" / "val2017" / f"{i}.png" for i in ids],
-                    [0, 2, 17, 91, 148, 181, 255, 200], [9, 11, 7, 17, 21, 24, 255, 255], write_grey,
-                    tmp / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt")
+    return labelled(
+        "cocostuff27",
+        tmp,
+        "val",
+        ids,
+        [tmp / "images" / "val2017" / f"{i}.jpg" for i in ids],
+        [tmp / "annotations" / "val2017" / f"{i}.png" for i in ids],
+        [0, 2, 17, 91, 148, 181, 255, 200],
+        [9, 11, 7, 17, 21, 24, 255, 255],
+        write_grey,
+        tmp / "curated" / "val2017" / "Coco164kFull_Stuff_Coarse_7.txt",
+    )
 
 
 def build_cocostuff15(tmp: Path) -> Case:
@@ -173,9 +247,18 @@ def build_cocostuff15(tmp: Path) -> Case:
     masks = tmp / "annotations" / "annotations" / "stuff_annotations" / "stuff_val2017_pixelmaps"
     # COCO ids: 92 banner (textile), 97 bush (plant), 102 ceiling-other, 121 food-other,
     # 149 road (ground), 182 wood (solid); 183 other (things), 0 unlabelled
-    return labelled("cocostuff15", tmp, "val", ids, [tmp / "coco" / "images" / "val2017" / f"{i}.jpg" for i in ids],
-                    [masks / f"{i}.png" for i in ids],
-                    [92, 97, 102, 121, 149, 182, 183, 0], [11, 6, 1, 3, 5, 9, 255, 255], write_grey, masks)
+    return labelled(
+        "cocostuff15",
+        tmp,
+        "val",
+        ids,
+        [tmp / "coco" / "images" / "val2017" / f"{i}.jpg" for i in ids],
+        [masks / f"{i}.png" for i in ids],
+        [92, 97, 102, 121, 149, 182, 183, 0],
+        [11, 6, 1, 3, 5, 9, 255, 255],
+        write_grey,
+        masks,
+    )
 
 
 def build_cocothing12(tmp: Path) -> Case:
@@ -183,19 +266,38 @@ def build_cocothing12(tmp: Path) -> Case:
     masks = tmp / "annotations" / "panoptic_annotations" / "semantic_segmentation_val2017"
     # COCO ids: 1 person, 3 car (vehicle), 18 dog (animal), 62 chair (furniture), 90 toothbrush
     # (indoor); 0 unlabelled, 149 and 200 stuff
-    return labelled("cocothing12", tmp, "val", ids, [tmp / "coco" / "images" / "val2017" / f"{i}.jpg" for i in ids],
-                    [masks / f"{i}.png" for i in ids],
-                    [1, 3, 18, 62, 90, 0, 149, 200], [9, 11, 1, 5, 6, 255, 255, 255], write_grey,
-                    tmp / "coco" / "images" / "val2017")
+    return labelled(
+        "cocothing12",
+        tmp,
+        "val",
+        ids,
+        [tmp / "coco" / "images" / "val2017" / f"{i}.jpg" for i in ids],
+        [masks / f"{i}.png" for i in ids],
+        [1, 3, 18, 62, 90, 0, 149, 200],
+        [9, 11, 1, 5, 6, 255, 255, 255],
+        write_grey,
+        tmp / "coco" / "images" / "val2017",
+    )
 
 
 def build_cityscapes27(tmp: Path) -> Case:
-    frames = [("frankfurt", "frankfurt_000000_000294"), ("frankfurt", "frankfurt_000000_000576"),
-              ("lindau", "lindau_000000_000019")]
-    return labelled("cityscapes27", tmp, "val", [stem for _, stem in frames],
-                    [tmp / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png" for city, stem in frames],
-                    [tmp / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png" for city, stem in frames],
-                    [0, 6, 7, 8, 26, 33, 34], [255, 255, 0, 1, 19, 26, 255], write_grey, tmp / "gtFine" / "val")
+    frames = [
+        ("frankfurt", "frankfurt_000000_000294"),
+        ("frankfurt", "frankfurt_000000_000576"),
+        ("lindau", "lindau_000000_000019"),
+    ]
+    return labelled(
+        "cityscapes27",
+        tmp,
+        "val",
+        [stem for _, stem in frames],
+        [tmp / "leftImg8bit" / "val" / city / f"{stem}_leftImg8bit.png" for city, stem in frames],
+        [tmp / "gtFine" / "val" / city / f"{stem}_gtFine_labelIds.png" for city, stem in frames],
+        [0, 6, 7, 8, 26, 33, 34],
+        [255, 255, 0, 1, 19, 26, 255],
+        write_grey,
+        tmp / "gtFine" / "val",
+    )
 
 
 def build_potsdam3(tmp: Path) -> Case:
@@ -204,11 +306,21 @@ def build_potsdam3(tmp: Path) -> Case:
     images = [tmp / "imgs" / f"{i}.mat" for i in ids]
     masks = [tmp / "gt" / f"{i}.mat" for i in ids]
     raw = [0, 1, 2, 3, 4, 5, 255]
-    for i, (image, mask) in enumerate(zip(images, masks)):
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         write_potsdam_image(image, i)
         write_potsdam_gt(mask, tile(raw, i))
-    return Case("potsdam3", tmp, "train", ids, images, masks, raw, [0, 1, 2, 2, 0, 1, 255], write_potsdam_gt,
-                tmp / "labelled_train.txt")
+    return Case(
+        "potsdam3",
+        tmp,
+        "train",
+        ids,
+        images,
+        masks,
+        raw,
+        [0, 1, 2, 2, 0, 1, 255],
+        write_potsdam_gt,
+        tmp / "labelled_train.txt",
+    )
 
 
 ADE_FOLDER = "ADE20K_2021_17_01/images/ADE/training/urban/street"
@@ -220,16 +332,30 @@ def build_ade20k_parts(tmp: Path) -> Case:
     is_part = np.zeros((3200, len(files)), dtype=np.uint8)
     is_part[50, [0, 2]] = 1
     is_part[3000, 3] = 2  # image 1 is a street scene without parts, image 2 is no street
-    index = {"filename": files, "folder": [ADE_FOLDER] * len(files), "scene": scenes, "objectIsPart": is_part,
-             "objectnames": [f"object {k}" for k in range(3200)]}
+    index = {
+        "filename": files,
+        "folder": [ADE_FOLDER] * len(files),
+        "scene": scenes,
+        "objectIsPart": is_part,
+        "objectnames": [f"object {k}" for k in range(3200)],
+    }
     index_path = tmp / "ADE20K_2021_17_01" / "index_ade20k.pkl"
     index_path.parent.mkdir(parents=True)
     index_path.write_bytes(pickle.dumps(index))
     kept = [files[0], files[3]]
     folder = tmp / ADE_FOLDER
-    return labelled("ade20k_parts", tmp, "val", [f[:-4] for f in kept], [folder / f for f in kept],
-                    [folder / f.replace(".jpg", "_parts_1.png") for f in kept],
-                    [50, 51, 3154, 1063, 0, 49, 1000], [0, 1, 110, 39, 255, 255, 255], write_ade_parts, index_path)
+    return labelled(
+        "ade20k_parts",
+        tmp,
+        "val",
+        [f[:-4] for f in kept],
+        [folder / f for f in kept],
+        [folder / f.replace(".jpg", "_parts_1.png") for f in kept],
+        [50, 51, 3154, 1063, 0, 49, 1000],
+        [0, 1, 110, 39, 255, 255, 255],
+        write_ade_parts,
+        index_path,
+    )
 
 
 def build_imagenet100(tmp: Path) -> Case:
@@ -238,12 +364,25 @@ def build_imagenet100(tmp: Path) -> Case:
     (tmp / "train" / "n99999999").mkdir()  # a class outside ImageNet-100: never listed
     write_image(tmp / "train" / "n99999999" / "n99999999_1.JPEG", 9)
     first, second = IMAGENET100_WNIDS[:2]
-    images = [tmp / "train" / first / f"{first}_10.JPEG", tmp / "train" / first / f"{first}_7.JPEG",
-              tmp / "train" / second / f"{second}_3.JPEG"]
+    images = [
+        tmp / "train" / first / f"{first}_10.JPEG",
+        tmp / "train" / first / f"{first}_7.JPEG",
+        tmp / "train" / second / f"{second}_3.JPEG",
+    ]
     for i, image in enumerate(images):
         write_image(image, i)
-    return Case("imagenet100", tmp, "train", [f"{p.parent.name}/{p.stem}" for p in images], images, None, [], [],
-                None, tmp / "train")
+    return Case(
+        "imagenet100",
+        tmp,
+        "train",
+        [f"{p.parent.name}/{p.stem}" for p in images],
+        images,
+        None,
+        [],
+        [],
+        None,
+        tmp / "train",
+    )
 
 
 BUILDERS: dict[str, Callable[[Path], Case]] = {

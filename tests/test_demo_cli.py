@@ -1,4 +1,5 @@
 """The demo end to end on the shipped sample, and the CLI as a user meets it."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,13 @@ def test_demo_end_to_end(tmp_path, capsys):
 def test_cli_backbones_lists_dim_stride_and_weights(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
-    for name, dim, stride in [("dino_vits16", 384, 16), ("dino_vitb8", 768, 8), ("dinov2_vitb14", 768, 14),
-                              ("resnet50", 2048, 16), ("efficientnet_lite0", 432, 16)]:
+    for name, dim, stride in [
+        ("dino_vits16", 384, 16),
+        ("dino_vitb8", 768, 8),
+        ("dinov2_vitb14", 768, 14),
+        ("resnet50", 2048, 16),
+        ("efficientnet_lite0", 432, 16),
+    ]:
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert line.split()[1:3] == [str(dim), str(stride)]
     assert "offline" in out
@@ -44,16 +50,47 @@ def test_cli_backbones_lists_dim_stride_and_weights(capsys):
 def test_cli_datasets_lists_every_layout(capsys):
     assert main(["datasets", "--layout"]) == 0
     out = capsys.readouterr().out
-    for name in ["voc12", "cocostuff27", "cocostuff15", "cocothing12", "cityscapes27", "potsdam3",
-                 "ade20k_parts", "imagenet100", "camvid", "folder"]:
+    for name in [
+        "voc12",
+        "cocostuff27",
+        "cocostuff15",
+        "cocothing12",
+        "cityscapes27",
+        "potsdam3",
+        "ade20k_parts",
+        "imagenet100",
+        "camvid",
+        "folder",
+    ]:
         assert name in out
 
 
 def test_cli_cluster_on_the_sample_writes_json(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["eval", "cluster", "--root", str(sample_root()), "--k", "11", "--seeds", "1", "--nredo", "1",
-                 "--input-size", "224", "--mask-size", "56", "--cache-dir", str(tmp_path / "c"), "--workers", "0",
-                 "--json", str(out)])
+    code = main(
+        [
+            "eval",
+            "cluster",
+            "--root",
+            str(sample_root()),
+            "--k",
+            "11",
+            "--seeds",
+            "1",
+            "--nredo",
+            "1",
+            "--input-size",
+            "224",
+            "--mask-size",
+            "56",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--workers",
+            "0",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "input 224x224" in printed and "56x56 masks" in printed and "K=11" in printed
@@ -61,12 +98,15 @@ def test_cli_cluster_on_the_sample_writes_json(tmp_path, capsys):
     assert result["settings"]["num_images"] == 20 and 5 < result["miou"][0] < 70
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backbone", "nope"], "argument --backbone: expects a registered backbone name; got 'nope'"),
-    (["--dataset", "nope"], "argument --dataset: expects a registered dataset name; got 'nope'"),
-    (["--backbone", "dino_vits16"], "--weights"),
-    (["--split", "test"], "test.txt"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backbone", "nope"], "argument --backbone: expects a registered backbone name; got 'nope'"),
+        (["--dataset", "nope"], "argument --dataset: expects a registered dataset name; got 'nope'"),
+        (["--backbone", "dino_vits16"], "--weights"),
+        (["--split", "test"], "test.txt"),
+    ],
+)
 def test_cli_errors_are_one_clear_line(tmp_path, capsys, argv, message):
     code = main(["eval", "cluster", "--root", str(sample_root()), "--cache-dir", str(tmp_path), *argv])
     err = capsys.readouterr().err
@@ -79,15 +119,38 @@ def test_cli_weights_of_another_architecture(tmp_path, capsys):
 
     path = tmp_path / "resnet.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
-    code = main(["eval", "cluster", "--root", str(sample_root()), "--backbone", "dino_vits16",
-                 "--weights", str(path), "--cache-dir", str(tmp_path)])
+    code = main(
+        [
+            "eval",
+            "cluster",
+            "--root",
+            str(sample_root()),
+            "--backbone",
+            "dino_vits16",
+            "--weights",
+            str(path),
+            "--cache-dir",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and str(path) in err and "cls_token" in err
 
 
 def test_cli_empty_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code = main(["extract", "--dataset", "folder", "--root", str(tmp_path / "empty"), "--split", "",
-                 "--cache-dir", str(tmp_path / "c")])
+    code = main(
+        [
+            "extract",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "empty"),
+            "--split",
+            "",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "holds no images" in err and str(tmp_path / "empty") in err

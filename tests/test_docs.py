@@ -1,5 +1,6 @@
 """The documentation a pip user has: `unseg docs [TOPIC]` prints the pages shipped in the package,
 and no help text, error or docstring cites a repository path the install lacks."""
+
 from __future__ import annotations
 
 import re
@@ -49,15 +50,21 @@ def _source_files() -> list[Path]:
 def test_no_text_in_the_package_cites_a_repository_docs_path():
     """Help strings, errors, docstrings, config comments and the pages themselves: ``docs/x.md`` is a
     path `pip install unseg` does not have; ``unseg docs x`` is the citation that works."""
-    cited = [f"{p.relative_to(PACKAGE)}: {m.group(0)}" for p in _source_files()
-             for m in re.finditer(r"docs/\w+\.md", p.read_text(encoding="utf-8"))]
+    cited = [
+        f"{p.relative_to(PACKAGE)}: {m.group(0)}"
+        for p in _source_files()
+        for m in re.finditer(r"docs/\w+\.md", p.read_text(encoding="utf-8"))
+    ]
     assert cited == []
 
 
 def test_every_unseg_docs_citation_names_a_topic():
     known = set(topics())
-    cited = {(p.relative_to(PACKAGE).as_posix(), m.group(1)) for p in _source_files()
-             for m in re.finditer(r"unseg docs ([a-z_]+)", p.read_text(encoding="utf-8"))}
+    cited = {
+        (p.relative_to(PACKAGE).as_posix(), m.group(1))
+        for p in _source_files()
+        for m in re.finditer(r"unseg docs ([a-z_]+)", p.read_text(encoding="utf-8"))
+    }
     assert len(cited) > 20  # the help texts and docstrings do cite pages
     assert [c for c in cited if c[1] not in known] == []
 
@@ -72,8 +79,22 @@ def test_the_wheel_carries_the_pages(tmp_path):
     shutil.copytree(root / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(root / name, project / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(project)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(project),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("unseg-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"unseg/docs/{p.name}" for p in PAGES} <= names

@@ -1,6 +1,7 @@
 """Weight downloads end in bounded time with one clear error: on a machine offline, and behind a
 network or proxy that accepts the connection and never answers (a server on 127.0.0.1 that does
 exactly that). Only loopback addresses: nothing here reaches the network."""
+
 from __future__ import annotations
 
 import socket
@@ -20,8 +21,16 @@ from unseg.backbones import create_backbone
 from unseg.backbones.hub import DownloadStalled, hub_access
 from unseg.errors import WeightsError
 
-PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
-                   "NO_PROXY", "no_proxy")
+PROXY_VARIABLES = (
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+)
 
 
 @dataclass
@@ -103,10 +112,13 @@ def test_torch_hub_download_from_a_silent_server_stops_after_the_timeout(clean_n
     assert socket.getdefaulttimeout() == default_timeout and _files(clean_network) == []
 
 
-@pytest.mark.parametrize("name, source", [
-    ("dino_vits16", "https://huggingface.co/timm/vit_small_patch16_224.dino/"),  # huggingface_hub (timm)
-    ("resnet50", "https://download.pytorch.org/models/resnet50"),  # torchvision (torch.hub, urllib)
-])
+@pytest.mark.parametrize(
+    "name, source",
+    [
+        ("dino_vits16", "https://huggingface.co/timm/vit_small_patch16_224.dino/"),  # huggingface_hub (timm)
+        ("resnet50", "https://download.pytorch.org/models/resnet50"),  # torchvision (torch.hub, urllib)
+    ],
+)
 def test_download_behind_a_silent_proxy_is_one_clear_error(name, source, clean_network, monkeypatch, silent_server):
     """The proxy accepts and never answers: the error names the backbone and the file, says what to
     do, and comes after about the timeout, not after the hub's minute-long retries."""

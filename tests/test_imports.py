@@ -1,5 +1,6 @@
 """The package's modules import one another without a circle: every import, at module level or
 inside a function (a lazy import closes a circle too), except those only type checkers see."""
+
 from __future__ import annotations
 
 import ast
@@ -62,7 +63,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str]:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := walk(nxt)):
                 return found
         state[node] = 2

@@ -1,5 +1,6 @@
 """STEGO data preparation: the kNN table equals brute force and is cached beside the features;
 five-crop writes exact crops once, resumably, as a readable dataset."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ from unseg.datasets import create_dataset
 from unseg.errors import CacheError, ImageError
 from unseg.methods.stego import knn
 from unseg.methods.stego.fivecrop import five_crop_dataset
-
 
 
 @pytest.fixture
@@ -114,11 +114,11 @@ def test_five_crops_have_the_right_pixels_and_mask_ids(tmp_path):
     cropped = five_crop_dataset(dataset, tmp_path / "crops")
     assert len(cropped) == 10 and cropped.class_names == dataset.class_names and cropped.num_classes == 11
     assert [s.id for s in cropped.samples] == [f"im{i}_c{c}" for i in range(2) for c in range(5)]
-    for j, sample in enumerate(cropped.samples):
+    for j in range(len(cropped.samples)):
         i, (top, left) = j // 5, CROPS[j % 5]
         item = cropped[j]
-        np.testing.assert_array_equal(np.array(item["image"]), images[i][top:top + 4, left:left + 6])
-        np.testing.assert_array_equal(item["mask"], masks[i][top:top + 4, left:left + 6])
+        np.testing.assert_array_equal(np.array(item["image"]), images[i][top : top + 4, left : left + 6])
+        np.testing.assert_array_equal(item["mask"], masks[i][top : top + 4, left : left + 6])
     assert (cropped[0]["mask"] == 255).any()
 
 

@@ -1,15 +1,14 @@
 """Leopart: crop boxes, Sinkhorn and the queue by hand, schedules, loss, training, resume, checkpoints, configs."""
+
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-
-from unseg.features import foreground_mask
 import timm
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -22,11 +21,20 @@ from unseg.config import load_config, shipped_configs
 from unseg.datasets import create_dataset
 from unseg.errors import ConfigError
 from unseg.evaluation.clustering import evaluate_clustering
-from unseg.features import extract_features
+from unseg.features import extract_features, foreground_mask
 from unseg.features.cache import cached_masks
-from unseg.methods.leopart import (CropConfig, CropError, EmbeddingQueue, LeopartConfig, MultiCrop,
-                                   build_module, cosine_schedule, save_leopart, sinkhorn,
-                                   train_leopart)
+from unseg.methods.leopart import (
+    CropConfig,
+    CropError,
+    EmbeddingQueue,
+    LeopartConfig,
+    MultiCrop,
+    build_module,
+    cosine_schedule,
+    save_leopart,
+    sinkhorn,
+    train_leopart,
+)
 from unseg.methods.leopart.crops import intersection_area
 
 NO_PHOTOMETRIC = dict(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -47,6 +55,7 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
 
 
 # --- crops ----------------------------------------------------------------------------------------
+
 
 def test_crop_boxes_roi_align_to_the_same_pixels():
     cfg = CropConfig(global_size=64, local_size=32, **NO_PHOTOMETRIC)
@@ -80,8 +89,14 @@ def test_every_crop_overlaps_every_global_crop():
 
 
 def test_crops_that_cannot_overlap_and_sizes_off_the_stride_are_clear_errors():
-    cfg = CropConfig(global_size=64, local_size=32, global_scale=(0.01, 0.01), local_scale=(0.01, 0.01),
-                     min_intersection=0.2, max_tries=20)
+    cfg = CropConfig(
+        global_size=64,
+        local_size=32,
+        global_scale=(0.01, 0.01),
+        local_scale=(0.01, 0.01),
+        min_intersection=0.2,
+        max_tries=20,
+    )
     with pytest.raises(CropError, match=r"global crop 1 .*0\.01, 0\.01.*of a 80x60 image in 20 tries"):
         MultiCrop(cfg, (0, 0, 0), (1, 1, 1), 16)(smooth_image(80, 60))
     with pytest.raises(ConfigError, match="'crops.local_size' = 40 is not a multiple of the backbone stride 16"):
@@ -89,6 +104,7 @@ def test_crops_that_cannot_overlap_and_sizes_off_the_stride_are_clear_errors():
 
 
 # --- Sinkhorn and the queue -----------------------------------------------------------------------
+
 
 def authors_sinkhorn(scores: np.ndarray, eps: float, iterations: int) -> np.ndarray:
     """Leopart's / SwAV's formulation on a (K, B) matrix, transposed back to (B, K)."""
@@ -146,6 +162,7 @@ def test_foreground_mask_keeps_the_salient_mass_and_drops_specks():
 
 # --- schedules ------------------------------------------------------------------------------------
 
+
 def test_cosine_schedules_at_start_middle_and_end():
     # weight decay 0.04 -> 0.5 and momentum 0.9995 -> 1 over 100 steps
     assert cosine_schedule(0.04, 0.5, 0, 100) == pytest.approx(0.04)
@@ -158,6 +175,7 @@ def test_cosine_schedules_at_start_middle_and_end():
 
 # --- a training run, resumed, and its checkpoints ---------------------------------------------------
 
+
 class StopAfterFirstEpoch(Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         trainer.should_stop = True
@@ -168,8 +186,9 @@ def camvid_val(root: Path, images: Callable[[Path, int], Path]) -> Path:
     images(root / "val", 2)
     (root / "valannot").mkdir()
     for i in range(2):
-        Image.fromarray(np.repeat(np.arange(64, dtype=np.uint8)[None] // 22, 48, 0)).save(root / "valannot" /
-                                                                                         f"img{i:02d}.png")
+        Image.fromarray(np.repeat(np.arange(64, dtype=np.uint8)[None] // 22, 48, 0)).save(
+            root / "valannot" / f"img{i:02d}.png"
+        )
     (root / "val.txt").write_text("img00\nimg01\n")
     return root
 
@@ -178,9 +197,18 @@ def camvid_val(root: Path, images: Callable[[Path, int], Path]) -> Path:
 def run(tmp_path_factory, tiny_leopart) -> tuple[LeopartConfig, Path]:
     """Two epochs of two steps, with in-training validation after each; the queue (20) fills in epoch 1."""
     tmp = tmp_path_factory.mktemp("leopart")
-    cfg = tiny_leopart.config(tiny_leopart.images(tmp / "images"),
-                              val={"dataset": "camvid", "root": str(camvid_val(tmp / "cv", tiny_leopart.images)),
-                                   "input_size": 64, "mask_size": 16, "ks": [4], "seeds": [0], "batch_size": 2})
+    cfg = tiny_leopart.config(
+        tiny_leopart.images(tmp / "images"),
+        val={
+            "dataset": "camvid",
+            "root": str(camvid_val(tmp / "cv", tiny_leopart.images)),
+            "input_size": 64,
+            "mask_size": 16,
+            "ks": [4],
+            "seeds": [0],
+            "batch_size": 2,
+        },
+    )
     train_leopart(cfg, tmp / "run")
     return cfg, tmp / "run"
 
@@ -204,8 +232,16 @@ def test_training_writes_config_logs_scheduled_values_and_validation(run, tmp_pa
     # the last epoch's score is the final teacher's: redo its overclustering from the saved weights
     teacher = create_backbone(cfg.backbone, weights=out / "leopart.ckpt", role="teacher")
     dataset = create_dataset(cfg.val.dataset, cfg.val.root, cfg.val.split)
-    cache = extract_features(teacher, dataset, cfg.val.input_size, cache_root=tmp_path, batch_size=2, device="cpu",
-                             num_workers=0, progress=False)
+    cache = extract_features(
+        teacher,
+        dataset,
+        cfg.val.input_size,
+        cache_root=tmp_path,
+        batch_size=2,
+        device="cpu",
+        num_workers=0,
+        progress=False,
+    )
     masks = cached_masks(cache, dataset, (cfg.val.mask_size,) * 2)
     (again,) = evaluate_clustering(cache, masks, dataset.num_classes, ks=cfg.val.ks, seeds=cfg.val.seeds)
     assert val[-1] == pytest.approx(again.miou_mean, rel=1e-5)
@@ -233,8 +269,13 @@ def test_checkpoints_are_leopart_layout_loaded_by_create_backbone_and_timm(run):
     for path in (out / "leopart.ckpt", out / "checkpoints" / "last.ckpt"):
         state = torch.load(path, weights_only=False)["state_dict"]
         for role in ("model", "teacher"):
-            assert {f"{role}.cls_token", f"{role}.blocks.5.attn.qkv.weight", f"{role}.projection_head.0.weight",
-                    f"{role}.projection_head.4.weight", f"{role}.prototypes.weight"} <= state.keys()
+            assert {
+                f"{role}.cls_token",
+                f"{role}.blocks.5.attn.qkv.weight",
+                f"{role}.projection_head.0.weight",
+                f"{role}.projection_head.4.weight",
+                f"{role}.prototypes.weight",
+            } <= state.keys()
         assert not any(".backbone." in k for k in state)
         # "auto" reads the student, as Leopart's evaluation does
         for role, prefix in (("auto", "model."), ("teacher", "teacher."), ("student", "model.")):
@@ -244,13 +285,19 @@ def test_checkpoints_are_leopart_layout_loaded_by_create_backbone_and_timm(run):
         assert not torch.equal(state["teacher.norm.weight"], state["model.norm.weight"])  # an EMA, not a copy
         # timm, as Leopart's README: strip the prefix, load non-strictly; only the heads differ
         vit = timm.create_model("test_vit")
-        result = vit.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("teacher.")},
-                                     strict=False)
+        result = vit.load_state_dict(
+            {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("teacher.")}, strict=False
+        )
         assert sorted(result.missing_keys) == ["head.bias", "head.weight"]
-        assert sorted(result.unexpected_keys) == ["projection_head.0.bias", "projection_head.0.weight",
-                                                  "projection_head.2.bias", "projection_head.2.weight",
-                                                  "projection_head.4.bias", "projection_head.4.weight",
-                                                  "prototypes.weight"]
+        assert sorted(result.unexpected_keys) == [
+            "projection_head.0.bias",
+            "projection_head.0.weight",
+            "projection_head.2.bias",
+            "projection_head.2.weight",
+            "projection_head.4.bias",
+            "projection_head.4.weight",
+            "prototypes.weight",
+        ]
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, tiny_leopart):
@@ -286,10 +333,10 @@ def test_cnn_backbone_trains_on_its_saliency_proxy_and_loads_back(tmp_path, tiny
 
 
 @pytest.mark.parametrize("batchnorm", ["frozen", "train"])
-def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_affine_parameters(tmp_path, batchnorm,
-                                                                                           tiny_leopart):
-    cfg = tiny_leopart.config(tmp_path, backbone="efficientnet_lite0", crops={"global_size": 64},
-                              batchnorm=batchnorm)
+def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_affine_parameters(
+    tmp_path, batchnorm, tiny_leopart
+):
+    cfg = tiny_leopart.config(tmp_path, backbone="efficientnet_lite0", crops={"global_size": 64}, batchnorm=batchnorm)
     module = build_module(cfg)
     bn = module.model.backbone.model.bn1  # the stem's batch norm, in both networks
     norms = (bn, module.teacher.backbone.model.bn1)
@@ -298,7 +345,7 @@ def test_frozen_batchnorm_keeps_the_pretrained_statistics_and_trains_the_affine_
     batch = default_collate([multicrop(smooth_image(64, 48)) for _ in range(2)])
     module.train()
     module.loss(batch).backward()
-    moved = [not torch.equal(n.running_mean, mean) for n, mean in zip(norms, means)]
+    moved = [not torch.equal(n.running_mean, mean) for n, mean in zip(norms, means, strict=True)]
     assert moved == ([False, False] if batchnorm == "frozen" else [True, True])
     assert bn.weight.grad.abs().sum() > 0  # affine parameters train either way
     assert module.model.projection_head.training and module.model.backbone.training
@@ -331,6 +378,7 @@ def test_the_logger_key_selects_what_the_run_logs(tmp_path, tiny_leopart, logger
 
 # --- bad input and configs ------------------------------------------------------------------------
 
+
 def test_dataset_smaller_than_one_batch_is_a_clear_error(tmp_path, tiny_leopart):
     images = tiny_leopart.images(tmp_path, 3)
     with pytest.raises(ConfigError, match=r"has 3 images: not one batch of batch_size=4 .* lower key 'batch_size'"):
@@ -339,12 +387,15 @@ def test_dataset_smaller_than_one_batch_is_a_clear_error(tmp_path, tiny_leopart)
         train_leopart(tiny_leopart.config(images, crops_for_assign=[0, 2]), tmp_path / "run")
 
 
-@pytest.mark.parametrize("overrides, pattern", [
-    (["crops.global_sise=64"], r"unknown key 'crops\.global_sise'"),
-    (["batch_size=many"], r"key 'batch_size' expects int, got 'many'"),
-    (["mask=center"], r"key 'mask' expects one of 'fg', 'bg', 'all'"),
-    (["val.ks=300"], r"key 'val\.ks' expects list\[int\]"),
-])
+@pytest.mark.parametrize(
+    "overrides, pattern",
+    [
+        (["crops.global_sise=64"], r"unknown key 'crops\.global_sise'"),
+        (["batch_size=many"], r"key 'batch_size' expects int, got 'many'"),
+        (["mask=center"], r"key 'mask' expects one of 'fg', 'bg', 'all'"),
+        (["val.ks=300"], r"key 'val\.ks' expects list\[int\]"),
+    ],
+)
 def test_config_errors_name_the_key(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(LeopartConfig, "leopart/camvid_effnet", overrides)

@@ -1,4 +1,5 @@
 """Leopart under DDP: 2 CPU processes (gloo, Lightning's ddp_spawn) match one process on the same global batches."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,13 +20,16 @@ def test_two_processes_match_one_process_on_the_same_global_batch(tmp_path, monk
     images = tiny_leopart.images(tmp_path / "images", 8)
     common = dict(mask="all", queue_length=72, drop_path_rate=0.0)
     train_leopart(tiny_leopart.config(images, batch_size=4, **common), tmp_path / "one")
-    train_leopart(tiny_leopart.config(images, batch_size=2, devices=2, strategy="ddp_spawn", **common),
-                  tmp_path / "two")
+    train_leopart(
+        tiny_leopart.config(images, batch_size=2, devices=2, strategy="ddp_spawn", **common), tmp_path / "two"
+    )
     one = torch.load(tmp_path / "one" / "leopart.ckpt", weights_only=True)
     two = torch.load(tmp_path / "two" / "leopart.ckpt", weights_only=True)
     assert one["global_step"] == two["global_step"] == 4
-    queues = [torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["leopart_queue"]
-              for run in ("one", "two")]
+    queues = [
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)["leopart_queue"]
+        for run in ("one", "two")
+    ]
     assert queues[0]["embeddings"].shape == (1, 2, 72, 16) and queues[1]["embeddings"].shape == (2, 2, 36, 16)
     assert (queues[0]["filled"] == 72).all() and (queues[1]["filled"] == 36).all()
     start = torch.load(tmp_path / "one" / "checkpoints" / "epoch=000.ckpt", weights_only=False)["state_dict"]

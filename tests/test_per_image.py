@@ -1,4 +1,5 @@
 """The per-image protocol: hand-computed IoUs, and ``unseg eval segments`` end to end on the shipped sample."""
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,8 @@ from unseg.evaluation.per_image import PerImageScores, image_ious
 
 
 def test_image_ious_match_segments_to_classes_one_to_one():
-    gt = np.array([[0, 0, 0, 1],
-                   [0, 0, 1, 1],
-                   [2, 2, 255, 255]])
-    pred = np.array([[5, 5, 7, 7],
-                     [5, 5, 7, 7],
-                     [5, 9, 9, 9]])
+    gt = np.array([[0, 0, 0, 1], [0, 0, 1, 1], [2, 2, 255, 255]])
+    pred = np.array([[5, 5, 7, 7], [5, 5, 7, 7], [5, 9, 9, 9]])
     # 10 pixels count (2 are ignored). Class 0 (5 px) and segment 5 (5 px) share 4: IoU 4 / 6; class 1 (3 px)
     # and segment 7 (4 px) share 3: 3 / 4; class 2 (2 px) and segment 9 (1 px counted) share 1: 1 / 2, better
     # than its 1 / 6 with segment 5, which class 0 holds; class 3 is absent
@@ -39,8 +36,18 @@ def test_per_image_scores_average_over_images_and_skip_absent_classes():
 
 @pytest.mark.slow
 def test_cli_eval_segments_scores_spectral_and_kmeans_the_same_way(tmp_path, capsys):
-    common = ["--root", str(sample_root()), "--input-size", "224", "--cache-dir", str(tmp_path / "c"),
-              "--workers", "0", "--seeds", "2"]
+    common = [
+        "--root",
+        str(sample_root()),
+        "--input-size",
+        "224",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--workers",
+        "0",
+        "--seeds",
+        "2",
+    ]
     for method in ("spectral", "kmeans"):
         out = tmp_path / f"{method}.json"
         assert main(["eval", "segments", "--method", method, *common, "--json", str(out)]) == 0

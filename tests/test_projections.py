@@ -1,4 +1,5 @@
 """The study's baselines are the maps they claim to be."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,14 @@ def cache(tmp_path):
     meta = {"num_shards": 2, "dim": 16, "grid": [3, 4], "input_size": [48, 64]}
     prepare_cache_dir(tmp_path, meta)
     for s in range(2):
-        write_shard(tmp_path, s, feats[3 * s:3 * s + 3], np.ones((3, 3, 4), np.float32) / 12,
-                    [f"i{3 * s + j}" for j in range(3)], [])
+        write_shard(
+            tmp_path,
+            s,
+            feats[3 * s : 3 * s + 3],
+            np.ones((3, 3, 4), np.float32) / 12,
+            [f"i{3 * s + j}" for j in range(3)],
+            [],
+        )
     mark_complete(tmp_path, 2)
     return FeatureCache(tmp_path), feats
 

@@ -1,4 +1,5 @@
 """Model-agnostic evaluation: any nn.Module scored by the protocols, equal to the same network as a Backbone."""
+
 import copy
 
 import numpy as np
@@ -14,8 +15,15 @@ from unseg.demo import sample_root
 from unseg.errors import SettingError
 from unseg.features import image_to_tensor
 
-FAST = {"dataset": "camvid", "input_size": 64, "seeds": range(2), "niter": 10, "nredo": 1, "num_workers": 0,
-        "progress": False}
+FAST = {
+    "dataset": "camvid",
+    "input_size": 64,
+    "seeds": range(2),
+    "niter": 10,
+    "nredo": 1,
+    "num_workers": 0,
+    "progress": False,
+}
 
 
 def plain_net() -> nn.Module:
@@ -38,10 +46,11 @@ class ConvBackbone(Backbone):
 def test_plain_module_equals_the_same_weights_as_a_backbone(tmp_path):
     net = plain_net()
     plain = unseg.evaluate(net, root=sample_root(), ks=[11, 30], stride=16, cache_dir=tmp_path, **FAST)
-    wrapped = unseg.evaluate(ConvBackbone(copy.deepcopy(net)), root=sample_root(), ks=[11, 30],
-                             cache_dir=tmp_path, **FAST)
+    wrapped = unseg.evaluate(
+        ConvBackbone(copy.deepcopy(net)), root=sample_root(), ks=[11, 30], cache_dir=tmp_path, **FAST
+    )
     assert [r.k for r in plain] == [11, 30]
-    for a, b in zip(plain, wrapped):
+    for a, b in zip(plain, wrapped, strict=True):
         assert a.miou == b.miou and a.pixel_accuracy == b.pixel_accuracy
         np.testing.assert_array_equal(a.labels, b.labels)
     # two caches (module class + state-dict fingerprint vs the Backbone class), the module's holding its features

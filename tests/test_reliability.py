@@ -1,6 +1,7 @@
 """Reliability (``unseg docs reliability``): a cache answers only for the files it was built from, every user
 error is one line with exit status 2, images decode as viewers show them, and a resumed STEGO run
 equals an uninterrupted one (downloads that give up: test_downloads.py)."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,7 @@ SIZE = (32, 48)
 
 
 def extract(backbone, dataset, root, **kw):
-    return extract_features(backbone, dataset, SIZE, cache_root=root, batch_size=2, num_workers=0,
-                            progress=False, **kw)
+    return extract_features(backbone, dataset, SIZE, cache_root=root, batch_size=2, num_workers=0, progress=False, **kw)
 
 
 def write_masks(folder: Path, n: int, size: tuple[int, int] = (40, 30), split: int = 20) -> Path:
@@ -62,6 +62,7 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
 
 # --- a cache answers for what it was built from ------------------------------------------------------
 
+
 def test_fixed_mask_other_masks_folder_or_num_classes_remake_the_cached_masks(tmp_path, image_folder, tiny_vit):
     images = image_folder(tmp_path / "imgs", 3)
     masks = write_masks(tmp_path / "masks", 3)
@@ -86,8 +87,9 @@ def test_fixed_mask_other_masks_folder_or_num_classes_remake_the_cached_masks(tm
     assert (got == 255).any()
 
 
-def test_a_skipping_cache_does_not_answer_without_skip_corrupt_and_a_repaired_image_is_extracted(tmp_path, image_folder,
-                                                                                                  tiny_vit):
+def test_a_skipping_cache_does_not_answer_without_skip_corrupt_and_a_repaired_image_is_extracted(
+    tmp_path, image_folder, tiny_vit
+):
     folder = image_folder(tmp_path / "imgs", 5)
     good = (folder / "img03.png").read_bytes()
     (folder / "img03.png").write_bytes(b"not a png")
@@ -123,8 +125,22 @@ def test_a_float16_cache_with_its_own_shard_size_is_the_one_a_default_run_finds(
 def test_a_read_only_complete_cache_serves_an_evaluation(tmp_path, monkeypatch, capsys, image_folder):
     images = image_folder(tmp_path / "imgs", 4)
     masks = write_masks(tmp_path / "masks", 4)
-    source = ["--root", images, "--dataset", "folder", "--masks", masks, "--num-classes", "2", "--input-size", "32",
-              "--cache-dir", tmp_path / "cache", "--workers", "0"]
+    source = [
+        "--root",
+        images,
+        "--dataset",
+        "folder",
+        "--masks",
+        masks,
+        "--num-classes",
+        "2",
+        "--input-size",
+        "32",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--workers",
+        "0",
+    ]
     assert main([str(a) for a in ["extract", "--split", "", *source]]) == 0
 
     def refuse(*args, **kwargs):
@@ -136,20 +152,34 @@ def test_a_read_only_complete_cache_serves_an_evaluation(tmp_path, monkeypatch, 
     monkeypatch.setattr(cache_module, "save_npy", refuse)  # root ignores chmod: refuse every write instead
     monkeypatch.setattr(cache_module, "save_json", refuse)
     monkeypatch.setattr(extract_module, "require_writable", refuse)
-    code, err = run_cli(["eval", "cluster", *source, "--split", "", "--k", "2", "--seeds", "1", "--nredo", "1"],
-                        capsys)
+    code, err = run_cli(["eval", "cluster", *source, "--split", "", "--k", "2", "--seeds", "1", "--nredo", "1"], capsys)
     assert code == 0, err
 
 
 # --- one line, exit status 2 -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def labelled(tmp_path, image_folder) -> list:
     """CLI source options of 4 labelled 40x30 images with the offline backbone at 32 px."""
     images = image_folder(tmp_path / "imgs", 4)
     masks = write_masks(tmp_path / "masks", 4)
-    return ["--root", images, "--dataset", "folder", "--masks", masks, "--num-classes", "2", "--input-size", "32",
-            "--cache-dir", tmp_path / "cache", "--split", ""]
+    return [
+        "--root",
+        images,
+        "--dataset",
+        "folder",
+        "--masks",
+        masks,
+        "--num-classes",
+        "2",
+        "--input-size",
+        "32",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--split",
+        "",
+    ]
 
 
 def test_corrupt_image_with_loader_workers_is_one_line_naming_it(labelled, capsys):
@@ -174,21 +204,27 @@ def test_unwritable_cache_or_out_folder_fails_before_any_compute(labelled, tmp_p
     assert_one_line_error(code, err, str(blocker / "out"), "cannot be written")
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["--input-size", "450"], ["input size 450", "positive multiple of the backbone stride 16"]),
-    (["--input-size", "0"], ["--input-size", "each >= 1"]),  # refused as it is parsed (tests/test_harness.py)
-    (["--k", "100000"], ["K = 100000", "between 1 and", "16"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--input-size", "450"], ["input size 450", "positive multiple of the backbone stride 16"]),
+        (["--input-size", "0"], ["--input-size", "each >= 1"]),  # refused as it is parsed (tests/test_harness.py)
+        (["--k", "100000"], ["K = 100000", "between 1 and", "16"]),
+    ],
+)
 def test_bad_clustering_values_are_one_line(labelled, capsys, argv, needles):
     args = [*labelled, "--workers", "0", "--k", "2", "--nredo", "1", *argv]  # argparse keeps the last --k
     code, err = run_cli(["eval", "cluster", *args], capsys)
     assert_one_line_error(code, err, *needles)
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["--cd-k", "1", "--markov-time", "1", "--weight-threshold", "0.01"], ["k=1", "k must be >= 2"]),
-    (["--cd-k", "50", "--markov-time", "1"], ["lack weight_threshold", "none of them"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["--cd-k", "1", "--markov-time", "1", "--weight-threshold", "0.01"], ["k=1", "k must be >= 2"]),
+        (["--cd-k", "50", "--markov-time", "1"], ["lack weight_threshold", "none of them"]),
+    ],
+)
 def test_bad_unsupervised_values_are_one_line_before_any_work(labelled, capsys, monkeypatch, argv, needles):
     import importlib
 
@@ -200,34 +236,56 @@ def test_bad_unsupervised_values_are_one_line_before_any_work(labelled, capsys, 
 
 def test_segment_k_more_than_the_tokens_is_one_line(tmp_path, capsys, image_folder):
     images = image_folder(tmp_path / "imgs", 2)
-    code, err = run_cli(["segment", images, "--method", "kmeans", "--out", tmp_path / "out", "--k", "9",
-                         "--input-size", "32", "--workers", "0"], capsys)
+    code, err = run_cli(
+        [
+            "segment",
+            images,
+            "--method",
+            "kmeans",
+            "--out",
+            tmp_path / "out",
+            "--k",
+            "9",
+            "--input-size",
+            "32",
+            "--workers",
+            "0",
+        ],
+        capsys,
+    )
     assert_one_line_error(code, err, "k = 9", "8 feature tokens", "k <= 8")
 
 
 @pytest.fixture
 def stego_yaml(tmp_path) -> Path:
     path = tmp_path / "stego.yaml"
-    path.write_text("dataset: camvid\nn_classes: 11\nbackbone: efficientnet_lite0\ninput_size: 32\n"
-                    "val_input_size: 32\nfive_crop: false\nbatch_size: 4\nnum_workers: 0\naccelerator: cpu\n")
+    path.write_text(
+        "dataset: camvid\nn_classes: 11\nbackbone: efficientnet_lite0\ninput_size: 32\n"
+        "val_input_size: 32\nfive_crop: false\nbatch_size: 4\nnum_workers: 0\naccelerator: cpu\n"
+    )
     return path
 
 
-@pytest.mark.parametrize("override, needles", [
-    ("precision=bogus", ["'precision' = 'bogus'", "32-true"]),
-    ("batch_size=0", ["'batch_size' = 0", "at least 1"]),
-    ("accelerator=bogus", ["'accelerator' = 'bogus'", "cpu"]),
-])
+@pytest.mark.parametrize(
+    "override, needles",
+    [
+        ("precision=bogus", ["'precision' = 'bogus'", "32-true"]),
+        ("batch_size=0", ["'batch_size' = 0", "at least 1"]),
+        ("accelerator=bogus", ["'accelerator' = 'bogus'", "cpu"]),
+    ],
+)
 def test_bad_config_values_are_one_line(stego_yaml, tmp_path, capsys, override, needles):
-    code, err = run_cli(["train", "stego", "--config", stego_yaml, "root=.", override, "--out", tmp_path / "run"],
-                        capsys)
+    code, err = run_cli(
+        ["train", "stego", "--config", stego_yaml, "root=.", override, "--out", tmp_path / "run"], capsys
+    )
     assert_one_line_error(code, err, *needles)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_accelerator_without_a_gpu_is_one_line(stego_yaml, tmp_path, capsys):
-    code, err = run_cli(["train", "stego", "--config", stego_yaml, "root=.", "accelerator=gpu",
-                         "--out", tmp_path / "run"], capsys)
+    code, err = run_cli(
+        ["train", "stego", "--config", stego_yaml, "root=.", "accelerator=gpu", "--out", tmp_path / "run"], capsys
+    )
     assert_one_line_error(code, err, "'accelerator' = 'gpu'", "accelerator=cpu")
 
 
@@ -236,31 +294,38 @@ def test_knn_k_larger_than_the_dataset_is_one_line(stego_yaml, tmp_path, capsys,
     image_folder(root / "train", 6)
     write_masks(root / "trainannot", 6)
     (root / "train.txt").write_text("\n".join(f"img{i:02d}" for i in range(6)))
-    code, err = run_cli(["stego", "knn", "--config", stego_yaml, f"root={root}", "knn_k=30",
-                         "--cache-dir", tmp_path / "cache"], capsys)
+    code, err = run_cli(
+        ["stego", "knn", "--config", stego_yaml, f"root={root}", "knn_k=30", "--cache-dir", tmp_path / "cache"], capsys
+    )
     assert_one_line_error(code, err, "knn_k = 30", "between 1 and 6")
 
 
 def test_resume_of_nothing_or_of_a_non_checkpoint_is_one_line(stego_yaml, tmp_path, capsys):
     (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
     torch.save({"state_dict": {}}, tmp_path / "weights_only.ckpt")  # a weights file, not a run's checkpoint
-    for resume, needles in (("last", ["--resume last", "no checkpoint", "leave out --resume"]),
-                            (tmp_path / "missing.ckpt", ["--resume", "missing.ckpt", "no such file"]),
-                            (tmp_path / "junk.ckpt", ["junk.ckpt", "not a training checkpoint"]),
-                            (tmp_path / "weights_only.ckpt", ["weights_only.ckpt", "not a training checkpoint"])):
-        code, err = run_cli(["train", "stego", "--config", stego_yaml, "root=.", "--out", tmp_path / "run",
-                             "--resume", resume], capsys)
+    for resume, needles in (
+        ("last", ["--resume last", "no checkpoint", "leave out --resume"]),
+        (tmp_path / "missing.ckpt", ["--resume", "missing.ckpt", "no such file"]),
+        (tmp_path / "junk.ckpt", ["junk.ckpt", "not a training checkpoint"]),
+        (tmp_path / "weights_only.ckpt", ["weights_only.ckpt", "not a training checkpoint"]),
+    ):
+        code, err = run_cli(
+            ["train", "stego", "--config", stego_yaml, "root=.", "--out", tmp_path / "run", "--resume", resume], capsys
+        )
         assert_one_line_error(code, err, *needles)
 
 
 def test_worker_errors_read_as_their_own_message():
-    wrapped = ImageError("Caught ImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                         "last):\n  File \"x.py\", line 1, in f\nunseg.errors.ImageError: image /a/b.png is corrupt\n")
+    wrapped = ImageError(
+        "Caught ImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\nunseg.errors.ImageError: image /a/b.png is corrupt\n'
+    )
     assert str(wrapped) == "image /a/b.png is corrupt"
     assert str(ImageError("image /a/b.png is corrupt")) == "image /a/b.png is corrupt"
 
 
 # --- images as viewers show them ---------------------------------------------------------------------------
+
 
 def test_exif_rotated_jpeg_and_16_bit_png_segment_at_their_displayed_size(tmp_path):
     """Each gives the labels of a plain 8-bit PNG of what a viewer shows (the reference), which has
@@ -310,8 +375,10 @@ def test_16_bit_and_other_modes_decode_to_scaled_rgb(tmp_path):
 
 # --- a resumed STEGO run is the uninterrupted run ---------------------------------------------------------
 
-def test_stego_killed_after_a_checkpoint_and_resumed_equals_the_uninterrupted_run(tmp_path, monkeypatch, feature_cache,
-                                                                                  stego_config):
+
+def test_stego_killed_after_a_checkpoint_and_resumed_equals_the_uninterrupted_run(
+    tmp_path, monkeypatch, feature_cache, stego_config
+):
     from unseg.methods.stego import StegoConfig, StegoModule, train_stego
 
     rng = np.random.default_rng(0)

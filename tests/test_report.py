@@ -1,4 +1,5 @@
 """Report folders: files, charts whose pixels say the right thing, a gallery of the best and worst images."""
+
 import json
 
 import numpy as np
@@ -9,15 +10,22 @@ from scipy import ndimage
 from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 from unseg.visualisation.report import per_image_miou, write_report
 
-
 CLASSES = ["road", "car", "sky"]
 
 
 def blobs(mask):
     """(centre row, centre col, height, width, area) of each connected blob of a bool image, largest first."""
     labels, _ = ndimage.label(mask)
-    found = [((s[0].start + s[0].stop) / 2, (s[1].start + s[1].stop) / 2, s[0].stop - s[0].start,
-              s[1].stop - s[1].start, (labels[s] == i + 1).sum()) for i, s in enumerate(ndimage.find_objects(labels))]
+    found = [
+        (
+            (s[0].start + s[0].stop) / 2,
+            (s[1].start + s[1].stop) / 2,
+            s[0].stop - s[0].start,
+            s[1].stop - s[1].start,
+            (labels[s] == i + 1).sum(),
+        )
+        for i, s in enumerate(ndimage.find_objects(labels))
+    ]
     return sorted(found, key=lambda b: -b[4])
 
 
@@ -54,9 +62,16 @@ def test_report_of_a_good_prediction(tmp_path, resolved_links):
     predictions[2, :5] = 3  # "no class" pixels (an unmatched cluster)
     masks[0, 0] = 255
     images = [Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)) for _ in range(4)]
-    report = write_report(tmp_path / "r", CLASSES, predictions=predictions, masks=masks,
-                          ids=["a", "b", "c", "d"], load_image=images.__getitem__, examples=1,
-                          settings={"protocol": "test"})
+    report = write_report(
+        tmp_path / "r",
+        CLASSES,
+        predictions=predictions,
+        masks=masks,
+        ids=["a", "b", "c", "d"],
+        load_image=images.__getitem__,
+        examples=1,
+        settings={"protocol": "test"},
+    )
     for path in (report.metrics, report.iou_chart, report.confusion_image, report.gallery):
         assert path.is_file()
     metrics = json.loads(report.metrics.read_text())

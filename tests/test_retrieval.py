@@ -9,7 +9,6 @@ from unseg.evaluation.metrics import confusion_matrix, scores_from_confusion
 from unseg.evaluation.retrieval import MemoryBank, dense_retrieval, patch_labels
 
 
-
 def brute_force(train_feats, train_masks, val_feats, val_size, num_classes, k, temperature):
     """Label distributions by loops, cosine kNN by a full similarity matrix and argsort."""
     n, d, h, w = train_feats.shape
@@ -18,7 +17,7 @@ def brute_force(train_feats, train_masks, val_feats, val_size, num_classes, k, t
     for i in range(n):
         for r in range(h):
             for c in range(w):
-                cell = train_masks[i, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw].ravel()
+                cell = train_masks[i, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw].ravel()
                 cell = cell[cell != 255]
                 if cell.size:
                     bank.append(train_feats[i, :, r, c])
@@ -51,8 +50,9 @@ def test_retrieval_equals_brute_force_knn(tmp_path, temperature, feature_cache):
     val_masks[:, 0] = 255
     train = feature_cache(tmp_path / "train", train_feats)
     val = feature_cache(tmp_path / "val", val_feats)
-    result = dense_retrieval(train, train_masks, val, val_masks, c, k=7, temperature=temperature, batch=2,
-                             keep_predictions=True)
+    result = dense_retrieval(
+        train, train_masks, val, val_masks, c, k=7, temperature=temperature, batch=2, keep_predictions=True
+    )
     expected = brute_force(train_feats, train_masks, val_feats, (10, 13), c, 7, temperature)
     np.testing.assert_array_equal(result.predictions, expected)
     scores = scores_from_confusion(confusion_matrix(val_masks, expected, c))
@@ -60,8 +60,7 @@ def test_retrieval_equals_brute_force_knn(tmp_path, temperature, feature_cache):
 
 
 def test_patch_labels_distribution_and_majority():
-    masks = np.array([[[0, 0, 1, 255],
-                       [0, 2, 255, 255]]], dtype=np.uint8)  # 1x2 grid of 2x2 patches
+    masks = np.array([[[0, 0, 1, 255], [0, 2, 255, 255]]], dtype=np.uint8)  # 1x2 grid of 2x2 patches
     np.testing.assert_allclose(patch_labels(masks, (1, 2), 3), [[0.75, 0, 0.25], [0, 1, 0]])
     np.testing.assert_allclose(patch_labels(masks, (1, 2), 3, "majority"), [[1, 0, 0], [0, 1, 0]])
     with pytest.raises(ValueError, match="multiple"):

@@ -1,4 +1,5 @@
 """``segment`` on users' images: outputs, a gallery whose links resolve, saved clusterings, bad input."""
+
 import logging
 import shutil
 from pathlib import Path
@@ -37,14 +38,15 @@ def test_segment_writes_labels_segments_foreground_and_a_gallery(photos, tmp_pat
     names = ["0016E5_07959", "0016E5_07969", "odd size"]
     for folder in ("labels", "segments", "foreground"):
         assert sorted(p.stem for p in (out / folder).glob("*.png")) == names
-    for name, result in zip(names, run.results):
+    for name, result in zip(names, run.results, strict=True):
         m = len(result.groups)
         assert result.segments.max() < m and result.groups.max() < run.num_groups and len(result.background) == m
         # palette PNGs hold the ids themselves; the foreground PNG is 255 on foreground pixels
         np.testing.assert_array_equal(np.array(Image.open(out / "labels" / f"{name}.png")), result.labels)
         np.testing.assert_array_equal(np.array(Image.open(out / "segments" / f"{name}.png")), result.segments)
-        np.testing.assert_array_equal(np.array(Image.open(out / "foreground" / f"{name}.png")) == 255,
-                                      result.foreground)
+        np.testing.assert_array_equal(
+            np.array(Image.open(out / "foreground" / f"{name}.png")) == 255, result.foreground
+        )
         assert Image.open(out / "labels" / f"{name}.png").mode == "P"
         assert Image.open(out / "panels" / f"{name}.jpg").size[1] == 220  # the page's four views
     links = resolved_links(out / "index.html")
@@ -66,8 +68,11 @@ def test_rerun_into_the_same_folder_keeps_only_this_runs_images(photos, tmp_path
 
 
 def test_spectral_refuses_the_options_of_the_clustering_methods(photos, tmp_path):
-    for option in ({"crf": True}, {"save_clustering": tmp_path / "x.npz"},
-                   {"checkpoint": tmp_path / "x.ckpt", "method": "spectral"}):  # a checkpoint alone means stego
+    for option in (
+        {"crf": True},
+        {"save_clustering": tmp_path / "x.npz"},
+        {"checkpoint": tmp_path / "x.ckpt", "method": "spectral"},
+    ):  # a checkpoint alone means stego
         with pytest.raises(SettingError, match="not to spectral"):
             segment(photos, **option, **FAST)
     with pytest.raises(SettingError, match="vocabulary size"):
@@ -85,13 +90,23 @@ def test_a_saved_clustering_gives_the_same_labels_on_new_images(photos, tmp_path
     assert all(lab.max() < 5 for lab in first) and first[0].shape == (360, 480)
     fitted = FittedSegmenter.load(saved)
     assert (fitted.method, fitted.backbone, fitted.input_size, fitted.num_labels) == (
-        "kmeans", "efficientnet_lite0", (224, 224), 5)
+        "kmeans",
+        "efficientnet_lite0",
+        (224, 224),
+        5,
+    )
 
     cd_file = tmp_path / "cd.npz"
-    cd = segment(photos, k=4, cd=CDSettings(k=20, fg_threshold=0.5, fg_k=30), save_clustering=cd_file,
-                 **{**KMEANS, "method": "cd"}).results
-    np.testing.assert_array_equal(segment(new, method="cd", clustering=cd_file, num_workers=0).results[0].labels,
-                                  cd[1].labels)
+    cd = segment(
+        photos,
+        k=4,
+        cd=CDSettings(k=20, fg_threshold=0.5, fg_k=30),
+        save_clustering=cd_file,
+        **{**KMEANS, "method": "cd"},
+    ).results
+    np.testing.assert_array_equal(
+        segment(new, method="cd", clustering=cd_file, num_workers=0).results[0].labels, cd[1].labels
+    )
 
 
 def test_a_clustering_from_another_backbone_or_weights_is_refused(photos, tmp_path):
@@ -141,10 +156,13 @@ def test_stego_segments_with_its_cluster_probe(photos, tmp_path, resolved_links)
 
     torch.manual_seed(0)
     ckpt = tmp_path / "stego.ckpt"
-    save_stego(ckpt, StegoHead(432, 8).eval(), ClusterProbe(8, 6), LinearProbe(8, 6),
-               {"backbone": "efficientnet_lite0"})
-    labels = [r.labels for r in segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", keep=True,
-                                        **FAST).results]
+    save_stego(
+        ckpt, StegoHead(432, 8).eval(), ClusterProbe(8, 6), LinearProbe(8, 6), {"backbone": "efficientnet_lite0"}
+    )
+    labels = [
+        r.labels
+        for r in segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", keep=True, **FAST).results
+    ]
     assert [lab.shape for lab in labels] == [(360, 480), (360, 480), (290, 200)]
     assert max(lab.max() for lab in labels) < 6 and len(np.unique(np.concatenate([lab.ravel() for lab in labels]))) > 1
     resolved_links(tmp_path / "s" / "index.html")

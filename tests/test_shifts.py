@@ -1,4 +1,5 @@
 """STEGO's label-free shift rule gives the fractions of attracting pairs it promises."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,14 @@ import torch
 from unseg.config import config_from_dict
 from unseg.errors import ConfigError
 from unseg.methods.stego import CorrespondenceConfig, correspondence_terms
-from unseg.methods.stego.shifts import (DEFAULT_ATTRACT, SHIFTS, pair_similarities, resolve_shifts,
-                                        shifts_from_features, shifts_from_similarities)
+from unseg.methods.stego.shifts import (
+    DEFAULT_ATTRACT,
+    SHIFTS,
+    pair_similarities,
+    resolve_shifts,
+    shifts_from_features,
+    shifts_from_similarities,
+)
 from unseg.methods.stego.train import StegoConfig
 
 
@@ -88,7 +95,10 @@ def test_auto_in_the_config_is_resolved_and_required():
     assert isinstance(resolved.pos_intra_shift, float) and isinstance(resolved.neg_inter_shift, float)
     assert resolved.pos_inter_shift == 0.12  # a number stays as given
     assert record["auto"] == ["pos_intra_shift", "neg_inter_shift"]
-    assert record["shifts"] == {"pos_intra_shift": resolved.pos_intra_shift, "neg_inter_shift": resolved.neg_inter_shift}
+    assert record["shifts"] == {
+        "pos_intra_shift": resolved.pos_intra_shift,
+        "neg_inter_shift": resolved.neg_inter_shift,
+    }
     assert record["attract_fraction"] == {"pos_intra_shift": 0.35, "neg_inter_shift": 0.05}
     unchanged, empty = resolve_shifts(resolved, feats, knn)
     assert unchanged is resolved and empty == {}

@@ -1,5 +1,6 @@
 """The per-image spectral method and the folder vocabulary (``unseg docs photos``): against the generalised
 eigenproblem and direct computations, and on synthetic scenes whose answer is known."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,16 @@ from scipy.spatial.distance import cdist
 
 from unseg.errors import SettingError
 from unseg.unsupervised.per_image import fit_vocabulary, plan_folder
-from unseg.unsupervised.spectral import (SpectralSettings, background_segments, colour_affinity, merge_segments,
-                                         oversegment, refine_segments, segment_sums, spectral_embedding)
+from unseg.unsupervised.spectral import (
+    SpectralSettings,
+    background_segments,
+    colour_affinity,
+    merge_segments,
+    oversegment,
+    refine_segments,
+    segment_sums,
+    spectral_embedding,
+)
 
 STRIDE = 8
 
@@ -26,7 +35,10 @@ def scene(shapes: int, size: tuple[int, int] = (96, 128), seed: int = 0, codes: 
     regions = np.zeros(size, np.int64)
     yy, xx = np.mgrid[:h, :w]
     for s in range(1, shapes + 1):  # one shape per quarter of the picture: shapes never touch
-        cy, cx = (s - 1) // 2 * h // 2 + h // 4 + rng.integers(-4, 5), (s - 1) % 2 * w // 2 + w // 4 + rng.integers(-4, 5)
+        cy, cx = (
+            (s - 1) // 2 * h // 2 + h // 4 + rng.integers(-4, 5),
+            (s - 1) % 2 * w // 2 + w // 4 + rng.integers(-4, 5),
+        )
         if s % 2:
             regions[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(12, 18) ** 2] = s
         else:
@@ -40,12 +52,11 @@ def scene(shapes: int, size: tuple[int, int] = (96, 128), seed: int = 0, codes: 
     return regions, guide, feats.transpose(2, 0, 1).astype(np.float32)
 
 
-def segment_scene(regions, guide, feats, settings=SpectralSettings()):
+def segment_scene(regions, guide, feats, settings=SpectralSettings()):  # noqa: B008 - a frozen dataclass
     over = oversegment(feats, settings)
     sums, counts = segment_sums(feats, over)
     centre = sums.sum(0) / counts.sum()
-    lut = merge_segments(over, sums, counts, centre, settings.merge_threshold, settings.segments,
-                         settings.min_tokens)
+    lut = merge_segments(over, sums, counts, centre, settings.merge_threshold, settings.segments, settings.min_tokens)
     return refine_segments(lut[over], guide, settings)
 
 
@@ -67,7 +78,7 @@ def test_one_segment_per_shape_with_boundaries_on_the_shape_edges(shapes):
     # each region is one segment, at the pixel level: the edges are the shapes' own, not the 8-px token grid's
     assert agreement(regions, segments) > 0.995
     assert agreement(segments, regions) > 0.995
-    edges = (regions[:, 1:] != regions[:, :-1])
+    edges = regions[:, 1:] != regions[:, :-1]
     assert (segments[:, 1:] != segments[:, :-1])[edges].mean() > 0.95
 
 
@@ -82,7 +93,7 @@ def test_a_fixed_number_of_segments_is_kept():
 def test_embedding_solves_the_generalised_eigenproblem():
     rng = np.random.default_rng(0)
     x = rng.random((40, 5))
-    w = np.exp(-cdist(x, x) ** 2)
+    w = np.exp(-(cdist(x, x) ** 2))
     d = np.diag(w.sum(1))
     expected_values, expected = scipy.linalg.eigh(d - w, d)  # (D - W) v = λ D v, vᵀ D v = 1
     values, vectors = spectral_embedding(w.astype(np.float32), 6)
@@ -134,7 +145,7 @@ def test_identical_regions_in_two_images_get_the_same_group(tmp_path, feature_ca
     cache = feature_cache(tmp_path / "cache", np.stack([fa, fb]))
     plan = plan_folder(cache, groups=3)
     shape_groups, background_groups = [], []
-    for features, segments, groups in zip((fa, fb), plan.segments, plan.groups):
+    for features, segments, groups in zip((fa, fb), plan.segments, plan.groups, strict=True):
         tokens = features.reshape(64, -1).T
         for s in range(segments.max() + 1):
             on_shape = (tokens[segments.ravel() == s] @ codes[1]).mean() > 0.5 * codes[1] @ codes[1]

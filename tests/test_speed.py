@@ -1,5 +1,6 @@
 """Speed and scale paths give the results of the plain ones: thread policy, parallel k-means
 restarts, float32 streaming PCA, block-wise reading and assignment, approximate kNN."""
+
 from __future__ import annotations
 
 import sys
@@ -19,7 +20,6 @@ from unseg.features.cache import read_rows
 from unseg.methods.stego import knn
 
 kmeans_module = sys.modules["unseg.clustering.kmeans"]
-
 
 
 def blob_feats(n: int = 30, dim: int = 12, grid: tuple[int, int] = (4, 5), classes: int = 4, seed: int = 0):
@@ -94,7 +94,7 @@ def test_parallel_restarts_equal_faiss_nredo(spherical, mppc):
     params = {} if mppc is None else {"max_points_per_centroid": mppc}
     runs = [(8, 0), (8, 5), (12, 5)]
     ours = fit_centroids(x, runs, niter=12, nredo=3, spherical=spherical, max_points_per_centroid=mppc, threads=2)
-    for (k, seed), centroids in zip(runs, ours):
+    for (k, seed), centroids in zip(runs, ours, strict=True):
         ref = faiss.Kmeans(6, k, niter=12, nredo=3, seed=seed, spherical=spherical, verbose=False, **params)
         ref.train(x)
         np.testing.assert_array_equal(centroids, ref.centroids)
@@ -137,7 +137,7 @@ def test_pca_and_kmeans_are_bit_identical_for_any_thread_count(monkeypatch):
         finally:
             threads.set_threads(None)
         out.append((pca.components_, z, fit.centroids, fit.labels))
-    for a, b in zip(*out):
+    for a, b in zip(*out, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -157,7 +157,7 @@ def test_streaming_float32_pca_equals_in_memory_float64():
     rng = np.random.default_rng(2)
     x = ((rng.normal(size=(5000, 24)) * np.linspace(0.3, 5, 24)) @ rng.normal(size=(24, 24)) + 3).astype(np.float32)
     whole = StandardPCA(6).fit([x])  # float64, one chunk
-    streamed = StandardPCA(6, np.float32).fit(x[i:i + 700] for i in range(0, len(x), 700))
+    streamed = StandardPCA(6, np.float32).fit(x[i : i + 700] for i in range(0, len(x), 700))
     z = (x.astype(np.float64) - x.mean(0, dtype=np.float64)) / x.std(0, dtype=np.float64)
     _, _, vt = np.linalg.svd(z, full_matrices=False)
     ref = z @ vt[:6].T

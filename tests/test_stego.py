@@ -1,4 +1,5 @@
 """STEGO: correspondence loss by hand, probes, training, checkpoints in the authors' layout, evaluation, configs."""
+
 from __future__ import annotations
 
 import math
@@ -11,13 +12,26 @@ import torch.nn.functional as F
 
 from unseg.config import config_from_dict, dump_config, load_config
 from unseg.errors import ConfigError, UnsegError, WeightsError
-from unseg.kinds import UsageError
 from unseg.features.cache import FeatureCache
-from unseg.methods.stego import (CachedPairs, ClusterProbe, CorrespondenceConfig, ImagePairs, LinearProbe,
-                                 StegoConfig, StegoHead, StegoModule, correspondence_terms, evaluate_stego,
-                                 load_stego, negative_partners, save_stego, stego_codes, train_stego)
+from unseg.kinds import UsageError
+from unseg.methods.stego import (
+    CachedPairs,
+    ClusterProbe,
+    CorrespondenceConfig,
+    ImagePairs,
+    LinearProbe,
+    StegoConfig,
+    StegoHead,
+    StegoModule,
+    correspondence_terms,
+    evaluate_stego,
+    load_stego,
+    negative_partners,
+    save_stego,
+    stego_codes,
+    train_stego,
+)
 from unseg.methods.stego.loss import correspondence_term, feature_correlation
-
 
 
 def constant_map(vector: list[float], batch: int = 2, size: int = 3) -> torch.Tensor:
@@ -44,6 +58,7 @@ def two_class_cache(tmp_path: Path, feature_cache) -> tuple[FeatureCache, np.nda
 
 
 # --- correspondence loss -------------------------------------------------------------------------
+
 
 def test_aligned_codes_on_correlated_features_give_negative_loss_moved_by_the_shift():
     f = constant_map([1.0, 0.0, 0.0])  # F = 1 for every pair
@@ -101,8 +116,9 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def plain_term(fa: torch.Tensor, fb: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor, shift: float,
-               pointwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def plain_term(
+    fa: torch.Tensor, fb: torch.Tensor, ca: torch.Tensor, cb: torch.Tensor, shift: float, pointwise: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss written out on sampled vectors (B, P, C): F and S as batched cosine matrices (B, P, Q)."""
     f = _unit(fa) @ _unit(fb).transpose(1, 2)
     if pointwise:
@@ -115,9 +131,15 @@ def plain_terms(f1, f2, fnegs, c1, c2, cnegs, cfg: CorrespondenceConfig) -> dict
     """Intra, inter and negative terms from sampled vectors; negatives averaged over the draws."""
     intra, intra_s = plain_term(f1, f1, c1, c1, cfg.pos_intra_shift, cfg.pointwise)
     inter, inter_s = plain_term(f1, f2, c1, c2, cfg.pos_inter_shift, cfg.pointwise)
-    negs = [plain_term(f1, fn, c1, cn, cfg.neg_inter_shift, cfg.pointwise) for fn, cn in zip(fnegs, cnegs)]
-    return {"intra": intra, "inter": inter, "neg": sum(n[0] for n in negs) / len(negs),
-            "intra_sim": intra_s, "inter_sim": inter_s, "neg_sim": sum(n[1] for n in negs) / len(negs)}
+    negs = [plain_term(f1, fn, c1, cn, cfg.neg_inter_shift, cfg.pointwise) for fn, cn in zip(fnegs, cnegs, strict=True)]
+    return {
+        "intra": intra,
+        "inter": inter,
+        "neg": sum(n[0] for n in negs) / len(negs),
+        "intra_sim": intra_s,
+        "inter_sim": inter_s,
+        "neg_sim": sum(n[1] for n in negs) / len(negs),
+    }
 
 
 @pytest.mark.parametrize("pointwise", [True, False])
@@ -138,18 +160,31 @@ def test_loss_terms_equal_a_plain_recomputation_at_injected_grid_points(pointwis
 
     partners = [torch.tensor([1, 0, 0]), torch.tensor([2, 0, 1])]  # the first is not a permutation
     cfg = CorrespondenceConfig(pointwise=pointwise, feature_samples=s, neg_samples=2)
-    got = correspondence_terms(feats, feats_pos, code, code_pos, cfg, coords=(coords(ys1, xs1), coords(ys2, xs2)),
-                               partners=partners)
+    got = correspondence_terms(
+        feats, feats_pos, code, code_pos, cfg, coords=(coords(ys1, xs1), coords(ys2, xs2)), partners=partners
+    )
     own = torch.arange(b)
-    want = plain_terms(at(feats, own, ys1, xs1), at(feats_pos, own, ys2, xs2),
-                       [at(feats, p, ys2, xs2) for p in partners], at(code, own, ys1, xs1),
-                       at(code_pos, own, ys2, xs2), [at(code, p, ys2, xs2) for p in partners], cfg)
+    want = plain_terms(
+        at(feats, own, ys1, xs1),
+        at(feats_pos, own, ys2, xs2),
+        [at(feats, p, ys2, xs2) for p in partners],
+        at(code, own, ys1, xs1),
+        at(code_pos, own, ys2, xs2),
+        [at(code, p, ys2, xs2) for p in partners],
+        cfg,
+    )
     for name, value in want.items():
         assert getattr(got, name).item() == pytest.approx(value.item(), abs=1e-5), name
     # sampling the partners at their own first positions (unseg's old rule) gives another number
-    old = plain_terms(at(feats, own, ys1, xs1), at(feats_pos, own, ys2, xs2),
-                      [at(feats, p, ys1[p], xs1[p]) for p in partners], at(code, own, ys1, xs1),
-                      at(code_pos, own, ys2, xs2), [at(code, p, ys1[p], xs1[p]) for p in partners], cfg)
+    old = plain_terms(
+        at(feats, own, ys1, xs1),
+        at(feats_pos, own, ys2, xs2),
+        [at(feats, p, ys1[p], xs1[p]) for p in partners],
+        at(code, own, ys1, xs1),
+        at(code_pos, own, ys2, xs2),
+        [at(code, p, ys1[p], xs1[p]) for p in partners],
+        cfg,
+    )
     assert abs(old["neg"].item() - got.neg.item()) > 1e-3
     with pytest.raises(ValueError, match="1 partner draws"):
         correspondence_terms(feats, feats_pos, code, code_pos, cfg, partners=partners[:1])
@@ -161,9 +196,16 @@ def test_module_losses_equal_a_plain_recomputation_of_the_authors_draws(correlat
     # dropouts and the correlation dropout (image, then positive), coordinates, negative partners
     torch.manual_seed(0)
     b, d, h, w, p = 4, 12, 6, 6, 0.3
-    cfg = config_from_dict(StegoConfig, {"n_classes": 2, "dim": 5, "dropout": p,
-                                         "correlation_dropout": correlation_dropout,
-                                         "loss": {"feature_samples": 5, "neg_samples": 3}})
+    cfg = config_from_dict(
+        StegoConfig,
+        {
+            "n_classes": 2,
+            "dim": 5,
+            "dropout": p,
+            "correlation_dropout": correlation_dropout,
+            "loss": {"feature_samples": 5, "neg_samples": 3},
+        },
+    )
     module = StegoModule(cfg, d).train()
     batch = {"x": torch.randn(b, d, h, w), "x_pos": torch.randn(b, d, h, w)}
     torch.manual_seed(7)
@@ -192,14 +234,28 @@ def test_module_losses_equal_a_plain_recomputation_of_the_authors_draws(correlat
             out = F.grid_sample(t, c, mode="bilinear", padding_mode="border", align_corners=True)
             return out.flatten(2).transpose(1, 2)
 
-        want = plain_terms(at(signal, coords1), at(signal_pos, coords2), [at(signal[q], coords2) for q in partners],
-                           at(code, coords1), at(code_pos, coords2), [at(code[q], coords2) for q in partners],
-                           cfg.loss)
-    for key, name in (("loss/pos_intra", "intra"), ("loss/pos_inter", "inter"), ("loss/neg_inter", "neg"),
-                      ("cd/pos_intra", "intra_sim"), ("cd/neg_inter", "neg_sim")):
+        want = plain_terms(
+            at(signal, coords1),
+            at(signal_pos, coords2),
+            [at(signal[q], coords2) for q in partners],
+            at(code, coords1),
+            at(code_pos, coords2),
+            [at(code[q], coords2) for q in partners],
+            cfg.loss,
+        )
+    for key, name in (
+        ("loss/pos_intra", "intra"),
+        ("loss/pos_inter", "inter"),
+        ("loss/neg_inter", "neg"),
+        ("cd/pos_intra", "intra_sim"),
+        ("cd/neg_inter", "neg_sim"),
+    ):
         assert got[key].item() == pytest.approx(want[name].item(), abs=1e-5), key
-    total = cfg.loss.pos_intra_weight * want["intra"] + cfg.loss.pos_inter_weight * want["inter"] \
+    total = (
+        cfg.loss.pos_intra_weight * want["intra"]
+        + cfg.loss.pos_inter_weight * want["inter"]
         + cfg.loss.neg_inter_weight * want["neg"]
+    )
     assert got["loss/correspondence"].item() == pytest.approx(total.item(), abs=1e-5)
     # in eval mode every dropout is off: F reads the raw features
     module.eval()
@@ -212,9 +268,15 @@ def test_module_losses_equal_a_plain_recomputation_of_the_authors_draws(correlat
         perms = [torch.randperm(b) for _ in range(cfg.loss.neg_samples)]
         partners = [torch.where(q == torch.arange(b), q + 1, q) % b for q in perms]
         x, xp = batch["x"], batch["x_pos"]
-        want = plain_terms(at(x, coords1), at(xp, coords2), [at(x[q], coords2) for q in partners],
-                           at(code, coords1), at(code_pos, coords2), [at(code[q], coords2) for q in partners],
-                           cfg.loss)
+        want = plain_terms(
+            at(x, coords1),
+            at(xp, coords2),
+            [at(x[q], coords2) for q in partners],
+            at(code, coords1),
+            at(code_pos, coords2),
+            [at(code[q], coords2) for q in partners],
+            cfg.loss,
+        )
     assert got_eval["loss/pos_intra"].item() == pytest.approx(want["intra"].item(), abs=1e-5)
     assert got_eval["loss/neg_inter"].item() == pytest.approx(want["neg"].item(), abs=1e-5)
 
@@ -226,6 +288,7 @@ def test_shipped_stego_configs_use_the_correlation_dropout():
 
 
 # --- probes ---------------------------------------------------------------------------------------
+
 
 def test_cluster_probe_loss_decreases_on_separable_codes():
     torch.manual_seed(0)
@@ -251,6 +314,7 @@ def test_cluster_probe_loss_decreases_on_separable_codes():
 
 
 # --- training -------------------------------------------------------------------------------------
+
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch(two_class_cache, stego_config):
     cache, masks, knn = two_class_cache
@@ -288,8 +352,7 @@ def test_train_stego_writes_checkpoints_logs_config_and_resumes(two_class_cache,
     for path in (run / "stego.ckpt", run / "checkpoints" / "last.ckpt"):
         head, cluster_probe, linear_probe, meta = load_stego(path, n_classes=2, dim=8)
         assert meta["feat_dim"] == 16 and config_from_dict(StegoConfig, meta["config"]) == cfg
-    resumed = train_stego(stego_config(max_steps=5), cache, knn, masks=masks, out_dir=run,
-                          resume="last")
+    resumed = train_stego(stego_config(max_steps=5), cache, knn, masks=masks, out_dir=run, resume="last")
     assert resumed.trainer.global_step == 5
 
 
@@ -368,8 +431,9 @@ def test_images_path_runs_the_frozen_backbone_inside_the_module(stego_config, ti
     assert module.net.cluster1[0].weight.grad.abs().sum() > 0
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
-    assert "net.model.cls_token" in checkpoint["state_dict"] and not any(k.startswith("backbone.")
-                                                                        for k in checkpoint["state_dict"])
+    assert "net.model.cls_token" in checkpoint["state_dict"] and not any(
+        k.startswith("backbone.") for k in checkpoint["state_dict"]
+    )
     module.on_load_checkpoint(checkpoint)  # back to the module's own names, for resuming
     assert checkpoint["state_dict"].keys() == module.state_dict().keys()
     codes = stego_codes(module.net.eval(), batch["x"], backbone=backbone)
@@ -378,15 +442,24 @@ def test_images_path_runs_the_frozen_backbone_inside_the_module(stego_config, ti
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
+
 def test_checkpoint_round_trip_in_stego_layout(tmp_path, stego_config):
     torch.manual_seed(0)
     head, cluster_probe, linear_probe = StegoHead(12, 5).eval(), ClusterProbe(5, 4), LinearProbe(5, 3)
     path = tmp_path / "model.ckpt"
     save_stego(path, head, cluster_probe, linear_probe, stego_config(n_classes=3, dim=5, extra_clusters=1))
     ckpt = torch.load(path, weights_only=True)
-    assert set(ckpt["state_dict"]) == {"net.cluster1.0.weight", "net.cluster1.0.bias", "net.cluster2.0.weight",
-                                       "net.cluster2.0.bias", "net.cluster2.2.weight", "net.cluster2.2.bias",
-                                       "cluster_probe.clusters", "linear_probe.weight", "linear_probe.bias"}
+    assert set(ckpt["state_dict"]) == {
+        "net.cluster1.0.weight",
+        "net.cluster1.0.bias",
+        "net.cluster2.0.weight",
+        "net.cluster2.0.bias",
+        "net.cluster2.2.weight",
+        "net.cluster2.2.bias",
+        "cluster_probe.clusters",
+        "linear_probe.weight",
+        "linear_probe.bias",
+    }
     assert ckpt["hyper_parameters"]["n_classes"] == 3 and ckpt["hyper_parameters"]["dim"] == 5
     head2, cluster2, linear2, meta = load_stego(path)
     assert meta["extra_clusters"] == 1 and not meta["has_backbone"]
@@ -404,19 +477,43 @@ def released_checkpoint(path: Path, n_classes: int = 27, dim: int = 9, feat: int
     def t(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    state = {"net.model.cls_token": t(1, 1, feat), "net.model.pos_embed": t(1, 5, feat),
-             "net.model.patch_embed.proj.weight": t(feat, 3, 8, 8), "net.model.blocks.0.norm1.weight": t(feat),
-             "net.model.norm.weight": t(feat), "net.model.norm.bias": t(feat),
-             "net.cluster1.0.weight": t(dim, feat, 1, 1), "net.cluster1.0.bias": t(dim),
-             "net.cluster2.0.weight": t(feat, feat, 1, 1), "net.cluster2.0.bias": t(feat),
-             "net.cluster2.2.weight": t(dim, feat, 1, 1), "net.cluster2.2.bias": t(dim),
-             "train_cluster_probe.clusters": t(n_classes, dim), "cluster_probe.clusters": t(n_classes, dim),
-             "linear_probe.weight": t(n_classes, dim, 1, 1), "linear_probe.bias": t(n_classes),
-             "decoder.weight": t(feat, dim, 1, 1), "decoder.bias": t(feat)}
-    cfg = {"dim": dim, "continuous": True, "extra_clusters": 0, "dropout": True, "pointwise": True,
-           "model_type": "vit_base", "dino_patch_size": 8, "neg_inter_weight": 0.1538476246415498}
-    ckpt = {"epoch": 3, "global_step": 7000, "pytorch-lightning_version": "1.4.9", "state_dict": state,
-            "hyper_parameters": {"n_classes": n_classes, "cfg": cfg}}
+    state = {
+        "net.model.cls_token": t(1, 1, feat),
+        "net.model.pos_embed": t(1, 5, feat),
+        "net.model.patch_embed.proj.weight": t(feat, 3, 8, 8),
+        "net.model.blocks.0.norm1.weight": t(feat),
+        "net.model.norm.weight": t(feat),
+        "net.model.norm.bias": t(feat),
+        "net.cluster1.0.weight": t(dim, feat, 1, 1),
+        "net.cluster1.0.bias": t(dim),
+        "net.cluster2.0.weight": t(feat, feat, 1, 1),
+        "net.cluster2.0.bias": t(feat),
+        "net.cluster2.2.weight": t(dim, feat, 1, 1),
+        "net.cluster2.2.bias": t(dim),
+        "train_cluster_probe.clusters": t(n_classes, dim),
+        "cluster_probe.clusters": t(n_classes, dim),
+        "linear_probe.weight": t(n_classes, dim, 1, 1),
+        "linear_probe.bias": t(n_classes),
+        "decoder.weight": t(feat, dim, 1, 1),
+        "decoder.bias": t(feat),
+    }
+    cfg = {
+        "dim": dim,
+        "continuous": True,
+        "extra_clusters": 0,
+        "dropout": True,
+        "pointwise": True,
+        "model_type": "vit_base",
+        "dino_patch_size": 8,
+        "neg_inter_weight": 0.1538476246415498,
+    }
+    ckpt = {
+        "epoch": 3,
+        "global_step": 7000,
+        "pytorch-lightning_version": "1.4.9",
+        "state_dict": state,
+        "hyper_parameters": {"n_classes": n_classes, "cfg": cfg},
+    }
     torch.save(ckpt, path)
     return state
 
@@ -454,6 +551,7 @@ def test_wrong_classes_or_dim_or_layout_is_a_weights_error(tmp_path):
 
 # --- evaluation -----------------------------------------------------------------------------------
 
+
 def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path, feature_cache):
     # features = one-hot class vectors on a 4x4 grid; head = identity on its linear branch
     rng = np.random.default_rng(0)
@@ -475,19 +573,30 @@ def test_evaluate_stego_scores_perfect_probes_and_calls_refine(tmp_path, feature
     seen = []
 
     def refine(indices: list[int], scores: torch.Tensor) -> torch.Tensor:
-        seen.extend((i, tuple(s.shape)) for i, s in zip(indices, scores))
+        seen.extend((i, tuple(s.shape)) for i, s in zip(indices, scores, strict=True))
         return scores
 
-    result = evaluate_stego(head, cluster_probe, linear_probe, cache, masks, 3, refine=refine, batch_size=2,
-                            device="cpu")
+    result = evaluate_stego(
+        head, cluster_probe, linear_probe, cache, masks, 3, refine=refine, batch_size=2, device="cpu"
+    )
     assert result.mapping.tolist() == [2, 0, 1]
     for scores in (result.cluster, result.linear):
         assert scores.miou == pytest.approx(100.0) and scores.pixel_accuracy == pytest.approx(100.0)
     assert sorted(seen) == sorted([(i, (3, 8, 8)) for i in range(5)] * 2)
     assert "cluster probe" in result.summary() and "hungarian-pixels" in result.summary()
     assert (result.to_dict()["matching"], result.to_dict()["absent_classes"]) == ("hungarian-pixels", "skip")
-    other = evaluate_stego(head, cluster_probe, linear_probe, cache, masks, 3, batch_size=2, device="cpu",
-                           matching="hungarian-iou", absent="zero")
+    other = evaluate_stego(
+        head,
+        cluster_probe,
+        linear_probe,
+        cache,
+        masks,
+        3,
+        batch_size=2,
+        device="cpu",
+        matching="hungarian-iou",
+        absent="zero",
+    )
     assert (other.matching, other.absent) == ("hungarian-iou", "zero") and other.mapping.tolist() == [2, 0, 1]
     with pytest.raises(UnsegError, match="matching rule 'best'"):
         evaluate_stego(head, cluster_probe, linear_probe, cache, masks, 3, device="cpu", matching="best")
@@ -512,6 +621,7 @@ def test_matching_options_on_the_command_line(tmp_path):
 
 # --- configs --------------------------------------------------------------------------------------
 
+
 def test_shipped_configs_load_with_the_released_numbers():
     cocostuff = load_config(StegoConfig, "stego/cocostuff27_vitb8")
     assert (cocostuff.dim, cocostuff.loss.neg_inter_shift, cocostuff.loss.pointwise) == (90, 1.0, True)
@@ -520,7 +630,11 @@ def test_shipped_configs_load_with_the_released_numbers():
     assert (cityscapes.dim, cityscapes.loss.pointwise) == (100, False)
     potsdam = load_config(StegoConfig, "stego/potsdam3_vits8")
     assert (potsdam.n_classes, potsdam.dim, potsdam.max_steps, potsdam.batch_size) == (3, 70, 5000, 16)
-    assert (potsdam.loss.neg_inter_shift, potsdam.loss.pos_inter_shift, potsdam.loss.pos_intra_shift) == (0.46, 0.02, 0.08)
+    assert (potsdam.loss.neg_inter_shift, potsdam.loss.pos_inter_shift, potsdam.loss.pos_intra_shift) == (
+        0.46,
+        0.02,
+        0.08,
+    )
     camvid = load_config(StegoConfig, "stego/camvid_effnet")
     assert (camvid.backbone, camvid.n_classes) == ("efficientnet_lite0", 11)
 
@@ -536,17 +650,20 @@ def test_config_overrides_and_partial_groups(tmp_path):
     assert dump_config(cfg)["loss"]["neg_inter_shift"] == 0.5
 
 
-@pytest.mark.parametrize("text, overrides, pattern", [
-    ("dimm: 90\n", [], r"config file .*run\.yaml: unknown key 'dimm'"),
-    ("loss:\n  neg_weight: 1\n", [], r"unknown key 'loss\.neg_weight'"),
-    ("", ["loss.shift=0.1"], r"override 'loss\.shift=0\.1': unknown key 'loss\.shift'"),
-    ("dim: seventy\n", [], r"config file .*: key 'dim' expects int, got 'seventy'"),
-    ("", ["loss.pointwise=3"], r"key 'loss\.pointwise' expects bool"),
-    ("", ["data_source=disk"], r"key 'data_source' expects one of 'cache', 'images'"),
-    ("", ["lr_head=fast"], r"key 'lr_head' expects float"),
-    ("loss: 3\n", [], r"key 'loss' expects a mapping"),
-    ("", ["no_equals_sign"], r"not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "text, overrides, pattern",
+    [
+        ("dimm: 90\n", [], r"config file .*run\.yaml: unknown key 'dimm'"),
+        ("loss:\n  neg_weight: 1\n", [], r"unknown key 'loss\.neg_weight'"),
+        ("", ["loss.shift=0.1"], r"override 'loss\.shift=0\.1': unknown key 'loss\.shift'"),
+        ("dim: seventy\n", [], r"config file .*: key 'dim' expects int, got 'seventy'"),
+        ("", ["loss.pointwise=3"], r"key 'loss\.pointwise' expects bool"),
+        ("", ["data_source=disk"], r"key 'data_source' expects one of 'cache', 'images'"),
+        ("", ["lr_head=fast"], r"key 'lr_head' expects float"),
+        ("loss: 3\n", [], r"key 'loss' expects a mapping"),
+        ("", ["no_equals_sign"], r"not of the form key=value"),
+    ],
+)
 def test_config_errors_name_the_key_and_source(tmp_path, text, overrides, pattern):
     path = tmp_path / "run.yaml"
     path.write_text(text)

@@ -1,19 +1,30 @@
 """CBFE and community detection (``unseg docs methods``) on synthetic cases with known answers,
 and the pipeline on the sample."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from unseg.demo import sample_root
 from unseg import Source, fully_unsupervised
+from unseg.demo import sample_root
 from unseg.features import foreground_mask
 from unseg.features.cache import cached_masks
-from unseg.unsupervised.cbfe import (NOISY_MASS, cluster_precisions, foreground_targets, round_threshold,
-                                     search_threshold)
-from unseg.unsupervised.community import (cooccurrence, cooccurrence_graph, cooccurrence_offsets,
-                                          infomap_communities, merge_confusion)
+from unseg.unsupervised.cbfe import (
+    NOISY_MASS,
+    cluster_precisions,
+    foreground_targets,
+    round_threshold,
+    search_threshold,
+)
+from unseg.unsupervised.community import (
+    cooccurrence,
+    cooccurrence_graph,
+    cooccurrence_offsets,
+    infomap_communities,
+    merge_confusion,
+)
 from unseg.unsupervised.pipeline import SEARCH_SPACE, search_hyper_parameters
 
 # --- co-occurrence and Infomap ----------------------------------------------------------
@@ -131,10 +142,22 @@ def test_foreground_targets_mark_background_classes_and_keep_ignore():
 
 
 def test_fully_unsupervised_on_the_sample(tmp_path):
-    source = Source(dataset="camvid", root=sample_root(), input_size=224, cache_dir=tmp_path, num_workers=0,
-                    progress=False)
-    result = fully_unsupervised(source, "val", "val", background=["sky", "road", "building", "pavement", "tree"],
-                                trials=2, runs=2, kmeans_seeds=[0], fg_k=60, niter=10, nredo=1, mask_size=56)
+    source = Source(
+        dataset="camvid", root=sample_root(), input_size=224, cache_dir=tmp_path, num_workers=0, progress=False
+    )
+    result = fully_unsupervised(
+        source,
+        "val",
+        "val",
+        background=["sky", "road", "building", "pavement", "tree"],
+        trials=2,
+        runs=2,
+        kmeans_seeds=[0],
+        fg_k=60,
+        niter=10,
+        nredo=1,
+        mask_size=56,
+    )
     assert [s.stage for s in result.stages] == ["kmeans", "cbfe", "cd"]
     cd = result.stage("cd")
     assert len(cd.miou) == 2 and cd.settings["infomap_seeds"] == [1, 2]

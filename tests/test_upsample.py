@@ -1,5 +1,6 @@
 """Feature upsampling: the guided filter against its definition, the guided upsampler keeps an image edge
 that bilinear blurs; shapes; row blocks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from unseg.errors import SettingError
 from unseg.features import guided_filter as gf
 from unseg.features.guided_filter import box_mean, fast_guided_filter, guided_filter
-from unseg.features.upsample import Upsampling, bilinear_upsample, guided_upsample, guide_tensor, upsample_features
+from unseg.features.upsample import Upsampling, bilinear_upsample, guide_tensor, guided_upsample, upsample_features
 
 
 def edge_scene(h: int = 8, w: int = 8, factor: int = 8, edge: int = 29):
@@ -49,8 +50,10 @@ def direct_guided_filter(guide: np.ndarray, src: np.ndarray, r: int, eps: float)
     """He et al.'s guided filter written out pixel by pixel from its definition: per window, a ridge
     regression of ``src`` on the guide's colours; per pixel, the mean of its windows' fits."""
     _, H, W = guide.shape
-    windows = [[(slice(max(0, y - r), min(H, y + r + 1)), slice(max(0, x - r), min(W, x + r + 1)))
-                for x in range(W)] for y in range(H)]
+    windows = [
+        [(slice(max(0, y - r), min(H, y + r + 1)), slice(max(0, x - r), min(W, x + r + 1))) for x in range(W)]
+        for y in range(H)
+    ]
     a = np.zeros((len(src), 3, H, W))
     b = np.zeros((len(src), H, W))
     for y in range(H):
@@ -83,8 +86,11 @@ def test_guided_filter_equals_its_direct_computation(r, eps):
 def test_box_mean_is_the_window_mean_for_any_radius():
     x = torch.rand(2, 5, 11, 13, dtype=torch.float64)
     for r in (1, 3, 20):  # a window larger than the image is its whole clipped extent
-        pad = F.avg_pool2d(x, 2 * r + 1, stride=1, padding=min(r, (2 * r + 1) // 2), count_include_pad=False) \
-            if r <= 5 else x.mean((-2, -1), keepdim=True).expand_as(x)
+        pad = (
+            F.avg_pool2d(x, 2 * r + 1, stride=1, padding=min(r, (2 * r + 1) // 2), count_include_pad=False)
+            if r <= 5
+            else x.mean((-2, -1), keepdim=True).expand_as(x)
+        )
         torch.testing.assert_close(box_mean(x, r), pad)
 
 
@@ -168,11 +174,12 @@ def test_stego_codes_upsampling():
 
     torch.manual_seed(0)
     code = torch.randn(2, 5, 4, 6)
-    torch.testing.assert_close(upsample_codes(code, (8, 12)),
-                               F.interpolate(code, size=(8, 12), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        upsample_codes(code, (8, 12)), F.interpolate(code, size=(8, 12), mode="bilinear", align_corners=False)
+    )
     guides = [torch.rand(3, 8, 12), torch.zeros(3, 8, 12)]
     out = upsample_codes(code, (8, 12), Upsampling("guided"), iter(guides))
-    for c, g, o in zip(code, guides, out):  # each image by its own guide, in order
+    for c, g, o in zip(code, guides, out, strict=True):  # each image by its own guide, in order
         torch.testing.assert_close(o, guided_upsample(c, g))
 
 
@@ -189,5 +196,5 @@ def test_segment_with_guided_upsampling(tmp_path):
     guided = [r.labels for r in segment([tmp_path], **fast, upsample=Upsampling("guided", factor=4)).results]
     assert [g.shape for g in guided] == [c.shape for c in coarse] == [(360, 480)] * 2
     # the same clustering, read per pixel of a 4x finer grid: mostly the same segments, finer borders
-    agree = np.mean([(g == c).mean() for g, c in zip(guided, coarse)])
+    agree = np.mean([(g == c).mean() for g, c in zip(guided, coarse, strict=True)])
     assert 0.6 < agree < 1.0

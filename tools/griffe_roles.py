@@ -6,6 +6,7 @@ where the docstring stands (the object's own members, its parents', the module's
 ``mkdocs build --strict`` fails on a reference to something the site does not document.
 Targets outside unseg (``torch.nn.Module``) become code.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,6 +49,7 @@ class SphinxRoles(griffe.Extension):
 
     def _rewrite(self, obj: griffe.Object, package: str) -> None:
         if obj.docstring is not None:
+
             def link(match: re.Match[str]) -> str:
                 short, name = match.group(1), match.group(2)
                 shown = name.rpartition(".")[2] if short else name.lstrip(".")

@@ -14,6 +14,7 @@ research use: it is never written to ``--docs``.
 
 Run: ``python tools/photo_gallery.py --out runs/photos [--motorcycle] [--docs]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,15 +27,28 @@ from PIL import Image
 from unseg import segment
 
 DOCS = Path(__file__).resolve().parents[1] / "src" / "unseg" / "docs"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def write_photos(folder: Path, motorcycle: bool) -> None:
     from skimage import data
 
-    photos = {"astronaut": data.astronaut(), "cat": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket(),
-              "cameraman": data.camera()}
+    photos = {
+        "astronaut": data.astronaut(),
+        "cat": data.chelsea(),
+        "coffee": data.coffee(),
+        "rocket": data.rocket(),
+        "cameraman": data.camera(),
+    }
     if motorcycle:
         photos["motorcycle"] = data.stereo_motorcycle()[0]
     folder.mkdir(parents=True, exist_ok=True)
@@ -45,9 +59,19 @@ def write_photos(folder: Path, motorcycle: bool) -> None:
 def screenshot(chromium: str, page: Path, png: Path, height: int) -> None:
     """The page as a 1280 px wide browser window shows it."""
     profile = png.parent / ".chromium-profile"
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}",
-                    f"--window-size=1280,{height}", page.resolve().as_uri()], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size=1280,{height}",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -72,7 +96,8 @@ def main() -> None:
         if args.docs:
             shot = Image.open(png).convert("RGB")
             shot.resize((960, round(shot.height * 960 / shot.width)), Image.LANCZOS).save(
-                DOCS / f"segment_photos_{name}.jpg", quality=82)
+                DOCS / f"segment_photos_{name}.jpg", quality=82
+            )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ cache, and ``Source.load_split``) -> ``clustering`` -> ``evaluation`` (metrics a
 ``segment`` (from names, or any model, to results). The names below are the Python API; the
 ``unseg`` command line is a thin layer over them.
 """
+
 from .backbones import Backbone, ModuleBackbone, create_backbone, list_backbones
 from .clustering import StandardPCA, greedy_match, hungarian_match, kmeans, match
 from .datasets import SegmentationDataset, create_dataset, list_datasets
@@ -14,18 +15,45 @@ from .evaluation.clustering import ClusteringResult, evaluate_clustering
 from .evaluation.heads import FCNHead, LinearHead, evaluate_head, train_head
 from .features import FeatureCache, Source, SplitData, extract_features, load_split
 from .protocols import clustering_protocol, evaluate, fully_unsupervised, head_protocol, retrieval_protocol
-from .segment import SegmentOptions, Segmentation, segment
+from .segment import Segmentation, SegmentOptions, segment
 from .unsupervised import SpectralSettings
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backbone", "ModuleBackbone", "create_backbone", "list_backbones",
-    "SegmentationDataset", "create_dataset", "list_datasets",
-    "FeatureCache", "extract_features", "SplitData", "load_split",
-    "StandardPCA", "kmeans", "match", "hungarian_match", "greedy_match",
-    "ConfusionAccumulator", "confusion_matrix", "scores_from_confusion",
-    "ClusteringResult", "evaluate_clustering", "LinearHead", "FCNHead", "train_head", "evaluate_head",
-    "Source", "clustering_protocol", "head_protocol", "retrieval_protocol", "fully_unsupervised", "evaluate",
-    "SegmentOptions", "Segmentation", "SpectralSettings", "segment",
+    "Backbone",
+    "ModuleBackbone",
+    "create_backbone",
+    "list_backbones",
+    "SegmentationDataset",
+    "create_dataset",
+    "list_datasets",
+    "FeatureCache",
+    "extract_features",
+    "SplitData",
+    "load_split",
+    "StandardPCA",
+    "kmeans",
+    "match",
+    "hungarian_match",
+    "greedy_match",
+    "ConfusionAccumulator",
+    "confusion_matrix",
+    "scores_from_confusion",
+    "ClusteringResult",
+    "evaluate_clustering",
+    "LinearHead",
+    "FCNHead",
+    "train_head",
+    "evaluate_head",
+    "Source",
+    "clustering_protocol",
+    "head_protocol",
+    "retrieval_protocol",
+    "fully_unsupervised",
+    "evaluate",
+    "SegmentOptions",
+    "Segmentation",
+    "SpectralSettings",
+    "segment",
 ]

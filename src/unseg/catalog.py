@@ -22,11 +22,13 @@ Training: ``stego`` (a segmentation head on a frozen backbone's cached features)
 (fine-tuning a backbone with dense self-supervision; it segments through the other methods, with
 its weights), each from its config (``unseg configs``) into a run folder.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -41,9 +43,24 @@ from .unsupervised.fitted import fit_cd, fit_kmeans
 from .unsupervised.per_image import FolderPlan, ImageSegmentation, plan_folder
 from .unsupervised.spectral import background_segments
 
-__all__ = ["Method", "Training", "METHODS", "segmenting_methods", "training_methods", "segmenter", "methods_table", "FolderSegmenter",
-           "Segmenter", "SpectralSegmenter", "ClusterSegmenter", "FitContext", "DEFAULT_SEGMENTER", "DEFAULT_K",
-           "render_each"]
+__all__ = [
+    "Method",
+    "Training",
+    "METHODS",
+    "segmenting_methods",
+    "training_methods",
+    "segmenter",
+    "training",
+    "methods_table",
+    "FolderSegmenter",
+    "Segmenter",
+    "SpectralSegmenter",
+    "ClusterSegmenter",
+    "FitContext",
+    "DEFAULT_SEGMENTER",
+    "DEFAULT_K",
+    "render_each",
+]
 
 DEFAULT_SEGMENTER = "spectral"  # the best measured on CamVid's per-image and dataset-level protocols
 DEFAULT_K = 8  # clusters of the folder-level methods (kmeans, cd's preferred communities)
@@ -57,15 +74,23 @@ class Segmenter(Protocol):
     @property
     def num_labels(self) -> int: ...
 
-    def segment_features(self, features: np.ndarray, size: tuple[int, int], upsample: Upsampling,
-                         guide: torch.Tensor | None = None, with_logits: bool = False
-                         ) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def segment_features(
+        self,
+        features: np.ndarray,
+        size: tuple[int, int],
+        upsample: Upsampling,
+        guide: torch.Tensor | None = None,
+        with_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 class FolderSegmenter(Protocol):
     """A method fitted on a folder: renders its images one at a time (side by side: each call on one thread)."""
 
-    num_groups: int
+    @property
+    def num_groups(self) -> int:
+        """Folder-wide groups (labels) the segments fall into."""
+        ...
 
     def render(self, index: int, features: np.ndarray, image: Image.Image) -> ImageSegmentation:
         """Image ``index`` of the folder (its cached (D, h, w) ``features`` and the decoded ``image``) at its
@@ -127,15 +152,18 @@ class ClusterSegmenter:
     def render(self, index: int, features: np.ndarray, image: Image.Image) -> ImageSegmentation:
         target = self.upsample.target(features.shape[1:], self.input_size)
         guide = guide_tensor(image, target) if self.upsample.guided else None
-        labels, logits = self.segmenter.segment_features(features, self.input_size, self.upsample, guide,
-                                                         with_logits=self.crf)
+        labels, logits = self.segmenter.segment_features(
+            features, self.input_size, self.upsample, guide, with_logits=self.crf
+        )
         if self.crf:
             from .postprocess.crf import dense_crf
 
+            assert logits is not None  # asked for: with_logits
             labels = dense_crf(np.asarray(image), logits).argmax(0)
         else:
-            labels = upsample_labels(torch.from_numpy(labels[None].astype(np.int64)),
-                                     (image.size[1], image.size[0]))[0].numpy()
+            labels = upsample_labels(torch.from_numpy(labels[None].astype(np.int64)), (image.size[1], image.size[0]))[
+                0
+            ].numpy()
         k = self.num_groups
         return ImageSegmentation(labels, np.arange(k), background_segments(labels, k))
 
@@ -146,11 +174,17 @@ class ClusterSegmenter:
 T = TypeVar("T")
 
 
-def render_each(folder: FolderSegmenter, cache: FeatureCache, load: Callable[[int], Image.Image],
-                use: Callable[[int, Image.Image, ImageSegmentation], T], threads: int | None = None) -> list[T]:
+def render_each(
+    folder: FolderSegmenter,
+    cache: FeatureCache,
+    load: Callable[[int], Image.Image],
+    use: Callable[[int, Image.Image, ImageSegmentation], T],
+    threads: int | None = None,
+) -> list[T]:
     """``[use(i, image, folder.render(i, features, image))]`` for every cached image ``i`` (``load(i)``
     decodes it): images side by side on the thread policy's threads, each job on one torch thread,
     so memory holds only the images in flight and what ``use`` returns."""
+
     def job(i: int) -> T:
         image = load(i)
         return use(i, image, folder.render(i, cache.features(i), image))
@@ -193,14 +227,16 @@ def _clusters(fitted: Segmenter, ctx: FitContext, o: Any, settings: dict[str, An
 
 
 def _fit_kmeans(ctx: FitContext, o: Any) -> FolderSegmenter:
-    fitted = ctx.fitted or fit_kmeans(ctx.cache, o.k or DEFAULT_K, seed=ctx.seed, niter=o.niter, nredo=o.nredo,
-                                      **ctx.identity)
+    fitted = ctx.fitted or fit_kmeans(
+        ctx.cache, o.k or DEFAULT_K, seed=ctx.seed, niter=o.niter, nredo=o.nredo, **ctx.identity
+    )
     return _clusters(fitted, ctx, o, {"method": "kmeans", **getattr(fitted, "settings", {})})
 
 
 def _fit_cd(ctx: FitContext, o: Any) -> FolderSegmenter:
-    fitted = ctx.fitted or fit_cd(ctx.cache, o.k or DEFAULT_K, o.cd, seed=ctx.seed, niter=o.niter, nredo=o.nredo,
-                                  **ctx.identity)
+    fitted = ctx.fitted or fit_cd(
+        ctx.cache, o.k or DEFAULT_K, o.cd, seed=ctx.seed, niter=o.niter, nredo=o.nredo, **ctx.identity
+    )
     return _clusters(fitted, ctx, o, {"method": "cd", **getattr(fitted, "settings", {})})
 
 
@@ -216,8 +252,9 @@ def _stego_config() -> type:
     return StegoConfig
 
 
-def _train_stego(cfg: Any, out_dir: str, cache_dir: str | None, resume: str | None, overwrite: bool,
-                 evaluate: bool = True) -> str:
+def _train_stego(
+    cfg: Any, out_dir: str, cache_dir: str | None, resume: str | None, overwrite: bool, evaluate: bool = True
+) -> str:
     """Train, then (``evaluate``) score both probes on the config's val split."""
     from .methods.stego.pipeline import evaluate_run, fit_stego, split_data
 
@@ -235,32 +272,54 @@ def _leopart_config() -> type:
     return LeopartConfig
 
 
-def _train_leopart(cfg: Any, out_dir: str, cache_dir: str | None, resume: str | None, overwrite: bool,
-                   evaluate: bool = True) -> str | None:
+def _train_leopart(
+    cfg: Any, out_dir: str, cache_dir: str | None, resume: str | None, overwrite: bool, evaluate: bool = True
+) -> str | None:
     """Train (Leopart validates during training when the config's ``val.root`` is set)."""
     from .methods.leopart import train_leopart
 
     module = train_leopart(cfg, out_dir, resume=resume, overwrite=overwrite)
-    return (f"Leopart weights written to {Path(out_dir) / 'leopart.ckpt'} (Leopart's layout: --weights loads the "
-            "student, as Leopart's evaluation does; --weights-role teacher the teacher)"
-            if module.trainer.is_global_zero else None)
+    return (
+        f"Leopart weights written to {Path(out_dir) / 'leopart.ckpt'} (Leopart's layout: --weights loads the "
+        "student, as Leopart's evaluation does; --weights-role teacher the teacher)"
+        if module.trainer.is_global_zero
+        else None
+    )
 
 
 METHODS: Registry[Method] = Registry("method")
 """Every method by name: spectral, kmeans, cd, stego (segment); stego, leopart (train)."""
 for _method in (
-        Method("spectral", "each image segmented on its own (spectral, from its features and pixels); segments "
-                           "grouped into one vocabulary across the folder", fit=_fit_spectral),
-        Method("kmeans", "k-means on all the folder's tokens: segments are the clusters", fit=_fit_kmeans),
-        Method("cd", "community detection on an overclustering of the folder's tokens", fit=_fit_cd),
-        Method("stego", "a STEGO head distilled from feature correspondences on a frozen backbone; segments with "
-                        "its cluster probe (checkpoint)", fit=_fit_stego,
-               train=Training(_stego_config, _train_stego, "runs/stego", "config, logs, checkpoints, stego.ckpt",
-                              "root=DATA max_steps=N")),
-        Method("leopart", "fine-tunes a backbone with dense self-supervision (Leopart's loss); its weights then "
-                          "serve every other method (--weights)",
-               train=Training(_leopart_config, _train_leopart, "runs/leopart",
-                              "config, logs, checkpoints, leopart.ckpt", "root=DATA epochs=N"))):
+    Method(
+        "spectral",
+        "each image segmented on its own (spectral, from its features and pixels); segments "
+        "grouped into one vocabulary across the folder",
+        fit=_fit_spectral,
+    ),
+    Method("kmeans", "k-means on all the folder's tokens: segments are the clusters", fit=_fit_kmeans),
+    Method("cd", "community detection on an overclustering of the folder's tokens", fit=_fit_cd),
+    Method(
+        "stego",
+        "a STEGO head distilled from feature correspondences on a frozen backbone; segments with "
+        "its cluster probe (checkpoint)",
+        fit=_fit_stego,
+        train=Training(
+            _stego_config, _train_stego, "runs/stego", "config, logs, checkpoints, stego.ckpt", "root=DATA max_steps=N"
+        ),
+    ),
+    Method(
+        "leopart",
+        "fine-tunes a backbone with dense self-supervision (Leopart's loss); its weights then "
+        "serve every other method (--weights)",
+        train=Training(
+            _leopart_config,
+            _train_leopart,
+            "runs/leopart",
+            "config, logs, checkpoints, leopart.ckpt",
+            "root=DATA epochs=N",
+        ),
+    ),
+):
     METHODS.add(_method.name, _method)
 
 
@@ -278,12 +337,23 @@ def segmenter(name: str) -> Callable[[FitContext, Any], FolderSegmenter]:
     """How method ``name`` segments a folder; a method that does not fails naming those that do."""
     fit = METHODS.get(name).fit
     if fit is None:
-        raise SettingError(f"method {name!r} does not segment images; segmenting methods: "
-                           f"{', '.join(segmenting_methods())}")
+        raise SettingError(
+            f"method {name!r} does not segment images; segmenting methods: {', '.join(segmenting_methods())}"
+        )
     return fit
+
+
+def training(name: str) -> Training:
+    """How method ``name`` trains; a method that does not fails naming those that do."""
+    train = METHODS.get(name).train
+    if train is None:
+        raise SettingError(f"method {name!r} does not train; training methods: {', '.join(training_methods())}")
+    return train
 
 
 def methods_table() -> str:
     """Every method, whether it segments and trains, and what it does, one line each (``unseg methods``)."""
-    return "\n".join(f"{name:10s} {'/'.join(w for w, on in (('segment', m.fit), ('train', m.train)) if on):15s} "
-                     f"{m.summary}" for name, m in ((n, METHODS.get(n)) for n in METHODS.names()))
+    return "\n".join(
+        f"{name:10s} {'/'.join(w for w, on in (('segment', m.fit), ('train', m.train)) if on):15s} {m.summary}"
+        for name, m in ((n, METHODS.get(n)) for n in METHODS.names())
+    )

@@ -1,13 +1,15 @@
 """`unseg` command line: a thin layer over the Python API (every command is one API call). Its options are
 declared once in :mod:`unseg.options`; a value the user does not give is not passed: the API's default applies."""
+
 from __future__ import annotations
 
 import argparse
 import errno
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import options as op
 from .console import stderr_logging
@@ -15,15 +17,34 @@ from .errors import UnsegError
 from .io import output_error
 from .kinds import COUNT, Parser, UsageError, created_folders, remove_empty
 
+Command = tuple[tuple[str, ...], str, list[op.Opt], Callable[[argparse.Namespace], None]]  # words, help, options, call
+
 
 def _source(args: argparse.Namespace) -> Any:
     from .features import Source
 
-    return Source(**op.given(args, "backbone", "weights", "role", "dataset", "input_size", "cache_dir", "device",
-                             "batch_size", "num_workers"), **_views(args),
-                  download=args.download, trust_checkpoint=args.trust_checkpoint, root=args.root,
-                  dataset_options=op.given(args, "masks", "num_classes"), skip_corrupt=args.skip_corrupt,
-                  hash_images=args.hash_images, progress=sys.stderr.isatty())
+    return Source(
+        **op.given(
+            args,
+            "backbone",
+            "weights",
+            "role",
+            "dataset",
+            "input_size",
+            "cache_dir",
+            "device",
+            "batch_size",
+            "num_workers",
+        ),
+        **_views(args),
+        download=args.download,
+        trust_checkpoint=args.trust_checkpoint,
+        root=args.root,
+        dataset_options=op.given(args, "masks", "num_classes"),
+        skip_corrupt=args.skip_corrupt,
+        hash_images=args.hash_images,
+        progress=sys.stderr.isatty(),
+    )
 
 
 def _views(args: argparse.Namespace) -> dict[str, Any]:
@@ -31,8 +52,8 @@ def _views(args: argparse.Namespace) -> dict[str, Any]:
     return {**views, "scales": tuple(views["scales"])} if "scales" in views else views
 
 
-def _seeds(args: argparse.Namespace) -> dict[str, Any]:
-    return {} if args.seeds is None else {"seeds": range(args.seeds)}
+def _seeds(args: argparse.Namespace, key: str = "seeds") -> dict[str, Any]:
+    return {} if args.seeds is None else {key: range(args.seeds)}
 
 
 def _upsampling(args: argparse.Namespace, default: str | None = None) -> Any:
@@ -42,8 +63,9 @@ def _upsampling(args: argparse.Namespace, default: str | None = None) -> Any:
     method = args.upsample or default
     if method is None:
         return None
-    return Upsampling(method, **op.given(args, size="upsample_size", factor="upsample_factor", radius="guide_radius",
-                                         eps="guide_eps"))
+    return Upsampling(
+        method, **op.given(args, size="upsample_size", factor="upsample_factor", radius="guide_radius", eps="guide_eps")
+    )
 
 
 def _spectral(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,14 +126,22 @@ def cmd_extract(args: argparse.Namespace) -> None:
     rank, world_size = distributed_rank(args.rank, args.world_size)
     source = _source(args)
     for split in args.split:
-        cache = extract_features(source.build_backbone(), source.build_dataset(split), source.input_size, rank=rank,
-                                 world_size=world_size, **source.extract_options(),
-                                 **op.given(args, "shard_size", "dtype", "precision"))
+        cache = extract_features(
+            source.build_backbone(),
+            source.build_dataset(split),
+            source.input_size,
+            rank=rank,
+            world_size=world_size,
+            **source.extract_options(),
+            **op.given(args, "shard_size", "dtype", "precision"),
+        )
         if cache is None:
             print(f"{split}: this rank's shards are written; other ranks are still running")
         else:
-            print(f"{split}: {len(cache)} images, features {cache.dim}x{cache.grid[0]}x{cache.grid[1]} in {cache.root}"
-                  + (f" ({len(cache.skipped)} skipped: {', '.join(cache.skipped[:5])})" if cache.skipped else ""))
+            print(
+                f"{split}: {len(cache)} images, features {cache.dim}x{cache.grid[0]}x{cache.grid[1]} in {cache.root}"
+                + (f" ({len(cache.skipped)} skipped: {', '.join(cache.skipped[:5])})" if cache.skipped else "")
+            )
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:
@@ -126,46 +156,82 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 def cmd_head(args: argparse.Namespace) -> None:
     from .protocols import head_protocol
 
-    _finish(args, head_protocol(_source(args), head=args.head, augment=not args.no_augment, **op.given(
-        args, "train_split", "val_split", "mask_size", "eval_mask_size", "seed", "epochs", "lr",
-        batch_size="head_batch_size")))
+    _finish(
+        args,
+        head_protocol(
+            _source(args),
+            head=args.head,
+            augment=not args.no_augment,
+            **op.given(
+                args,
+                "train_split",
+                "val_split",
+                "mask_size",
+                "eval_mask_size",
+                "seed",
+                "epochs",
+                "lr",
+                batch_size="head_batch_size",
+            ),
+        ),
+    )
 
 
 def cmd_unsupervised(args: argparse.Namespace) -> None:
     from .protocols import fully_unsupervised
 
     chosen = op.given(args, "markov_time", "weight_threshold", k="cd_k")
-    _finish(args, fully_unsupervised(
-        _source(args), hyper_parameters="published" if args.published else (chosen or None),
-        **op.given(args, "train_split", "val_split", "background", "trials", "runs", "fg_k", "mask_size"),
-        **({} if args.seeds is None else {"kmeans_seeds": range(args.seeds)})))
+    _finish(
+        args,
+        fully_unsupervised(
+            _source(args),
+            hyper_parameters="published" if args.published else (chosen or None),
+            **op.given(args, "train_split", "val_split", "background", "trials", "runs", "fg_k", "mask_size"),
+            **_seeds(args, "kmeans_seeds"),
+        ),
+    )
 
 
 def cmd_segments(args: argparse.Namespace) -> None:
     from .protocols import segments_protocol
     from .segment import SegmentOptions
 
-    _finish(args, segments_protocol(_source(args), options=SegmentOptions(**op.given(args, "k"), **_spectral(args)),
-                                    **op.given(args, "method", "split", "mask_size"), **_seeds(args)))
+    _finish(
+        args,
+        segments_protocol(
+            _source(args),
+            options=SegmentOptions(**op.given(args, "k"), **_spectral(args)),
+            **op.given(args, "method", "split", "mask_size"),
+            **_seeds(args),
+        ),
+    )
 
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
     from .protocols import retrieval_protocol
 
-    _finish(args, retrieval_protocol(_source(args), keep_predictions=args.report is not None, **op.given(
-        args, "train_split", "val_split", "k", "temperature", "mode", "memory_size", "eval_mask_size", "seed")))
+    _finish(
+        args,
+        retrieval_protocol(
+            _source(args),
+            keep_predictions=args.report is not None,
+            **op.given(
+                args, "train_split", "val_split", "k", "temperature", "mode", "memory_size", "eval_mask_size", "seed"
+            ),
+        ),
+    )
 
 
 def _config(args: argparse.Namespace, method: str) -> Any:
-    from .catalog import METHODS
+    from .catalog import training
     from .config import load_config
 
-    return load_config(METHODS.get(method).train.config(), args.config, args.overrides, method=method)
+    return load_config(training(method).config(), args.config, args.overrides, method=method)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Any training method of the catalog: its config, checked run folder, and run."""
-    from .catalog import METHODS
+    from .catalog import training
     from .config import require_accelerator
     from .methods.trainer import check_logger, check_run_folder
 
@@ -173,8 +239,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     require_accelerator(cfg.accelerator)  # what the run would find out only after preparing its data
     check_logger(cfg.logger)
     check_run_folder(args.out, args.resume, args.overwrite)
-    told = METHODS.get(args.method).train.run(cfg, args.out, getattr(args, "cache_dir", None), args.resume,
-                                             args.overwrite, evaluate=not getattr(args, "no_eval", False))
+    told = training(args.method).run(
+        cfg,
+        args.out,
+        getattr(args, "cache_dir", None),
+        args.resume,
+        args.overwrite,
+        evaluate=not getattr(args, "no_eval", False),
+    )
     if told:
         print(told)
 
@@ -184,12 +256,21 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
 
     cfg, views = _config(args, "stego"), _views(args)
     val = split_data(cfg, cfg.val_split, args.cache_dir, views=views)
-    scores = evaluate_run(args.checkpoint, val, cfg.n_classes, crf=args.crf, trust_checkpoint=args.trust_checkpoint,
-                          upsample=_upsampling(args), keep_predictions=args.report is not None,
-                          **op.given(args, "processes", "matching", "absent"))
+    scores = evaluate_run(
+        args.checkpoint,
+        val,
+        cfg.n_classes,
+        crf=args.crf,
+        trust_checkpoint=args.trust_checkpoint,
+        upsample=_upsampling(args),
+        keep_predictions=args.report is not None,
+        **op.given(args, "processes", "matching", "absent"),
+    )
     seen = f" through {val.cache.meta['backbone']}" if views else ""
-    print(f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px{seen}, flip TTA, "
-          f"{args.upsample or 'bilinear'} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary())
+    print(
+        f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px{seen}, flip TTA, "
+        f"{args.upsample or 'bilinear'} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary()
+    )
     if args.json is not None:
         from .io import save_json
 
@@ -198,8 +279,15 @@ def cmd_eval_stego(args: argparse.Namespace) -> None:
     if args.report:
         from .visualisation.report import dataset_report
 
-        report = dataset_report(args.report, val.dataset, val.cache, scores.predictions, settings=scores.to_dict(),
-                                title=f"STEGO cluster probe, {cfg.dataset}/{cfg.val_split}")
+        assert scores.predictions is not None  # kept for the report
+        report = dataset_report(
+            args.report,
+            val.dataset,
+            val.cache,
+            scores.predictions,
+            settings=scores.to_dict(),
+            title=f"STEGO cluster probe, {cfg.dataset}/{cfg.val_split}",
+        )
         print(f"report written to {report.root}/ (open {report.gallery})")
 
 
@@ -228,10 +316,32 @@ def cmd_segment(args: argparse.Namespace) -> None:
 
     cd = CDSettings(**op.given(args, "markov_time", "weight_threshold", "fg_threshold", "fg_k", k="cd_k"))
     options = SegmentOptions(
-        **op.given(args, "method", "backbone", "weights", "role", "k", "out_dir", "clustering", "save_clustering",
-                   "checkpoint", "input_size", "seed", "device", "batch_size", "num_workers"),
-        upsample=_upsampling(args, SegmentOptions().upsample.method), **_views(args), **_spectral(args), cd=cd,
-        crf=args.crf, skip_invalid=args.skip_invalid, download=args.download, trust_checkpoint=args.trust_checkpoint)
+        **op.given(
+            args,
+            "method",
+            "backbone",
+            "weights",
+            "role",
+            "k",
+            "out_dir",
+            "clustering",
+            "save_clustering",
+            "checkpoint",
+            "input_size",
+            "seed",
+            "device",
+            "batch_size",
+            "num_workers",
+        ),
+        upsample=_upsampling(args, SegmentOptions().upsample.method),
+        **_views(args),
+        **_spectral(args),
+        cd=cd,
+        crf=args.crf,
+        skip_invalid=args.skip_invalid,
+        download=args.download,
+        trust_checkpoint=args.trust_checkpoint,
+    )
     run = segment(args.paths, options)
     print(f"segmented {run.describe()}: {args.out_dir}/labels/, segments/, foreground/; open {run.gallery}")
     if args.save_clustering:
@@ -244,44 +354,100 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(**op.given(args, "out", "device"), **_seeds(args), progress=sys.stderr.isatty())
 
 
-def _commands() -> list[tuple[tuple[str, ...], str, list[op.Opt], Callable[[argparse.Namespace], None]]]:
+def _commands() -> list[Command]:
     """(words, help, options, function) of every command, from the option groups and the method catalog."""
-    from .catalog import METHODS, training_methods
+    from .catalog import METHODS, training, training_methods
 
     source = [*op.SOURCE, *op.REPORT]
-    commands = [
+    commands: list[Command] = [
         (("backbones",), "list backbones: feature dim, stride, weight source", [], cmd_backbones),
         (("configs",), "list the shipped configs (names for --config) with a summary of each", [], cmd_configs),
-        (("datasets",), "list datasets and splits",
-         [op.Opt("--layout", "also print each expected folder layout", switch=True)], cmd_datasets),
+        (
+            ("datasets",),
+            "list datasets and splits",
+            [op.Opt("--layout", "also print each expected folder layout", switch=True)],
+            cmd_datasets,
+        ),
         (("methods",), "list the methods: what each does, whether it segments and trains", [], cmd_methods),
         (("docs",), "print a documentation page shipped with unseg (no TOPIC: list them)", op.DOCS, cmd_docs),
-        (("extract",), "extract dense features into the cache (resumable; one shard set per rank)",
-         [*op.SOURCE, *op.EXTRACT], cmd_extract),
-        (("eval", "cluster"), "k-means on frozen features: K = #classes (Hungarian) and overclustering",
-         [*source, *op.CLUSTER, *op.scoring("protocols:clustering_protocol"),
-          *op.upsample_group("the mask size", "none (token labels, nearest-upsampled)")], cmd_cluster),
-        *[(("eval", head), f"train a {head} head on a frozen backbone and score it", [*source, *op.HEAD],
-           lambda a, h=head: cmd_head(argparse.Namespace(**vars(a), head=h))) for head in ("linear", "fcn")],
+        (
+            ("extract",),
+            "extract dense features into the cache (resumable; one shard set per rank)",
+            [*op.SOURCE, *op.EXTRACT],
+            cmd_extract,
+        ),
+        (
+            ("eval", "cluster"),
+            "k-means on frozen features: K = #classes (Hungarian) and overclustering",
+            [
+                *source,
+                *op.CLUSTER,
+                *op.scoring("protocols:clustering_protocol"),
+                *op.upsample_group("the mask size", "none (token labels, nearest-upsampled)"),
+            ],
+            cmd_cluster,
+        ),
+        *[
+            (
+                ("eval", head),
+                f"train a {head} head on a frozen backbone and score it",
+                [*source, *op.HEAD],
+                lambda a, h=head: cmd_head(argparse.Namespace(**vars(a), head=h)),
+            )
+            for head in ("linear", "fcn")
+        ],
         (("eval", "stego"), "score a STEGO checkpoint's cluster and linear probes", op.EVAL_STEGO, cmd_eval_stego),
-        (("eval", "unsupervised"), "fully unsupervised: k-means, + CBFE, + community detection",
-         [*source, *op.UNSUPERVISED], cmd_unsupervised),
-        (("eval", "segments"), "segment a labelled split as `unseg segment` would; score each image's segments on "
-                               "its own (per-image protocol) and the groups dataset-level (`unseg docs photos`)",
-         [*op.SOURCE, op.METHOD(), *op.SPECTRAL, *op.SEGMENTS], cmd_segments),
-        (("eval", "retrieval"), "dense nearest-neighbour retrieval (Hummingbird protocol)",
-         [*source, *op.RETRIEVAL], cmd_retrieval),
+        (
+            ("eval", "unsupervised"),
+            "fully unsupervised: k-means, + CBFE, + community detection",
+            [*source, *op.UNSUPERVISED],
+            cmd_unsupervised,
+        ),
+        (
+            ("eval", "segments"),
+            "segment a labelled split as `unseg segment` would; score each image's segments on "
+            "its own (per-image protocol) and the groups dataset-level (`unseg docs photos`)",
+            [*op.SOURCE, op.METHOD(), *op.SPECTRAL, *op.SEGMENTS],
+            cmd_segments,
+        ),
+        (
+            ("eval", "retrieval"),
+            "dense nearest-neighbour retrieval (Hummingbird protocol)",
+            [*source, *op.RETRIEVAL],
+            cmd_retrieval,
+        ),
         (("stego", "knn"), "precompute the kNN table of the training split (cached)", op.STEGO, cmd_stego_knn),
-        (("stego", "sweep"), "STEGO vs raw / PCA / random projections over code dims (`unseg docs methods`)",
-         [*op.STEGO, *op.SWEEP], cmd_stego_sweep),
-        (("segment",), "segment your own images, no labels: label, segment and foreground PNGs, index.html "
-                       "(`unseg docs photos`)",
-         [*op.SEGMENT, op.METHOD(), *op.SPECTRAL, *op.VIEWS, *op.CD,
-          *op.upsample_group("the input size", "guided (kmeans, cd, stego)")], cmd_segment),
-        (("demo",), "the whole path on the shipped CamVid sample, offline", op.DEMO, cmd_demo)]
+        (
+            ("stego", "sweep"),
+            "STEGO vs raw / PCA / random projections over code dims (`unseg docs methods`)",
+            [*op.STEGO, *op.SWEEP],
+            cmd_stego_sweep,
+        ),
+        (
+            ("segment",),
+            "segment your own images, no labels: label, segment and foreground PNGs, index.html (`unseg docs photos`)",
+            [
+                *op.SEGMENT,
+                op.METHOD(),
+                *op.SPECTRAL,
+                *op.VIEWS,
+                *op.CD,
+                *op.upsample_group("the input size", "guided (kmeans, cd, stego)"),
+            ],
+            cmd_segment,
+        ),
+        (("demo",), "the whole path on the shipped CamVid sample, offline", op.DEMO, cmd_demo),
+    ]
     for name in training_methods():
-        commands.append((("train", name), METHODS.get(name).summary, op.train_options(name, METHODS.get(name).train),
-                         lambda a, n=name: cmd_train(argparse.Namespace(**vars(a), method=n))))
+        commands.append(
+            (
+                ("train", name),
+                METHODS.get(name).summary,
+                op.train_options(name, training(name)),
+                # mypy infers no lambda with a default argument (here binding the loop's name)
+                lambda a, n=name: cmd_train(argparse.Namespace(**vars(a), method=n)),  # type: ignore[misc]
+            )
+        )
     return commands
 
 
@@ -289,11 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``unseg`` parser: every option that takes a value names its kind (:mod:`unseg.kinds`) as ``type=``."""
     parser = Parser(prog="unseg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--threads", type=COUNT, metavar="N", help="busy threads for torch, faiss, BLAS and parallel "
-                        "k-means (default: $UNSEG_THREADS, else $OMP_NUM_THREADS, else all cores; never more)")
+    parser.add_argument(
+        "--threads",
+        type=COUNT,
+        metavar="N",
+        help="busy threads for torch, faiss, BLAS and parallel "
+        "k-means (default: $UNSEG_THREADS, else $OMP_NUM_THREADS, else all cores; never more)",
+    )
     groups: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="command", required=True)}
-    helps = {"eval": "evaluation protocols (`unseg docs evaluation`)", "train": "train a method",
-             "stego": "STEGO tools"}
+    helps = {
+        "eval": "evaluation protocols (`unseg docs evaluation`)",
+        "train": "train a method",
+        "stego": "STEGO tools",
+    }
     for words, text, options, func in _commands():
         parent = groups.get(words[:-1])
         if parent is None:  # a command group (eval, train, stego) before its first command

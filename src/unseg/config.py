@@ -15,15 +15,26 @@ are found by name after a plain ``pip install``: ``"stego/cocostuff27_vitb8"``, 
 ``"cocostuff27_vitb8"`` where the method is known and the name is unambiguous. A path to
 a YAML file works wherever a name does.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import types
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin,
-                    get_type_hints)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 import yaml
 
@@ -32,12 +43,26 @@ from .io import atomic_path
 from .kinds import FRACTION, NON_NEGATIVE_REAL, POSITIVE, PROBABILITY, Kind
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    from _typeshed import DataclassInstance
 
-__all__ = ["load_config", "config_from_dict", "parse_override", "dump_config", "save_config", "shipped_configs",
-           "config_description", "resolve_config", "require_accelerator"]
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
-T = TypeVar("T")
+__all__ = [
+    "load_config",
+    "config_from_dict",
+    "parse_override",
+    "dump_config",
+    "save_config",
+    "shipped_configs",
+    "config_description",
+    "resolve_config",
+    "require_accelerator",
+]
+
+T = TypeVar("T", bound="DataclassInstance")  # a config class
 Where = Callable[[str], str]
 
 # PyYAML reads YAML 1.1, where ``5e-4`` (no dot) is a string: float fields accept such text.
@@ -53,7 +78,7 @@ def shipped_configs(method: str | None = None) -> dict[str, Traversable]:
         if folder.is_dir() and (method is None or folder.name == method):
             for file in folder.iterdir():
                 if file.is_file() and file.name.endswith(".yaml"):
-                    found[f"{folder.name}/{file.name[:-len('.yaml')]}"] = file
+                    found[f"{folder.name}/{file.name[: -len('.yaml')]}"] = file
     return dict(sorted(found.items()))
 
 
@@ -85,23 +110,25 @@ def resolve_config(ref: str | Path, method: str | None = None) -> Traversable | 
     if matches:
         raise ConfigError(f"config name {str(ref)!r} is ambiguous: it is {' and '.join(matches)}; give the full name")
     scope = f"shipped {method} configs" if method else "shipped configs"
-    raise ConfigError(f"config {str(ref)!r} is neither a YAML file nor a shipped config name; {scope}: "
-                      f"{', '.join(shipped) or 'none'} (`unseg configs` describes them)")
+    raise ConfigError(
+        f"config {str(ref)!r} is neither a YAML file nor a shipped config name; {scope}: "
+        f"{', '.join(shipped) or 'none'} (`unseg configs` describes them)"
+    )
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (),
-                method: str | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), method: str | None = None
+) -> T:
     """An instance of dataclass ``cls``: its defaults, updated by the YAML file or shipped config ``path``
     (see :func:`resolve_config`; ``method`` narrows the names), then by ``overrides``."""
-    if path is not None:
-        path = resolve_config(path, method)
-    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    file = resolve_config(path, method) if path is not None else None
+    data: dict[str, Any] = read_yaml(file) if file is not None else {}
     origins: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key.split("."), value)
         origins[key] = f"override {item!r}"
-    source = f"config file {path}" if path is not None else "config"
+    source = f"config file {file}" if file is not None else "config"
 
     def where(key: str) -> str:  # the override that set a key (or one of its groups), else the file
         parts = key.split(".")
@@ -168,8 +195,10 @@ def _field_default(field: dataclasses.Field) -> Any:
 def _build(cls: type[T], data: Any, prefix: str, where: Where, base: T | None) -> T:
     """``cls`` from mapping ``data``; keys it lacks keep ``base``'s values (or the class defaults)."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where(prefix)}: key {prefix!r} expects a mapping of {cls.__name__} settings, "
-                          f"got {data!r} ({type(data).__name__})")
+        raise ConfigError(
+            f"{where(prefix)}: key {prefix!r} expects a mapping of {cls.__name__} settings, "
+            f"got {data!r} ({type(data).__name__})"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = get_type_hints(cls)
     kwargs = {}
@@ -181,38 +210,79 @@ def _build(cls: type[T], data: Any, prefix: str, where: Where, base: T | None) -
         _check_value(name, kwargs[name], key, where)
     if base is not None:
         return dataclasses.replace(base, **kwargs)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
-        raise ConfigError(f"{where(prefix)}: required key(s) {', '.join(_join(prefix, m) for m in missing)} "
-                          f"not set")
+        raise ConfigError(f"{where(prefix)}: required key(s) {', '.join(_join(prefix, m) for m in missing)} not set")
     return cls(**kwargs)
 
 
 # Keys every method's config uses with one meaning (Lightning Trainer and DataLoader settings, counts
 # and sizes), with their allowed values: a value of the right type but out of range fails when the
 # config is read, naming the key, where it came from and what is allowed (`unseg docs reliability`).
-PRECISIONS = ("32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
-              "transformer-engine", "transformer-engine-float16")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+    "transformer-engine-float16",
+)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 _CHOICES = {"precision": PRECISIONS, "accelerator": ACCELERATORS}
-_AT_LEAST = {"batch_size": 1, "num_workers": 0, "devices": 1, "num_nodes": 1, "max_steps": 1, "epochs": 1,
-             "checkpoint_every": 1, "checkpoint_every_epochs": 1, "every_epochs": 1, "log_every": 1,
-             "knn_k": 1, "num_neighbors": 1, "n_classes": 1, "extra_clusters": 0, "dim": 1, "num_prototypes": 1,
-             "input_size": 1, "val_input_size": 1, "mask_size": 1, "num_images": 1, "queue_length": 0}
+_AT_LEAST = {
+    "batch_size": 1,
+    "num_workers": 0,
+    "devices": 1,
+    "num_nodes": 1,
+    "max_steps": 1,
+    "epochs": 1,
+    "checkpoint_every": 1,
+    "checkpoint_every_epochs": 1,
+    "every_epochs": 1,
+    "log_every": 1,
+    "knn_k": 1,
+    "num_neighbors": 1,
+    "n_classes": 1,
+    "extra_clusters": 0,
+    "dim": 1,
+    "num_prototypes": 1,
+    "input_size": 1,
+    "val_input_size": 1,
+    "mask_size": 1,
+    "num_images": 1,
+    "queue_length": 0,
+}
 # number-valued keys with one meaning in every config, and the kind of number each must be
-_REAL = {"lr_head": POSITIVE, "lr_probes": POSITIVE, "lr_backbone": POSITIVE, "final_lr": NON_NEGATIVE_REAL,
-         "weight_decay": NON_NEGATIVE_REAL, "weight_decay_end": NON_NEGATIVE_REAL, "dropout": FRACTION,
-         "drop_path_rate": FRACTION, "momentum_teacher": PROBABILITY, "momentum_teacher_end": PROBABILITY,
-         "temperature": POSITIVE}
+_REAL = {
+    "lr_head": POSITIVE,
+    "lr_probes": POSITIVE,
+    "lr_backbone": POSITIVE,
+    "final_lr": NON_NEGATIVE_REAL,
+    "weight_decay": NON_NEGATIVE_REAL,
+    "weight_decay_end": NON_NEGATIVE_REAL,
+    "dropout": FRACTION,
+    "drop_path_rate": FRACTION,
+    "momentum_teacher": PROBABILITY,
+    "momentum_teacher_end": PROBABILITY,
+    "temperature": POSITIVE,
+}
 
 
 def _check_value(name: str, value: Any, key: str, where: Where) -> None:
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"{where(key)}: key {key!r} = {value!r} is not one of {', '.join(_CHOICES[name])}")
     if name in _AT_LEAST and isinstance(value, int) and value < _AT_LEAST[name]:
-        raise ConfigError(f"{where(key)}: key {key!r} = {value} is not allowed; it must be at least "
-                          f"{_AT_LEAST[name]}")
+        raise ConfigError(f"{where(key)}: key {key!r} = {value} is not allowed; it must be at least {_AT_LEAST[name]}")
     if name in _REAL and isinstance(value, float) and not _REAL[name].allows(value):
         raise ConfigError(f"{where(key)}: key {key!r} = {value} is not allowed; it must be {_REAL[name].expects}")
 
@@ -223,11 +293,14 @@ def require_accelerator(accelerator: str) -> None:
     laptop is fine)."""
     import torch
 
-    missing = ((accelerator in ("gpu", "cuda") and not torch.cuda.is_available())
-               or (accelerator == "mps" and not torch.backends.mps.is_available()))
+    missing = (accelerator in ("gpu", "cuda") and not torch.cuda.is_available()) or (
+        accelerator == "mps" and not torch.backends.mps.is_available()
+    )
     if missing:
-        raise ConfigError(f"key 'accelerator' = {accelerator!r}, but torch finds no such device on this machine; "
-                          "use accelerator=cpu, or accelerator=auto to take a GPU when there is one")
+        raise ConfigError(
+            f"key 'accelerator' = {accelerator!r}, but torch finds no such device on this machine; "
+            "use accelerator=cpu, or accelerator=auto to take a GPU when there is one"
+        )
 
 
 def _type_name(tp: Any) -> str:
@@ -243,9 +316,11 @@ def _type_name(tp: Any) -> str:
 
 def _convert(tp: Any, value: Any, key: str, where: Where, default: Any) -> Any:
     """``value`` checked against (and, for containers and groups, converted to) type ``tp``."""
+
     def wrong() -> ConfigError:
-        return ConfigError(f"{where(key)}: key {key!r} expects {_type_name(tp)}, "
-                           f"got {value!r} ({type(value).__name__})")
+        return ConfigError(
+            f"{where(key)}: key {key!r} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
 
     origin, args = get_origin(tp), get_args(tp)
     if tp is Any:
@@ -263,7 +338,7 @@ def _convert(tp: Any, value: Any, key: str, where: Where, default: Any) -> Any:
         if value in args:
             return value
         raise wrong()
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         base = default if isinstance(default, tp) else None
         return _build(tp, value, key, where, base)
     if origin in (list, tuple):
@@ -272,7 +347,9 @@ def _convert(tp: Any, value: Any, key: str, where: Where, default: Any) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise wrong()
-            return tuple(_convert(a, v, f"{key}[{i}]", where, None) for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(
+                _convert(a, v, f"{key}[{i}]", where, None) for i, (a, v) in enumerate(zip(args, value, strict=True))
+            )
         items = [_convert(args[0], v, f"{key}[{i}]", where, None) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
@@ -300,6 +377,7 @@ def _convert(tp: Any, value: Any, key: str, where: Where, default: Any) -> Any:
 
 def dump_config(cfg: Any) -> dict[str, Any]:
     """A dataclass config as plain dicts, lists and scalars (YAML- and JSON-ready; loads back to ``cfg``)."""
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

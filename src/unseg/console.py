@@ -1,10 +1,11 @@
 """How a command talks to its user: unseg's log lines on stderr, through one handler, while it runs."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["stderr_logging"]
 

@@ -5,10 +5,10 @@ protocol and method here starts from; a value that belongs to one concept only l
 (the guided filter's in :mod:`unseg.features.upsample`, the spectral method's in
 :class:`unseg.unsupervised.SpectralSettings`, a training run's in its config).
 """
+
 from __future__ import annotations
 
-__all__ = ["INPUT_SIZE", "MASK_SIZE", "PCA_DIM", "NITER", "NREDO", "SEEDS", "OVERCLUSTERS", "BATCH_SIZE",
-           "NUM_WORKERS"]
+__all__ = ["INPUT_SIZE", "MASK_SIZE", "PCA_DIM", "NITER", "NREDO", "SEEDS", "OVERCLUSTERS", "BATCH_SIZE", "NUM_WORKERS"]
 
 INPUT_SIZE = 448
 """The input resolution, px (square): Leopart's evaluation input."""

@@ -10,7 +10,7 @@ class UnsegError(Exception):
         text = super().__str__()
         marker = f"{type(self).__module__}.{type(self).__qualname__}: "
         if text.startswith("Caught ") and "\nOriginal Traceback" in text and marker in text:
-            return text[text.rindex(marker) + len(marker):].rstrip("\n")
+            return text[text.rindex(marker) + len(marker) :].rstrip("\n")
         return text
 
 

@@ -4,6 +4,7 @@ that a folder can be written and a checkpoint read back, made before any compute
 A write that fails (a full disk, a read-only file system, a folder where a file should go) is
 an :class:`~unseg.errors.OutputError` naming the file, and leaves nothing under its final name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,24 +13,27 @@ import json
 import os
 import pickletools
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, cast
 
 import torch
 
 from .errors import OutputError, SettingError
 from .kinds import probe_writable
 
-_HINTS = {errno.ENOSPC: "the disk is full; free some space or choose another folder",
-          errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
-          errno.EROFS: "a read-only file system; choose another folder"}
+_HINTS = {
+    errno.ENOSPC: "the disk is full; free some space or choose another folder",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another folder",
+    errno.EROFS: "a read-only file system; choose another folder",
+}
 
 
 def output_error(exc: OSError, path: str | Path) -> OutputError:
     """``exc``, raised while writing ``path``, as one line naming the file and what to do."""
     reason = exc.strerror or str(exc)
-    hint = _HINTS.get(exc.errno)
+    hint = _HINTS.get(exc.errno) if exc.errno is not None else None
     return OutputError(f"cannot write {path}: {reason}" + (f" ({hint})" if hint else ""))
 
 
@@ -60,7 +64,8 @@ class _WriteRecorder:
     """A file wrapper that keeps the OSError of a failed write: torch.save reports it only as a RuntimeError."""
 
     def __init__(self, fh: BinaryIO) -> None:
-        self.fh, self.error = fh, None
+        self.fh = fh
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         try:
@@ -78,7 +83,7 @@ def save_torch(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         writer = _WriteRecorder(fh)
         try:
-            torch.save(obj, writer)
+            torch.save(obj, cast(BinaryIO, writer))  # a file as far as torch.save goes: write and flush
         except RuntimeError:
             if writer.error is not None:
                 raise writer.error from None
@@ -119,15 +124,19 @@ def resume_checkpoint(resume: str | Path | None, out_dir: str | Path) -> str | N
     if str(resume) == "last":
         path = Path(out_dir) / "checkpoints" / "last.ckpt"
         if not path.exists():
-            raise SettingError(f"--resume last: run folder {out_dir} has no checkpoint {path}; to start a new "
-                               "run leave out --resume, or pass --out of the run to continue")
+            raise SettingError(
+                f"--resume last: run folder {out_dir} has no checkpoint {path}; to start a new "
+                "run leave out --resume, or pass --out of the run to continue"
+            )
     else:
         path = Path(resume)
         if not path.is_file():
             raise SettingError(f"--resume {resume}: no such checkpoint file")
     if not {"state_dict", "loops"} <= _pickled_strings(path):
-        raise SettingError(f"--resume {resume}: {path} is not a training checkpoint of a run (a Lightning "
-                           "checkpoint with its loops' state, e.g. RUN/checkpoints/last.ckpt)")
+        raise SettingError(
+            f"--resume {resume}: {path} is not a training checkpoint of a run (a Lightning "
+            "checkpoint with its loops' state, e.g. RUN/checkpoints/last.ckpt)"
+        )
     return str(path)
 
 

@@ -15,6 +15,7 @@ table by being declared with a kind here.
 Sizes are bounded (:data:`MAX_PIXELS`): a size that could not be allocated is refused when it
 is read, not when memory runs out (``unseg docs reliability``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,47 @@ import math
 import numbers
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .errors import SettingError, UnsegError
 
-__all__ = ["MAX_SIDE", "MAX_PIXELS", "INT_MAX", "as_size", "nearest_existing", "probe_writable", "Kind", "Integer",
-           "Real", "Size", "Text", "InputFile", "InputFolder", "InputPath", "OutputFolder", "OutputFile",
-           "CacheFolder", "Device", "Registered", "Resume", "UsageError", "Parser",
-           "check_device", "COUNT", "COUNTS", "NON_NEGATIVE", "SEED", "SEEDS", "POSITIVE", "NON_NEGATIVE_REAL",
-           "FRACTION", "PROBABILITY", "DEVICE"]
+__all__ = [
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "INT_MAX",
+    "as_size",
+    "nearest_existing",
+    "probe_writable",
+    "Kind",
+    "Integer",
+    "Real",
+    "Size",
+    "Text",
+    "InputFile",
+    "InputFolder",
+    "InputPath",
+    "OutputFolder",
+    "OutputFile",
+    "CacheFolder",
+    "Device",
+    "Registered",
+    "Resume",
+    "UsageError",
+    "Parser",
+    "check_device",
+    "COUNT",
+    "COUNTS",
+    "NON_NEGATIVE",
+    "SEED",
+    "SEEDS",
+    "POSITIVE",
+    "NON_NEGATIVE_REAL",
+    "FRACTION",
+    "PROBABILITY",
+    "DEVICE",
+]
 
 MAX_SIDE = 8192
 """The longest side anything is resized to (input, window, mask, upsampling target), in pixels."""
@@ -52,15 +84,18 @@ def as_size(size: int | Sequence[int], what: str = "size") -> tuple[int, int]:
     below 1, or more than :data:`MAX_PIXELS` pixels.
     """
     values = [size] if isinstance(size, numbers.Integral) else list(size) if isinstance(size, Sequence) else [size]
-    if not 1 <= len(values) <= 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                            for v in values):
+    if not 1 <= len(values) <= 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values
+    ):
         raise SettingError(f"{what} {size!r} is not one whole number (square) or two (H W)")
     h, w = int(values[0]), int(values[-1])
     if min(h, w) < 1:
         raise SettingError(f"{what} {_shown((h, w))} is not allowed: each side must be at least 1 px")
     if h * w > MAX_PIXELS:
-        raise SettingError(f"{what} {_shown((h, w))} is {h * w} pixels, more than the {MAX_PIXELS} "
-                           f"({MAX_SIDE}x{MAX_SIDE}) an image may have here (``unseg docs reliability``)")
+        raise SettingError(
+            f"{what} {_shown((h, w))} is {h * w} pixels, more than the {MAX_PIXELS} "
+            f"({MAX_SIDE}x{MAX_SIDE}) an image may have here (``unseg docs reliability``)"
+        )
     return h, w
 
 
@@ -159,7 +194,11 @@ class Integer(Kind):
         return value
 
     def check(self, value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not self.low <= value <= self.high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Integral)
+            or not self.low <= int(value) <= self.high
+        ):
             raise SettingError(f"{name} = {value!r} is not allowed; it expects {self.expects}")
         return int(value)
 
@@ -169,8 +208,15 @@ class Real(Kind):
 
     category = "real"
 
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 high_open: bool = False, many: bool = False, meaning: str = "") -> None:
+    def __init__(
+        self,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = False,
+        many: bool = False,
+        meaning: str = "",
+    ) -> None:
         if low is not None and high is not None:
             bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         elif low is not None:
@@ -211,8 +257,9 @@ class Size(Kind):
     max_values = 2
 
     def __init__(self, what: str) -> None:
-        super().__init__(f"one size in px (a square) or two (H W), each >= 1, at most {MAX_PIXELS} pixels "
-                         f"({MAX_SIDE}x{MAX_SIDE})")
+        super().__init__(
+            f"one size in px (a square) or two (H W), each >= 1, at most {MAX_PIXELS} pixels ({MAX_SIDE}x{MAX_SIDE})"
+        )
         self.what = what
 
     def parse(self, text: str) -> int:
@@ -450,19 +497,22 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
-    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
-                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads on the namespace
+        self,
+        args: Sequence[str] | None = None,
+        namespace: argparse.Namespace | None = None,
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
         for action in self._actions:
-            kind, values = action.type, getattr(namespace, action.dest, None)
+            kind, values = action.type, getattr(parsed, action.dest, None)
             if isinstance(kind, Kind) and kind.many and isinstance(values, list) and values is not action.default:
                 try:
-                    setattr(namespace, action.dest, kind.finish(values))
+                    setattr(parsed, action.dest, kind.finish(values))
                 except (Refused, UnsegError) as exc:
                     flag = "/".join(action.option_strings) or action.metavar or action.dest
                     words = " ".join(str(v) for v in values)
                     self.error(f"argument {flag}: {kind.refusal(words, getattr(exc, 'reason', str(exc)))}")
-        return namespace, extras
+        return parsed, extras
 
 
 # the kinds most options share
@@ -481,6 +531,7 @@ DEVICE = Device()
 def created_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
     """The first missing folder on the way to each output the command names (an output folder or file, a
     cache): what the command will have created, to remove again if it fails and leaves them empty."""
+
     def actions(p: argparse.ArgumentParser) -> Iterator[argparse.Action]:
         for action in p._actions:
             yield action

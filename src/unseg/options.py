@@ -6,22 +6,77 @@ itself (``From(function or class, parameter)``), never a copy of it. The kind
 (:mod:`unseg.kinds`) checks the value as it is parsed. :mod:`unseg.cli` assembles the commands
 from these groups; the harness of the tests walks the parser they build.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigRef, Override
-from .kinds import (COUNT, COUNTS, DEVICE, FRACTION, MAX_SIDE, NON_NEGATIVE, NON_NEGATIVE_REAL, POSITIVE,
-                    PROBABILITY, SEED, SEEDS, CacheFolder, InputFile, InputFolder, InputPath, Integer, Kind,
-                    OutputFile, OutputFolder, Real, Registered, Resume, Size, Text)
+from .kinds import (
+    COUNT,
+    COUNTS,
+    DEVICE,
+    FRACTION,
+    MAX_SIDE,
+    NON_NEGATIVE,
+    NON_NEGATIVE_REAL,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    SEEDS,
+    CacheFolder,
+    InputFile,
+    InputFolder,
+    InputPath,
+    Integer,
+    Kind,
+    OutputFile,
+    OutputFolder,
+    Real,
+    Registered,
+    Resume,
+    Size,
+    Text,
+)
 
-__all__ = ["Opt", "From", "given", "SOURCE", "VIEWS", "JSON", "REPORT", "CLUSTER", "HEAD", "scoring", "upsample_group",
-           "SPECTRAL", "CD", "UNSUPERVISED", "SEGMENTS", "RETRIEVAL", "EXTRACT", "STEGO", "RUN", "SWEEP", "SEGMENT",
-           "config_options", "METHOD", "DOCS", "EVAL_STEGO", "DEMO", "TRAIN_EXTRA", "train_options"]
+if TYPE_CHECKING:
+    from .catalog import Training
+
+__all__ = [
+    "Opt",
+    "From",
+    "given",
+    "SOURCE",
+    "VIEWS",
+    "JSON",
+    "REPORT",
+    "CLUSTER",
+    "HEAD",
+    "scoring",
+    "upsample_group",
+    "SPECTRAL",
+    "CD",
+    "UNSUPERVISED",
+    "SEGMENTS",
+    "RETRIEVAL",
+    "EXTRACT",
+    "STEGO",
+    "RUN",
+    "SWEEP",
+    "SEGMENT",
+    "config_options",
+    "METHOD",
+    "DOCS",
+    "EVAL_STEGO",
+    "DEMO",
+    "TRAIN_EXTRA",
+    "train_options",
+]
 
 
 @dataclass(frozen=True)
@@ -37,7 +92,10 @@ class From:
             return getattr(self.target, self.name)
         if dataclasses.is_dataclass(self.target):
             f = next(f for f in dataclasses.fields(self.target) if f.name == self.name)
-            return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            assert f.default_factory is not dataclasses.MISSING, f"field {self.name} has no default"
+            return f.default_factory()
         return inspect.signature(self.target).parameters[self.name].default
 
 
@@ -107,6 +165,7 @@ def _names(registry: str) -> Callable[[], list[str]]:
         from .datasets import DATASETS
 
         return DATASETS.names()
+
     return names
 
 
@@ -124,48 +183,102 @@ DATASET = Registered("dataset", _names("dataset"))
 WEIGHTS = InputFile("an existing checkpoint file, or 'random'", special=("random",))
 SPLIT = Text("a split name ('' for a folder dataset's own folder)")
 SIZE_HELP = "one value (square) or H W"
-ROLE = Opt("--weights-role", "which network of a teacher/student checkpoint; auto = what the authors' evaluation "
-           "reads: the student (model.*) of a Leopart checkpoint, the teacher of a DINO training checkpoint",
-           dest="role", choices=("auto", "teacher", "student"))
-TRUST = Opt("--trust-checkpoint", "unpickle the --weights / --checkpoint file fully, which runs any code it holds: "
-            "only for files you trust (default: a safe loader that runs nothing; `unseg docs checkpoints`)",
-            switch=True)
+ROLE = Opt(
+    "--weights-role",
+    "which network of a teacher/student checkpoint; auto = what the authors' evaluation "
+    "reads: the student (model.*) of a Leopart checkpoint, the teacher of a DINO training checkpoint",
+    dest="role",
+    choices=("auto", "teacher", "student"),
+)
+TRUST = Opt(
+    "--trust-checkpoint",
+    "unpickle the --weights / --checkpoint file fully, which runs any code it holds: "
+    "only for files you trust (default: a safe loader that runs nothing; `unseg docs checkpoints`)",
+    switch=True,
+)
 DOWNLOAD = Opt("--download", "fetch hub weights when --weights is not given", switch=True)
 JSON = [Opt("--json", "also write the results as JSON to this file", OutputFile())]
-REPORT = [Opt("--report", "also write a report folder: metrics.json, per-class IoU chart, confusion image and a "
-                          "gallery of the best and worst images", OutputFolder(), metavar="DIR")]
+REPORT = [
+    Opt(
+        "--report",
+        "also write a report folder: metrics.json, per-class IoU chart, confusion image and a "
+        "gallery of the best and worst images",
+        OutputFolder(),
+        metavar="DIR",
+    )
+]
 
 VIEWS = [
-    Opt("--window", "run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
-                    "stride, at most the input size) and stitch their features", Size("window"),
-        "the whole input at once", nargs="+", metavar="PX"),
-    Opt("--window-overlap", "with --window: the fraction of a window shared with its neighbour", FRACTION,
-        _api("features.source:Source", "window_overlap"), metavar="F"),
-    Opt("--scales", "average the features of the input resized by each factor; with --window every scaled input "
-                    "is tiled", Real(0, low_open=True, many=True), _api("features.source:Source", "scales"),
-        nargs="+", metavar="S"),
+    Opt(
+        "--window",
+        "run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
+        "stride, at most the input size) and stitch their features",
+        Size("window"),
+        "the whole input at once",
+        nargs="+",
+        metavar="PX",
+    ),
+    Opt(
+        "--window-overlap",
+        "with --window: the fraction of a window shared with its neighbour",
+        FRACTION,
+        _api("features.source:Source", "window_overlap"),
+        metavar="F",
+    ),
+    Opt(
+        "--scales",
+        "average the features of the input resized by each factor; with --window every scaled input is tiled",
+        Real(0, low_open=True, many=True),
+        _api("features.source:Source", "scales"),
+        nargs="+",
+        metavar="S",
+    ),
 ]
 
 SOURCE = [
     Opt("--backbone", "registered backbone (`unseg backbones`)", BACKBONE, _api("features.source:Source", "backbone")),
     Opt("--weights", "local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt", WEIGHTS),
-    ROLE, TRUST, DOWNLOAD,
+    ROLE,
+    TRUST,
+    DOWNLOAD,
     Opt("--dataset", "registered dataset (`unseg datasets`)", DATASET, _api("features.source:Source", "dataset")),
     Opt("--root", "dataset folder", InputFolder(), required=True),
-    Opt("--masks", "folder dataset: folder of <image stem>.png label maps",
-        InputFolder("an existing, readable folder of label maps")),
+    Opt(
+        "--masks",
+        "folder dataset: folder of <image stem>.png label maps",
+        InputFolder("an existing, readable folder of label maps"),
+    ),
     Opt("--num-classes", "folder dataset: ids from this one up are ignored", COUNT),
-    Opt("--input-size", f"input resolution: {SIZE_HELP}", Size("input size"),
-        _api("features.source:Source", "input_size"), nargs="+", metavar="PX"),
+    Opt(
+        "--input-size",
+        f"input resolution: {SIZE_HELP}",
+        Size("input size"),
+        _api("features.source:Source", "input_size"),
+        nargs="+",
+        metavar="PX",
+    ),
     *VIEWS,
     Opt("--cache-dir", "feature cache folder", CacheFolder(), "$UNSEG_CACHE/features or ~/.cache/unseg/features"),
-    Opt("--hash-images", "identify images by a hash of their bytes, not by their file's size, times and inode: for "
-                         "file systems that do not keep those (`unseg docs reliability`); slower", switch=True),
+    Opt(
+        "--hash-images",
+        "identify images by a hash of their bytes, not by their file's size, times and inode: for "
+        "file systems that do not keep those (`unseg docs reliability`); slower",
+        switch=True,
+    ),
     Opt("--device", "auto, cpu, cuda, cuda:N, ...", DEVICE, _api("features.source:Source", "device")),
-    Opt("--batch-size", "images (with --window: windows) per forward pass", COUNT,
-        _api("features.source:Source", "batch_size")),
-    Opt("--workers", "data-loading processes", NON_NEGATIVE, _api("features.source:Source", "num_workers"),
-        dest="num_workers"),
+    Opt(
+        "--batch-size",
+        "images (with --window: windows) per forward pass",
+        COUNT,
+        _api("features.source:Source", "batch_size"),
+    ),
+    Opt(
+        "--workers",
+        "data-loading processes",
+        NON_NEGATIVE,
+        _api("features.source:Source", "num_workers"),
+        dest="num_workers",
+    ),
     Opt("--skip-corrupt", "skip (and log) unreadable images instead of failing", switch=True),
     *JSON,
 ]
@@ -173,26 +286,48 @@ SOURCE = [
 EXTRACT = [
     Opt("--split", "splits to extract", Text(SPLIT.expects, many=True), "val", nargs="+", parser_default=["val"]),
     Opt("--shard-size", "images per shard file", COUNT, _api("features.extract:extract_features", "shard_size")),
-    Opt("--dtype", "storage type", None, _api("features.extract:extract_features", "dtype"),
-        choices=("float32", "float16")),
-    Opt("--precision", "forward precision: full, or autocast to one of the half precisions (the IEEE one on CUDA "
-                       "only); the cache records it", None,
-        _api("features.extract:extract_features", "precision"), choices=("fp32", "bf16", "fp16")),
+    Opt(
+        "--dtype",
+        "storage type",
+        None,
+        _api("features.extract:extract_features", "dtype"),
+        choices=("float32", "float16"),
+    ),
+    Opt(
+        "--precision",
+        "forward precision: full, or autocast to one of the half precisions (the IEEE one on CUDA "
+        "only); the cache records it",
+        None,
+        _api("features.extract:extract_features", "precision"),
+        choices=("fp32", "bf16", "fp16"),
+    ),
     Opt("--rank", "this process's rank, below --world-size", NON_NEGATIVE, "$RANK from torchrun, else the first"),
     Opt("--world-size", "number of ranks", COUNT, "$WORLD_SIZE, else one"),
 ]
 
+
 def scoring(protocol: str) -> list[Opt]:
     """``--matching`` and ``--absent-classes``, showing the defaults of ``protocol`` (``module:function``)."""
     return [
-        Opt("--matching", "cluster-to-class rule: hungarian-iou maximises IoU (Leopart), hungarian-pixels maximises "
-                          "matched pixels (STEGO), greedy is many-to-one by precision, auto is hungarian-iou when "
-                          "K <= #classes else greedy (`unseg docs evaluation`)", None, _api(protocol, "matching"),
-            choices=lambda: __import__("unseg.clustering.matching", fromlist=["METHODS"]).METHODS),
-        Opt("--absent-classes", "a class in neither ground truth nor prediction: skip = left out of the mIoU "
-                                "(STEGO), zero = IoU of nothing averaged over all classes (Leopart's PredsmIoU)",
-            None, _api(protocol, "absent"), dest="absent",
-            choices=lambda: __import__("unseg.evaluation.metrics", fromlist=["ABSENT_RULES"]).ABSENT_RULES)]
+        Opt(
+            "--matching",
+            "cluster-to-class rule: hungarian-iou maximises IoU (Leopart), hungarian-pixels maximises "
+            "matched pixels (STEGO), greedy is many-to-one by precision, auto is hungarian-iou when "
+            "K <= #classes else greedy (`unseg docs evaluation`)",
+            None,
+            _api(protocol, "matching"),
+            choices=lambda: __import__("unseg.clustering.matching", fromlist=["METHODS"]).METHODS,
+        ),
+        Opt(
+            "--absent-classes",
+            "a class in neither ground truth nor prediction: skip = left out of the mIoU "
+            "(STEGO), zero = IoU of nothing averaged over all classes (Leopart's PredsmIoU)",
+            None,
+            _api(protocol, "absent"),
+            dest="absent",
+            choices=lambda: __import__("unseg.evaluation.metrics", fromlist=["ABSENT_RULES"]).ABSENT_RULES,
+        ),
+    ]
 
 
 def upsample_group(target: str | None, default: str) -> list[Opt]:
@@ -200,29 +335,58 @@ def upsample_group(target: str | None, default: str) -> list[Opt]:
     (None: the command's fixed size, no --upsample-size / --upsample-factor); ``default``: the method
     when --upsample is not given."""
     guided = "features.upsample:Upsampling"
-    opts = [Opt("--upsample", "assign labels on upsampled features: bilinear, or guided = bilinear then the guided "
-                              "filter, which moves the features' edges onto the image's (`unseg docs upsampling`)",
-                default=default, choices=("none", "bilinear", "guided"))]
+    opts = [
+        Opt(
+            "--upsample",
+            "assign labels on upsampled features: bilinear, or guided = bilinear then the guided "
+            "filter, which moves the features' edges onto the image's (`unseg docs upsampling`)",
+            default=default,
+            choices=("none", "bilinear", "guided"),
+        )
+    ]
     if target is not None:
-        opts += [Opt("--upsample-size", f"target grid: {SIZE_HELP}", Size("upsampling size"), target, nargs="+",
-                     metavar="PX"),
-                 Opt("--upsample-factor", "target grid = this factor x the token grid", Real(0, MAX_SIDE, low_open=True))]
+        opts += [
+            Opt(
+                "--upsample-size", f"target grid: {SIZE_HELP}", Size("upsampling size"), target, nargs="+", metavar="PX"
+            ),
+            Opt("--upsample-factor", "target grid = this factor x the token grid", Real(0, MAX_SIDE, low_open=True)),
+        ]
     from .features.upsample import MAX_GUIDE_RADIUS
 
-    return opts + [Opt("--guide-radius", "guided: window radius in tokens", Real(0, MAX_GUIDE_RADIUS, low_open=True),
-                       _api(guided, "radius")),
-                   Opt("--guide-eps", "guided: ridge term, squared RGB of the unit range; smaller follows weaker edges",
-                       POSITIVE, _api(guided, "eps"))]
+    return opts + [
+        Opt(
+            "--guide-radius",
+            "guided: window radius in tokens",
+            Real(0, MAX_GUIDE_RADIUS, low_open=True),
+            _api(guided, "radius"),
+        ),
+        Opt(
+            "--guide-eps",
+            "guided: ridge term, squared RGB of the unit range; smaller follows weaker edges",
+            POSITIVE,
+            _api(guided, "eps"),
+        ),
+    ]
 
 
 CLUSTER = [
     Opt("--split", "evaluation split", SPLIT, _api("protocols:clustering_protocol", "split")),
     Opt("--k", "cluster counts", COUNTS, _api("protocols:clustering_protocol", "ks"), nargs="+", dest="ks"),
     Opt("--seeds", "seeds from the first, this many", COUNT, _api("protocols:clustering_protocol", "seeds")),
-    Opt("--mask-size", f"label resolution: {SIZE_HELP}", Size("mask size"),
-        _api("protocols:clustering_protocol", "mask_size"), nargs="+", metavar="PX"),
-    Opt("--pca-dim", "PCA dimensions, at most the feature width; zero: no PCA", Integer(0, meaning="0 = no PCA"),
-        _api("protocols:clustering_protocol", "pca_dim")),
+    Opt(
+        "--mask-size",
+        f"label resolution: {SIZE_HELP}",
+        Size("mask size"),
+        _api("protocols:clustering_protocol", "mask_size"),
+        nargs="+",
+        metavar="PX",
+    ),
+    Opt(
+        "--pca-dim",
+        "PCA dimensions, at most the feature width; zero: no PCA",
+        Integer(0, meaning="0 = no PCA"),
+        _api("protocols:clustering_protocol", "pca_dim"),
+    ),
     Opt("--niter", "k-means iterations", COUNT, _api("protocols:clustering_protocol", "niter")),
     Opt("--nredo", "k-means restarts", COUNT, _api("protocols:clustering_protocol", "nredo")),
 ]
@@ -230,10 +394,22 @@ CLUSTER = [
 HEAD = [
     Opt("--train-split", "training split", SPLIT, _api("protocols:head_protocol", "train_split")),
     Opt("--split", "evaluation split", SPLIT, _api("protocols:head_protocol", "val_split"), dest="val_split"),
-    Opt("--mask-size", f"training label resolution: {SIZE_HELP}", Size("mask size"),
-        _api("protocols:head_protocol", "mask_size"), nargs="+", metavar="PX"),
-    Opt("--eval-mask-size", f"evaluation label resolution: {SIZE_HELP}", Size("evaluation mask size"), "input size",
-        nargs="+", metavar="PX"),
+    Opt(
+        "--mask-size",
+        f"training label resolution: {SIZE_HELP}",
+        Size("mask size"),
+        _api("protocols:head_protocol", "mask_size"),
+        nargs="+",
+        metavar="PX",
+    ),
+    Opt(
+        "--eval-mask-size",
+        f"evaluation label resolution: {SIZE_HELP}",
+        Size("evaluation mask size"),
+        "input size",
+        nargs="+",
+        metavar="PX",
+    ),
     Opt("--no-augment", "train on cached features (fast, no augmentation)", switch=True),
     Opt("--epochs", "training epochs", COUNT, "the protocol's"),
     Opt("--lr", "learning rate", POSITIVE, "the protocol's"),
@@ -244,30 +420,53 @@ HEAD = [
 SPECTRAL_SETTINGS = "unsupervised.spectral:SpectralSettings"
 SPECTRAL = [
     Opt("--segments", "segments per image", COUNT, "chosen per image by merging similar neighbours"),
-    Opt("--merge-threshold", "merge neighbouring segments while their features' cosine is at least this: lower "
-                             "gives fewer segments", Real(-1, 1), _api(SPECTRAL_SETTINGS, "merge_threshold")),
+    Opt(
+        "--merge-threshold",
+        "merge neighbouring segments while their features' cosine is at least this: lower gives fewer segments",
+        Real(-1, 1),
+        _api(SPECTRAL_SETTINGS, "merge_threshold"),
+    ),
     Opt("--groups", "groups of the folder's vocabulary", COUNT, "the most segments of one image"),
     Opt("--oversegments", "segments before merging", Integer(2), _api(SPECTRAL_SETTINGS, "oversegments")),
-    Opt("--embedding", "what the over-segmentation clusters: the graph's eigenvectors (spectral) or the image's own "
-                       "tokens (tokens: plain per-image k-means, the baseline)", None,
-        _api(SPECTRAL_SETTINGS, "embedding"), choices=("spectral", "tokens")),
+    Opt(
+        "--embedding",
+        "what the over-segmentation clusters: the graph's eigenvectors (spectral) or the image's own "
+        "tokens (tokens: plain per-image k-means, the baseline)",
+        None,
+        _api(SPECTRAL_SETTINGS, "embedding"),
+        choices=("spectral", "tokens"),
+    ),
 ]
 
 CD = [
     Opt("--cd-k", "overclustering k", COUNT, _api("unsupervised.fitted:CDSettings", "k")),
     Opt("--markov-time", "Infomap Markov time", POSITIVE, _api("unsupervised.fitted:CDSettings", "markov_time")),
-    Opt("--weight-threshold", "co-occurrence edge threshold", NON_NEGATIVE_REAL,
-        _api("unsupervised.fitted:CDSettings", "weight_threshold")),
+    Opt(
+        "--weight-threshold",
+        "co-occurrence edge threshold",
+        NON_NEGATIVE_REAL,
+        _api("unsupervised.fitted:CDSettings", "weight_threshold"),
+    ),
     Opt("--fg-threshold", "CBFE precision threshold", PROBABILITY, "no foreground extraction"),
     Opt("--fg-k", "CBFE spherical k-means clusters", COUNT, _api("unsupervised.fitted:CDSettings", "fg_k")),
 ]
 
 UNSUPERVISED = [
-    Opt("--train-split", "split for the CBFE threshold and the CD search", SPLIT,
-        _api("protocols:fully_unsupervised", "train_split")),
+    Opt(
+        "--train-split",
+        "split for the CBFE threshold and the CD search",
+        SPLIT,
+        _api("protocols:fully_unsupervised", "train_split"),
+    ),
     Opt("--split", "evaluation split", SPLIT, _api("protocols:fully_unsupervised", "val_split"), dest="val_split"),
-    Opt("--background", "classes (names or ids) that are background for CBFE; none: no CBFE",
-        Text("class names or ids", many=True), "a class named background", nargs="+", metavar="CLASS"),
+    Opt(
+        "--background",
+        "classes (names or ids) that are background for CBFE; none: no CBFE",
+        Text("class names or ids", many=True),
+        "a class named background",
+        nargs="+",
+        metavar="CLASS",
+    ),
     Opt("--fg-k", "CBFE spherical k-means clusters", COUNT, _api("protocols:fully_unsupervised", "fg_k")),
     Opt("--cd-k", "CD overclustering k (give with --markov-time, --weight-threshold)", COUNT),
     Opt("--markov-time", "Infomap Markov time", POSITIVE),
@@ -275,18 +474,34 @@ UNSUPERVISED = [
     Opt("--published", "use the authors' CD hyper-parameters for --backbone", switch=True),
     Opt("--trials", "TPE trials when searching (the authors')", COUNT, _api("protocols:fully_unsupervised", "trials")),
     Opt("--runs", "Infomap runs", COUNT, _api("protocols:fully_unsupervised", "runs")),
-    Opt("--seeds", "k-means seeds of the k-means and CBFE stages, from the first, this many", COUNT,
-        _api("protocols:fully_unsupervised", "kmeans_seeds")),
-    Opt("--mask-size", f"label resolution: {SIZE_HELP}", Size("mask size"),
-        _api("protocols:fully_unsupervised", "mask_size"), nargs="+", metavar="PX"),
+    Opt(
+        "--seeds",
+        "k-means seeds of the k-means and CBFE stages, from the first, this many",
+        COUNT,
+        _api("protocols:fully_unsupervised", "kmeans_seeds"),
+    ),
+    Opt(
+        "--mask-size",
+        f"label resolution: {SIZE_HELP}",
+        Size("mask size"),
+        _api("protocols:fully_unsupervised", "mask_size"),
+        nargs="+",
+        metavar="PX",
+    ),
 ]
 
 SEGMENTS = [
     Opt("--k", "kmeans clusters, cd's preferred communities", COUNT, "the number of classes"),
     Opt("--split", "evaluation split", SPLIT, _api("protocols:segments_protocol", "split")),
     Opt("--seeds", "seeds from the first, this many", COUNT, _api("protocols:segments_protocol", "seeds")),
-    Opt("--mask-size", f"label resolution of the dataset-level score: {SIZE_HELP}", Size("mask size"),
-        _api("protocols:segments_protocol", "mask_size"), nargs="+", metavar="PX"),
+    Opt(
+        "--mask-size",
+        f"label resolution of the dataset-level score: {SIZE_HELP}",
+        Size("mask size"),
+        _api("protocols:segments_protocol", "mask_size"),
+        nargs="+",
+        metavar="PX",
+    ),
 ]
 
 RETRIEVAL = [
@@ -294,63 +509,124 @@ RETRIEVAL = [
     Opt("--split", "evaluation split", SPLIT, _api("protocols:retrieval_protocol", "val_split"), dest="val_split"),
     Opt("--neighbours", "nearest neighbours", COUNT, _api("protocols:retrieval_protocol", "k"), dest="k"),
     Opt("--temperature", "softmax temperature", POSITIVE, _api("protocols:retrieval_protocol", "temperature")),
-    Opt("--labels", "label of a memory patch: its class distribution (Hummingbird) or majority class", None,
-        _api("protocols:retrieval_protocol", "mode"), dest="mode", choices=("distribution", "majority")),
+    Opt(
+        "--labels",
+        "label of a memory patch: its class distribution (Hummingbird) or majority class",
+        None,
+        _api("protocols:retrieval_protocol", "mode"),
+        dest="mode",
+        choices=("distribution", "majority"),
+    ),
     Opt("--memory-size", "random subset of memory patches", COUNT, "all"),
-    Opt("--eval-mask-size", f"evaluation label resolution: {SIZE_HELP}", Size("evaluation mask size"), "input size",
-        nargs="+", metavar="PX"),
+    Opt(
+        "--eval-mask-size",
+        f"evaluation label resolution: {SIZE_HELP}",
+        Size("evaluation mask size"),
+        "input size",
+        nargs="+",
+        metavar="PX",
+    ),
     Opt("--seed", "memory subset seed", SEED, _api("protocols:retrieval_protocol", "seed")),
 ]
 
 
 def config_options(method: str, example: str) -> list[Opt]:
     """``--config`` and its ``key=value`` overrides, for a training method's config."""
-    return [Opt("--config", "shipped config name (`unseg configs`) or a YAML file", ConfigRef(method), required=True),
-            Opt("overrides", f"key=value settings over the config, e.g. {example}", Override(), nargs="*")]
+    return [
+        Opt("--config", "shipped config name (`unseg configs`) or a YAML file", ConfigRef(method), required=True),
+        Opt("overrides", f"key=value settings over the config, e.g. {example}", Override(), nargs="*"),
+    ]
 
 
-STEGO = [*config_options("stego", "root=DATA max_steps=N"),
-         Opt("--cache-dir", "feature cache folder", CacheFolder(), "$UNSEG_CACHE/features")]
+STEGO = [
+    *config_options("stego", "root=DATA max_steps=N"),
+    Opt("--cache-dir", "feature cache folder", CacheFolder(), "$UNSEG_CACHE/features"),
+]
 
 
-def RUN(default: str, holds: str) -> list[Opt]:  # noqa: N802 - a group, like the others
+def RUN(default: str, holds: str) -> list[Opt]:  # upper case: a group, like the others
     """``--out``, ``--resume``, ``--overwrite``: where a training run lives and what happens to one already there."""
-    return [Opt("--out", f"run folder: {holds}", OutputFolder(), default, parser_default=default),
-            Opt("--resume", "continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; one that is "
-                            "missing or not a training checkpoint of this run's model is an error, never a silent "
-                            "fresh start", Resume()),
-            Opt("--overwrite", "replace the run already in --out (without it, a folder holding a run is refused)",
-                switch=True)]
+    return [
+        Opt("--out", f"run folder: {holds}", OutputFolder(), default, parser_default=default),
+        Opt(
+            "--resume",
+            "continue a run: a checkpoint file, or 'last' for OUT/checkpoints/last.ckpt; one that is "
+            "missing or not a training checkpoint of this run's model is an error, never a silent "
+            "fresh start",
+            Resume(),
+        ),
+        Opt(
+            "--overwrite",
+            "replace the run already in --out (without it, a folder holding a run is refused)",
+            switch=True,
+        ),
+    ]
 
 
 SWEEP = [
     Opt("--dims", "code dimensions", COUNTS, _api("methods.stego.pipeline:dimension_sweep", "dims"), nargs="+"),
-    Opt("--methods", "what is swept", None, _api("methods.stego.pipeline:dimension_sweep", "methods"), nargs="+",
-        choices=lambda: ["stego", *__import__("unseg.methods.projections", fromlist=["PROJECTIONS"]).PROJECTIONS]),
+    Opt(
+        "--methods",
+        "what is swept",
+        None,
+        _api("methods.stego.pipeline:dimension_sweep", "methods"),
+        nargs="+",
+        choices=lambda: ["stego", *__import__("unseg.methods.projections", fromlist=["PROJECTIONS"]).PROJECTIONS],
+    ),
     Opt("--seeds", "seed values", SEEDS, _api("methods.stego.pipeline:dimension_sweep", "seeds"), nargs="+"),
     Opt("--crf", "also score every run with a dense CRF", switch=True),
-    Opt("--out", "output folder", OutputFolder(), _api("methods.stego.pipeline:dimension_sweep", "out_dir"),
-        dest="out_dir"),
+    Opt(
+        "--out",
+        "output folder",
+        OutputFolder(),
+        _api("methods.stego.pipeline:dimension_sweep", "out_dir"),
+        dest="out_dir",
+    ),
 ]
 
 SEGMENT_OPTIONS = "segment:SegmentOptions"
 SEGMENT = [
-    Opt("paths", "image files or folders of images", InputPath("existing image files or folders of images", many=True),
-        nargs="+", metavar="PATH"),
-    Opt("--out", "output folder: labels/ (groups), segments/, foreground/, panels/, index.html", OutputFolder(),
-        required=True, dest="out_dir"),
+    Opt(
+        "paths",
+        "image files or folders of images",
+        InputPath("existing image files or folders of images", many=True),
+        nargs="+",
+        metavar="PATH",
+    ),
+    Opt(
+        "--out",
+        "output folder: labels/ (groups), segments/, foreground/, panels/, index.html",
+        OutputFolder(),
+        required=True,
+        dest="out_dir",
+    ),
     Opt("--k", "kmeans clusters, cd's preferred communities", COUNT, _api("catalog", "DEFAULT_K")),
     Opt("--backbone", "registered backbone", BACKBONE, "the clustering's or checkpoint's, else efficientnet_lite0"),
     Opt("--weights", "local checkpoint of the backbone", WEIGHTS),
-    ROLE, DOWNLOAD, TRUST,
-    Opt("--checkpoint", "--method stego: a STEGO .ckpt (head and cluster probe)",
-        InputFile("an existing STEGO checkpoint file")),
+    ROLE,
+    DOWNLOAD,
+    TRUST,
+    Opt(
+        "--checkpoint",
+        "--method stego: a STEGO .ckpt (head and cluster probe)",
+        InputFile("an existing STEGO checkpoint file"),
+    ),
     Opt("--crf", "kmeans, cd, stego: refine with a dense CRF (extra: unseg[crf])", switch=True),
-    Opt("--clustering", "apply a clustering saved with --save-clustering (its method is the default)",
-        InputFile("an existing clustering file (--save-clustering)"), metavar="FILE"),
+    Opt(
+        "--clustering",
+        "apply a clustering saved with --save-clustering (its method is the default)",
+        InputFile("an existing clustering file (--save-clustering)"),
+        metavar="FILE",
+    ),
     Opt("--save-clustering", "save the fitted clustering (kmeans, cd) for reuse", OutputFile(), metavar="FILE"),
-    Opt("--input-size", f"backbone input: {SIZE_HELP}", Size("input size"), "the clustering's, else the protocols'",
-        nargs="+", metavar="PX"),
+    Opt(
+        "--input-size",
+        f"backbone input: {SIZE_HELP}",
+        Size("input size"),
+        "the clustering's, else the protocols'",
+        nargs="+",
+        metavar="PX",
+    ),
     Opt("--skip-invalid", "skip (and log by name) unreadable files", switch=True),
     Opt("--seed", "k-means / Infomap seed", SEED, _api(SEGMENT_OPTIONS, "seed")),
     Opt("--device", "auto, cpu, cuda, ...", DEVICE, _api(SEGMENT_OPTIONS, "device")),
@@ -359,32 +635,53 @@ SEGMENT = [
 ]
 
 
-def METHOD() -> Opt:  # noqa: N802 - a group, like the others
+def METHOD() -> Opt:  # upper case: a group, like the others
     """``--method``: a segmenting method of the catalog, each described."""
     from .catalog import DEFAULT_SEGMENTER, METHODS, segmenting_methods
 
-    return Opt("--method", "; ".join(f"{n}: {METHODS.get(n).summary}" for n in segmenting_methods()),
-               default=DEFAULT_SEGMENTER, choices=segmenting_methods)
+    return Opt(
+        "--method",
+        "; ".join(f"{n}: {METHODS.get(n).summary}" for n in segmenting_methods()),
+        default=DEFAULT_SEGMENTER,
+        choices=segmenting_methods,
+    )
 
 
-DOCS = [Opt("topic", "e.g. methods, evaluation, photos", nargs="?", metavar="TOPIC",
-            choices=lambda: sorted(__import__("unseg.pages", fromlist=["topics"]).topics()))]
+DOCS = [
+    Opt(
+        "topic",
+        "e.g. methods, evaluation, photos",
+        nargs="?",
+        metavar="TOPIC",
+        choices=lambda: sorted(__import__("unseg.pages", fromlist=["topics"]).topics()),
+    )
+]
 
-EVAL_STEGO = [*STEGO, Opt("--checkpoint", "ours or a released STEGO .ckpt",
-                          InputFile("an existing STEGO checkpoint file"), required=True),
-              TRUST, Opt("--crf", "refine with a dense CRF (extra: unseg[crf])", switch=True),
-              Opt("--processes", "CRF worker processes", COUNT, "the thread count, --threads"), *JSON,
-              *scoring("methods.stego.pipeline:evaluate_run"),
-              *upsample_group(None, "bilinear (STEGO's, codes to the masks' size)"), *VIEWS, *REPORT]
+EVAL_STEGO = [
+    *STEGO,
+    Opt(
+        "--checkpoint", "ours or a released STEGO .ckpt", InputFile("an existing STEGO checkpoint file"), required=True
+    ),
+    TRUST,
+    Opt("--crf", "refine with a dense CRF (extra: unseg[crf])", switch=True),
+    Opt("--processes", "CRF worker processes", COUNT, "the thread count, --threads"),
+    *JSON,
+    *scoring("methods.stego.pipeline:evaluate_run"),
+    *upsample_group(None, "bilinear (STEGO's, codes to the masks' size)"),
+    *VIEWS,
+    *REPORT,
+]
 
-DEMO = [Opt("--out", "output folder", OutputFolder(), _api("demo:run_demo", "out")),
-        Opt("--seeds", "k-means seeds from the first, this many", COUNT, _api("demo:run_demo", "seeds")),
-        Opt("--device", "auto, cpu, cuda, ...", DEVICE, _api("demo:run_demo", "device"))]
+DEMO = [
+    Opt("--out", "output folder", OutputFolder(), _api("demo:run_demo", "out")),
+    Opt("--seeds", "k-means seeds from the first, this many", COUNT, _api("demo:run_demo", "seeds")),
+    Opt("--device", "auto, cpu, cuda, ...", DEVICE, _api("demo:run_demo", "device")),
+]
 
 TRAIN_EXTRA = {"stego": [STEGO[2], Opt("--no-eval", "skip the evaluation on the val split", switch=True)]}
 """Options of one training method beyond every method's (config, overrides, run folder)."""
 
 
-def train_options(name: str, training: Any) -> list[Opt]:
+def train_options(name: str, training: Training) -> list[Opt]:
     """The options of ``unseg train NAME``: its config and overrides, its own, and the run folder's."""
     return [*config_options(name, training.example), *TRAIN_EXTRA.get(name, []), *RUN(training.out, training.holds)]

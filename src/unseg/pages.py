@@ -4,15 +4,20 @@ The Markdown files of ``unseg/docs/`` are the one copy of the documentation: the
 (``make docs``) is built from them, and every install carries them, so help texts and
 docstrings cite ``unseg docs TOPIC``, a page a pip user has, never a path in the repository.
 """
+
 from __future__ import annotations
 
+import sys
 from importlib import resources
 from typing import TYPE_CHECKING
 
 from .registry import Registry
 
 if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    if sys.version_info >= (3, 11):
+        from importlib.resources.abc import Traversable
+    else:
+        from importlib.abc import Traversable
 
 __all__ = ["topics", "page", "topics_table"]
 
@@ -46,5 +51,6 @@ def topics_table() -> str:
     """Every topic with its title, one line each (``unseg docs``)."""
     titles = topics()
     width = max(map(len, titles), default=0)
-    return "\n".join([f"{name:{width}s}  {title}" for name, title in titles.items()] +
-                     ["", "`unseg docs TOPIC` prints a page"])
+    return "\n".join(
+        [f"{name:{width}s}  {title}" for name, title in titles.items()] + ["", "`unseg docs TOPIC` prints a page"]
+    )

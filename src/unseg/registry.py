@@ -1,7 +1,9 @@
 """One registry type shared by backbones, datasets and evaluation protocols."""
+
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import RegistryError
 

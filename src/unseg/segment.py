@@ -8,34 +8,38 @@ segmented on its own, ``unseg docs photos``), ``kmeans``, ``cd`` and ``stego``.
 A fitted k-means / CD clustering can be saved and applied to new images; it records the
 backbone, a fingerprint of its weights and the input size, and refuses any other.
 """
+
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .defaults import BATCH_SIZE, NITER, NREDO, NUM_WORKERS
 from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
 from .backbones.views import DEFAULT_OVERLAP
+from .catalog import DEFAULT_K, DEFAULT_SEGMENTER, FitContext, FolderSegmenter, Segmenter, render_each, segmenter
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
+from .defaults import BATCH_SIZE, NITER, NREDO, NUM_WORKERS
 from .errors import ImageError, LayoutError, SettingError, WeightsError
 from .features import DEFAULT_INPUT_SIZE, as_size, load_split, resolve_device, weights_fingerprint
 from .features.source import check_views
 from .features.upsample import Upsampling
 from .io import require_writable
 from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
-from .catalog import (DEFAULT_K, DEFAULT_SEGMENTER, FitContext, FolderSegmenter, Segmenter, segmenter,
-                         render_each)
 from .unsupervised.fitted import CDSettings, FittedSegmenter
 from .unsupervised.per_image import ImageSegmentation
 from .unsupervised.spectral import SpectralSettings
-from .visualisation.photos import OUTPUT_FOLDERS, WrittenImage, write_image, write_photo_gallery
 from .visualisation.overlay import palette
+from .visualisation.photos import OUTPUT_FOLDERS, WrittenImage, write_image, write_photo_gallery
+
+if TYPE_CHECKING:
+    from .methods.stego import StegoSegmenter
 
 __all__ = ["SegmentOptions", "Segmentation", "segment", "collect_images", "InputImage"]
 
@@ -55,8 +59,10 @@ def _image_files(folder: Path, skip_invalid: bool) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     others = [p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if others and not skip_invalid:
-        raise ImageError(f"folder {folder} holds files that are not images: {', '.join(others)} "
-                         f"(images: {', '.join(IMAGE_EXTENSIONS)}); remove them or skip them (--skip-invalid)")
+        raise ImageError(
+            f"folder {folder} holds files that are not images: {', '.join(others)} "
+            f"(images: {', '.join(IMAGE_EXTENSIONS)}); remove them or skip them (--skip-invalid)"
+        )
     for name in others:
         log.warning("skipping %s: not an image (extension)", folder / name)
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -168,15 +174,28 @@ class SegmentOptions:
                 raise SettingError(f"{name} = {value} is not allowed; it must be a whole number >= 1")
         method = self.method or ("stego" if self.checkpoint else None if self.clustering else DEFAULT_SEGMENTER)
         if method != "spectral" and self.groups is not None:
-            raise SettingError(f"groups is the spectral method's vocabulary size; method "
-                               f"{method or 'of the clustering'} has k")
+            raise SettingError(
+                f"groups is the spectral method's vocabulary size; method {method or 'of the clustering'} has k"
+            )
         if method == "spectral" and (self.crf or self.clustering or self.save_clustering or self.checkpoint):
-            raise SettingError("crf, clustering, save_clustering and checkpoint apply to the kmeans, cd and stego "
-                               "methods, not to spectral (give --method)")
-        check_views(self.input_size or DEFAULT_INPUT_SIZE, self.window,
-                    DEFAULT_OVERLAP if self.window_overlap is None else self.window_overlap, self.scales or (1.0,))
-        for name, kind in (("batch_size", COUNT), ("num_workers", NON_NEGATIVE), ("seed", SEED), ("niter", COUNT),
-                           ("nredo", COUNT), ("device", DEVICE)):
+            raise SettingError(
+                "crf, clustering, save_clustering and checkpoint apply to the kmeans, cd and stego "
+                "methods, not to spectral (give --method)"
+            )
+        check_views(
+            self.input_size or DEFAULT_INPUT_SIZE,
+            self.window,
+            DEFAULT_OVERLAP if self.window_overlap is None else self.window_overlap,
+            self.scales or (1.0,),
+        )
+        for name, kind in (
+            ("batch_size", COUNT),
+            ("num_workers", NON_NEGATIVE),
+            ("seed", SEED),
+            ("niter", COUNT),
+            ("nredo", COUNT),
+            ("device", DEVICE),
+        ):
             kind.check(getattr(self, name), name)
         if self.threads is not None:
             COUNT.check(self.threads, "threads")
@@ -205,13 +224,17 @@ class Segmentation:
         view = f", backbone view {self.views[1:]}" if self.views else ""
         if self.method == "spectral":
             per = s["segments_per_image"]
-            found = (f"segments per image {per['min']}-{per['max']} (median {per['median']:g}; "
-                     + (f"{s['segments']} asked" if s["segments"] else f"merged at cosine {s['merge_threshold']}")
-                     + f"), {self.num_groups} groups ({'given' if s['groups_given'] else 'the most segments of an image'})")
+            found = (
+                f"segments per image {per['min']}-{per['max']} (median {per['median']:g}; "
+                + (f"{s['segments']} asked" if s["segments"] else f"merged at cosine {s['merge_threshold']}")
+                + f"), {self.num_groups} groups ({'given' if s['groups_given'] else 'the most segments of an image'})"
+            )
         else:
             up = s["upsample"]["upsample"]
-            found = (f"{self.num_groups} clusters, {'token labels' if up == 'none' else up + ' upsampling'} "
-                     f"to the input size{', dense CRF' if s['crf'] else ''}")
+            found = (
+                f"{self.num_groups} clusters, {'token labels' if up == 'none' else up + ' upsampling'} "
+                f"to the input size{', dense CRF' if s['crf'] else ''}"
+            )
         return f"{len(self.images)} images, {self.method} on {self.backbone}{view}: {found}"
 
 
@@ -230,27 +253,33 @@ def _check_views(fitted: FittedSegmenter, views: dict[str, Any], path: str | Pat
     theirs = views_name(**fitted.settings.get("views", {})) or "none"
     ours = views_name(**views) or "none"
     if theirs != ours:
-        raise WeightsError(f"clustering {path} was fitted on backbone views {theirs.lstrip('-')}; this run uses "
-                           f"{ours.lstrip('-')} (--window, --window-overlap, --scales). Fit a new one, or run with "
-                           "the views it was fitted with")
+        raise WeightsError(
+            f"clustering {path} was fitted on backbone views {theirs.lstrip('-')}; this run uses "
+            f"{ours.lstrip('-')} (--window, --window-overlap, --scales). Fit a new one, or run with "
+            "the views it was fitted with"
+        )
 
 
-def _stego(o: SegmentOptions) -> tuple[Segmenter, SegmentOptions]:
+def _stego(o: SegmentOptions) -> tuple[StegoSegmenter, SegmentOptions]:
     """The STEGO checkpoint's segmenter, with the backbone (and its weights, when the checkpoint holds
     them) it was trained on filled in where not given."""
     if o.checkpoint is None:
         raise SettingError("method 'stego' needs checkpoint=<a STEGO .ckpt> (its head and cluster probe)")
     if o.clustering is not None or o.save_clustering is not None:
-        raise SettingError("method 'stego' is fitted already: its checkpoint is the model; "
-                           "clustering / save_clustering are for kmeans and cd")
+        raise SettingError(
+            "method 'stego' is fitted already: its checkpoint is the model; "
+            "clustering / save_clustering are for kmeans and cd"
+        )
     from .methods.stego import StegoSegmenter, load_stego
 
     head, probe, _, meta = load_stego(o.checkpoint, trust_checkpoint=o.trust_checkpoint)
     if o.k is not None and o.k != probe.n_clusters:
         raise SettingError(f"STEGO checkpoint {o.checkpoint} has {probe.n_clusters} clusters, not k={o.k}")
     return StegoSegmenter(head, probe, resolve_device(o.device)), replace(
-        o, backbone=o.backbone or meta["config"].get("backbone"),
-        weights=o.weights or (o.checkpoint if meta["has_backbone"] else None))
+        o,
+        backbone=o.backbone or meta["config"].get("backbone"),
+        weights=o.weights or (o.checkpoint if meta["has_backbone"] else None),
+    )
 
 
 def _clear_outputs(out: Path, images: Sequence[InputImage]) -> None:
@@ -263,8 +292,9 @@ def _clear_outputs(out: Path, images: Sequence[InputImage]) -> None:
                 stale.unlink()
 
 
-def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | None = None,
-            **changes: Any) -> Segmentation:
+def segment(
+    paths: str | Path | Sequence[str | Path], options: SegmentOptions | None = None, **changes: Any
+) -> Segmentation:
     """Segment images (files or folders) without labels, each at its own size.
 
     ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields, e.g.
@@ -277,39 +307,51 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
         require_writable(o.out_dir, "output folder")
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    fitted: Segmenter | None = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
-    o = replace(o, method=o.method or ("stego" if o.checkpoint else fitted.method if fitted else DEFAULT_SEGMENTER))
-    if o.method == "stego":
-        fitted, o = _stego(o)
-    elif isinstance(fitted, FittedSegmenter):
-        if fitted.method != o.method:
-            raise SettingError(f"clustering {o.clustering} was fitted by method {fitted.method!r}, not {o.method!r}")
-        fitted_k = fitted.settings.get("k" if o.method == "kmeans" else "num_segments")
+    saved = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
+    method = o.method or ("stego" if o.checkpoint else saved.method if saved else DEFAULT_SEGMENTER)
+    o = replace(o, method=method)
+    stego = None
+    if method == "stego":
+        stego, o = _stego(o)  # it refuses a clustering: saved is None
+    elif saved is not None:
+        if saved.method != method:
+            raise SettingError(f"clustering {o.clustering} was fitted by method {saved.method!r}, not {method!r}")
+        fitted_k = saved.settings.get("k" if method == "kmeans" else "num_segments")
         if o.k is not None and o.k != fitted_k:
             raise SettingError(f"clustering {o.clustering} was fitted with k={fitted_k}, not k={o.k}")
-        o = replace(o, backbone=o.backbone or fitted.backbone, input_size=o.input_size or fitted.input_size)
+        o = replace(o, backbone=o.backbone or saved.backbone, input_size=o.input_size or saved.input_size)
+    fitted: Segmenter | None = stego if stego is not None else saved
     name = o.backbone or DEFAULT_BACKBONE
     size = as_size(o.input_size or DEFAULT_INPUT_SIZE)
     images = collect_images(paths, o.skip_invalid)
-    saved_views = fitted.settings.get("views", {}) if isinstance(fitted, FittedSegmenter) else {}
+    saved_views = saved.settings.get("views", {}) if saved is not None else {}
     views = _views(o, saved_views)
-    if isinstance(fitted, FittedSegmenter):
-        _check_views(fitted, views, o.clustering)
+    if saved is not None:
+        assert o.clustering is not None  # saved was read from it
+        _check_views(saved, views, o.clustering)
     check_views(size, **views)
-    model = with_views(create_backbone(name, o.weights, download=o.download, role=o.role,
-                                       trust_checkpoint=o.trust_checkpoint), **views, window_batch=o.batch_size,
-                       input_size=size)
+    model = with_views(
+        create_backbone(name, o.weights, download=o.download, role=o.role, trust_checkpoint=o.trust_checkpoint),
+        **views,
+        window_batch=o.batch_size,
+        input_size=size,
+    )
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
-    if o.method == "kmeans" and fitted is None and (o.k or DEFAULT_K) > tokens:
-        raise SettingError(f"k = {o.k or DEFAULT_K} segments is more than the {tokens} feature tokens of "
-                           f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
-                           f"use k <= {tokens}")
-    if o.method == "stego" and fitted.head.dim_in != model.embed_dim:
-        raise WeightsError(f"STEGO checkpoint {o.checkpoint} was trained on {fitted.head.dim_in}-d features, but "
-                           f"backbone {name} gives {model.embed_dim}-d ones: use the backbone it was trained on")
+    if method == "kmeans" and fitted is None and (o.k or DEFAULT_K) > tokens:
+        raise SettingError(
+            f"k = {o.k or DEFAULT_K} segments is more than the {tokens} feature tokens of "
+            f"{len(images)} image(s) at input size {size[0]}x{size[1]} (stride {model.stride}); "
+            f"use k <= {tokens}"
+        )
+    if stego is not None and stego.head.dim_in != model.embed_dim:
+        raise WeightsError(
+            f"STEGO checkpoint {o.checkpoint} was trained on {stego.head.dim_in}-d features, but "
+            f"backbone {name} gives {model.embed_dim}-d ones: use the backbone it was trained on"
+        )
     fingerprint = weights_fingerprint(model)
-    if isinstance(fitted, FittedSegmenter):
-        fitted.check(name, fingerprint, size, o.clustering)
+    if saved is not None:
+        assert o.clustering is not None  # saved was read from it
+        saved.check(name, fingerprint, size, o.clustering)
     identity = {"backbone": name, "weights": fingerprint, "input_size": size}
 
     seconds = dict.fromkeys(("features", "fit", "render", "gallery"), 0.0)
@@ -324,15 +366,25 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
     with tempfile.TemporaryDirectory(prefix="unseg-segment-") as tmp:
         dataset = SegmentationDataset(tmp, "", [Sample(i.id, i.path) for i in images])
         # a private cache of this one process, even under torchrun (RANK / WORLD_SIZE set)
-        cache = load_split(model, dataset, size, cache_root=tmp, batch_size=o.batch_size, device=o.device,
-                           num_workers=o.num_workers, rank=0, world_size=1, progress=False).cache
+        cache = load_split(
+            model,
+            dataset,
+            size,
+            cache_root=tmp,
+            batch_size=o.batch_size,
+            device=o.device,
+            num_workers=o.num_workers,
+            rank=0,
+            world_size=1,
+            progress=False,
+        ).cache
         lap("features")
-        folder: FolderSegmenter = segmenter(o.method)(
-            FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
+        folder: FolderSegmenter = segmenter(method)(FitContext(cache, identity, size, o.seed, o.threads, fitted), o)
         lap("fit")
-        if isinstance(getattr(folder, "segmenter", None), FittedSegmenter) and o.clustering is None:
+        clusters = getattr(folder, "segmenter", None)  # what a folder-level method (kmeans, cd, stego) applies
+        if isinstance(clusters, FittedSegmenter) and o.clustering is None:
             window = None if views["window"] is None else list(views["window"])  # a new fit: how its tokens were seen
-            folder.segmenter.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
+            clusters.settings["views"] = {**views, "window": window, "scales": list(views["scales"])}
         colours = palette(folder.num_groups)
 
         def use(i: int, image: Image.Image, result: ImageSegmentation) -> tuple[Any, WrittenImage | None]:
@@ -343,13 +395,16 @@ def segment(paths: str | Path | Sequence[str | Path], options: SegmentOptions | 
         lap("render")
     results = [r for r, _ in done if r is not None]
     written = [w for _, w in done if w is not None]
-    if o.save_clustering is not None:  # kmeans or cd: the other methods refuse it before any work
-        folder.segmenter.save(o.save_clustering)
-    run = Segmentation(images, o.method, name, views_name(**views), folder.num_groups, folder.describe(), results,
-                       seconds=seconds)
+    if o.save_clustering is not None:
+        assert isinstance(clusters, FittedSegmenter)  # kmeans or cd: the other methods refuse it before any work
+        clusters.save(o.save_clustering)
+    run = Segmentation(
+        images, method, name, views_name(**views), folder.num_groups, folder.describe(), results, seconds=seconds
+    )
     if o.out_dir is not None:
         _clear_outputs(Path(o.out_dir), images)
-        run.gallery = write_photo_gallery(o.out_dir, written, folder.num_groups,
-                                          f"unseg segment: {o.method}, {name}", run.describe() + ".")
+        run.gallery = write_photo_gallery(
+            o.out_dir, written, folder.num_groups, f"unseg segment: {method}, {name}", run.describe() + "."
+        )
         lap("gallery")
     return run

@@ -16,6 +16,7 @@ from independent blocks run side by side (``serial_blas`` and ``per_job=1``).
 Data-loader workers need nothing here: torch's worker loop already sets one torch
 thread per worker process (``torch.utils.data._utils.worker``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,15 @@ from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
 
-__all__ = ["available_cores", "resolve_threads", "set_threads", "get_threads", "parallel_map", "serial_blas",
-           "one_torch_thread"]
+__all__ = [
+    "available_cores",
+    "resolve_threads",
+    "set_threads",
+    "get_threads",
+    "parallel_map",
+    "serial_blas",
+    "one_torch_thread",
+]
 
 ENV = "UNSEG_THREADS"
 T = TypeVar("T")
@@ -123,8 +131,9 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = None,
-                 per_job: int | None = None) -> list[R]:
+def parallel_map(
+    fn: Callable[[T], R], items: Iterable[T], threads: int | None = None, per_job: int | None = None
+) -> list[R]:
     """``[fn(i) for i in items]`` with up to ``threads`` (default :func:`get_threads`) jobs at once.
 
     For work that releases the GIL (faiss, numpy products). The busy threads never exceed

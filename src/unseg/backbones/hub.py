@@ -13,6 +13,7 @@ download can hang are bounded there:
   client may not retry a request that got no answer (its retries wait a minute each): the
   block ends in a :class:`DownloadStalled` naming the URL.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,8 +66,11 @@ def _timed_out(exc: BaseException | None) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if (isinstance(exc, TimeoutError) or (isinstance(exc, URLError) and isinstance(exc.reason, TimeoutError))
-                or any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)):
+        if (
+            isinstance(exc, TimeoutError)
+            or (isinstance(exc, URLError) and isinstance(exc.reason, TimeoutError))
+            or any(cls.__name__ == "TimeoutException" for cls in type(exc).__mro__)
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -86,15 +90,19 @@ class _HubRequests:
             raise _stalled(url, self.timeout)  # it waited out the timeout unanswered: the client is retrying it
         self.waiting = url, now
         given = request.extensions.get("timeout", {})
-        request.extensions["timeout"] = {key: min(given.get(key) or self.timeout, self.timeout) for key in _TIMEOUT_KEYS}
+        request.extensions["timeout"] = {
+            key: min(given.get(key) or self.timeout, self.timeout) for key in _TIMEOUT_KEYS
+        }
 
     def on_response(self, response: Any) -> None:
         self.waiting = None
 
 
 def _stalled(url: str, timeout: float) -> DownloadStalled:
-    return DownloadStalled(f"{url} sent no answer within {timeout:g} s: the network (or a proxy) accepted the "
-                           "connection, then sent nothing")
+    return DownloadStalled(
+        f"{url} sent no answer within {timeout:g} s: the network (or a proxy) accepted the "
+        "connection, then sent nothing"
+    )
 
 
 @contextmanager
@@ -113,8 +121,10 @@ def hub_access(host: str = HUB_HOST, connect_timeout: float = 3.0, timeout: floa
     requests = _HubRequests(timeout)
     session = huggingface_hub.get_session()
     hooks = session.event_hooks
-    session.event_hooks = {"request": [*hooks["request"], requests.on_request],
-                           "response": [*hooks["response"], requests.on_response]}
+    session.event_hooks = {
+        "request": [*hooks["request"], requests.on_request],
+        "response": [*hooks["response"], requests.on_response],
+    }
     was_offline, default_timeout = hub.HF_HUB_OFFLINE, socket.getdefaulttimeout()
     hub.HF_HUB_OFFLINE = was_offline or offline
     socket.setdefaulttimeout(connect_timeout if offline else timeout)

@@ -7,6 +7,7 @@ without importing their modules, and refuses any other function a pickle asks to
 ``.safetensors`` files are read as such; a TorchScript archive is refused (torch.load would
 run it). Only ``trust_checkpoint=True`` unpickles fully.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -40,6 +41,11 @@ class PickledObject:
     """
 
     pickled_class = "?"
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    state: Any
+    dict_items: dict[Any, Any]
+    list_items: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PickledObject:
         obj = object.__new__(cls)
@@ -119,11 +125,11 @@ class SafeUnpickler(pickle.Unpickler):
                 break
             obj = inspect.getattr_static(obj, part, _MISSING)  # static: no module __getattr__, no import
         if obj is not _MISSING and not isinstance(obj, type):
-            raise UnsafeGlobalError(f"the pickle asks for {full}, which is not a class and not allowed "
-                                    "in a checkpoint")
+            raise UnsafeGlobalError(f"the pickle asks for {full}, which is not a class and not allowed in a checkpoint")
         if full not in self._stand_ins:
-            self._stand_ins[full] = type(name.rsplit(".", 1)[-1], (PickledObject,),
-                                         {"pickled_class": full, "__module__": __name__})
+            self._stand_ins[full] = type(
+                name.rsplit(".", 1)[-1], (PickledObject,), {"pickled_class": full, "__module__": __name__}
+            )
         return self._stand_ins[full]
 
 
@@ -133,8 +139,7 @@ def _safe_pickle_load(file: Any, **kwargs: Any) -> Any:
 
 # what ``torch.load(pickle_module=...)`` needs: ``Unpickler``, ``load`` and a ``__name__``
 _SAFE_PICKLE = types.ModuleType("unseg_safe_pickle")
-_SAFE_PICKLE.Unpickler = SafeUnpickler
-_SAFE_PICKLE.load = _safe_pickle_load
+vars(_SAFE_PICKLE).update(Unpickler=SafeUnpickler, load=_safe_pickle_load)
 
 
 def to_plain(obj: Any, _open: frozenset[int] = frozenset()) -> Any:
@@ -194,8 +199,9 @@ def _safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SAFE_PICKLE)
     except UnsafeGlobalError as exc:
-        raise WeightsError(f"weights file {path} was not loaded: {exc}, so unpickling it could run code "
-                           f"({_TRUST_HINT})") from None
+        raise WeightsError(
+            f"weights file {path} was not loaded: {exc}, so unpickling it could run code ({_TRUST_HINT})"
+        ) from None
     except Exception as exc:  # any unpickling failure means: not a readable checkpoint
         raise WeightsError(f"weights file {path} is not a readable PyTorch checkpoint ({exc})") from None
 

@@ -14,11 +14,11 @@ so every forward pass is at the window size. A wrapper's weights are the wrapped
 (the same fingerprint); its ``cache_name`` adds the settings, so a cache made with other
 settings never answers.
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +26,17 @@ import torch.nn.functional as F
 from ..errors import SettingError
 from .base import Backbone, as_size, normalise_saliency
 
-__all__ = ["BackboneView", "SlidingWindow", "MultiScale", "with_views", "views_name", "window_positions",
-           "scaled_size", "DEFAULT_OVERLAP", "DEFAULT_WINDOW_BATCH"]
+__all__ = [
+    "BackboneView",
+    "SlidingWindow",
+    "MultiScale",
+    "with_views",
+    "views_name",
+    "window_positions",
+    "scaled_size",
+    "DEFAULT_OVERLAP",
+    "DEFAULT_WINDOW_BATCH",
+]
 
 DEFAULT_OVERLAP = 0.25
 DEFAULT_WINDOW_BATCH = 16  # windows per forward pass: the extraction's default images per batch
@@ -37,8 +46,9 @@ def _shown(size: tuple[int, int]) -> str:
     return str(size[0]) if size[0] == size[1] else f"{size[0]}x{size[1]}"
 
 
-def views_name(window: int | Sequence[int] | None = None, window_overlap: float = DEFAULT_OVERLAP,
-               scales: Sequence[float] = (1.0,)) -> str:
+def views_name(
+    window: int | Sequence[int] | None = None, window_overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,)
+) -> str:
     """The settings as a backbone-name suffix (``-win448o0.25``, ``-ms1+1.5``); empty for the plain backbone."""
     name = "" if window is None else f"-win{_shown(as_size(window))}o{window_overlap:g}"
     if tuple(scales) != (1.0,):
@@ -55,8 +65,10 @@ def window_positions(length: int, window: int, step: int) -> list[int]:
 
 def _check_overlap(overlap: float) -> None:
     if not 0 <= overlap < 1:
-        raise SettingError(f"window overlap {overlap} is outside [0, 1): it is the fraction of a window shared "
-                           f"with the next (default {DEFAULT_OVERLAP})")
+        raise SettingError(
+            f"window overlap {overlap} is outside [0, 1): it is the fraction of a window shared "
+            f"with the next (default {DEFAULT_OVERLAP})"
+        )
 
 
 def _tent(tokens: int, device: torch.device) -> torch.Tensor:
@@ -67,7 +79,8 @@ def _tent(tokens: int, device: torch.device) -> torch.Tensor:
 
 def scaled_size(size: tuple[int, int], scale: float, stride: int) -> tuple[int, int]:
     """(H, W) times ``scale``, rounded to the nearest multiple of ``stride`` (at least one token)."""
-    return tuple(max(1, round(v * scale / stride)) * stride for v in size)  # type: ignore[return-value]
+    height, width = size
+    return max(1, round(height * scale / stride)) * stride, max(1, round(width * scale / stride)) * stride
 
 
 class BackboneView(Backbone):
@@ -78,23 +91,23 @@ class BackboneView(Backbone):
         self.inner = backbone
 
     @property
-    def model(self) -> torch.nn.Module:  # type: ignore[override]
+    def model(self) -> torch.nn.Module:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.model
 
     @property
-    def stride(self) -> int:  # type: ignore[override]
+    def stride(self) -> int:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.stride
 
     @property
-    def embed_dim(self) -> int:  # type: ignore[override]
+    def embed_dim(self) -> int:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.embed_dim
 
     @property
-    def mean(self) -> tuple[float, float, float]:  # type: ignore[override]
+    def mean(self) -> tuple[float, ...]:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.mean
 
     @property
-    def std(self) -> tuple[float, float, float]:  # type: ignore[override]
+    def std(self) -> tuple[float, ...]:  # type: ignore[override]  # read-only: the wrapped backbone's attribute
         return self.inner.std
 
     @property
@@ -134,21 +147,29 @@ class SlidingWindow(BackboneView):
     An input the size of the window is the wrapped backbone's output, unchanged.
     """
 
-    def __init__(self, backbone: Backbone, window: int | Sequence[int], window_overlap: float = DEFAULT_OVERLAP,
-                 window_batch: int = DEFAULT_WINDOW_BATCH) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        window: int | Sequence[int],
+        window_overlap: float = DEFAULT_OVERLAP,
+        window_batch: int = DEFAULT_WINDOW_BATCH,
+    ) -> None:
         super().__init__(backbone)
         self.window = as_size(window, "window")
         stride = backbone.stride
         if min(self.window) <= 0 or self.window[0] % stride or self.window[1] % stride:
-            raise SettingError(f"window {_shown(self.window)} px is not a positive multiple of the backbone "
-                               f"stride {stride} (e.g. {max(1, round(max(self.window) / stride)) * stride})")
+            raise SettingError(
+                f"window {_shown(self.window)} px is not a positive multiple of the backbone "
+                f"stride {stride} (e.g. {max(1, round(max(self.window) / stride)) * stride})"
+            )
         _check_overlap(window_overlap)
         if window_batch < 1:
             raise SettingError(f"window batch {window_batch} is not allowed; it must be at least 1")
         self.window_overlap, self.window_batch = float(window_overlap), window_batch
         # the largest stride multiple within (1 - overlap) of the window (1e-9: 0.75 * 64 must stay 48, not 47.99...)
-        self.steps = tuple(max(stride, math.floor(w * (1 - window_overlap) + 1e-9) // stride * stride)
-                           for w in self.window)
+        self.steps = tuple(
+            max(stride, math.floor(w * (1 - window_overlap) + 1e-9) // stride * stride) for w in self.window
+        )
 
     @property
     def suffix(self) -> str:
@@ -156,11 +177,15 @@ class SlidingWindow(BackboneView):
 
     def check_input(self, size: tuple[int, int]) -> None:
         if size[0] % self.stride or size[1] % self.stride:
-            raise SettingError(f"input {_shown(size)} px is not a multiple of the backbone stride {self.stride}, "
-                               "so its windows' tokens would not line up")
+            raise SettingError(
+                f"input {_shown(size)} px is not a multiple of the backbone stride {self.stride}, "
+                "so its windows' tokens would not line up"
+            )
         if size[0] < self.window[0] or size[1] < self.window[1]:
-            raise SettingError(f"window {_shown(self.window)} px is larger than the input {_shown(size)} px: use a "
-                               "window of at most the input size (--window, --input-size)")
+            raise SettingError(
+                f"window {_shown(self.window)} px is larger than the input {_shown(size)} px: use a "
+                "window of at most the input size (--window, --input-size)"
+            )
         super().check_input(size)
 
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,21 +196,25 @@ class SlidingWindow(BackboneView):
         s, (wh, ww) = self.stride, self.window
         th, tw = wh // s, ww // s
         weight = _tent(th, x.device)[:, None] * _tent(tw, x.device)[None, :]
-        positions = [(top // s, left // s) for top in window_positions(height, wh, self.steps[0])
-                     for left in window_positions(width, ww, self.steps[1])]
+        positions = [
+            (top // s, left // s)
+            for top in window_positions(height, wh, self.steps[0])
+            for left in window_positions(width, ww, self.steps[1])
+        ]
         total = torch.zeros(height // s, width // s, device=x.device)  # the same windows in every image
         for top, left in positions:
-            total[top:top + th, left:left + tw] += weight
+            total[top : top + th, left : left + tw] += weight
         crops = [(b, top, left) for b in range(len(x)) for top, left in positions]
         feats = torch.zeros(len(x), self.embed_dim, height // s, width // s, device=x.device)
         sal = torch.zeros(len(x), height // s, width // s, device=x.device)
         for start in range(0, len(crops), self.window_batch):
-            chunk = crops[start:start + self.window_batch]
+            chunk = crops[start : start + self.window_batch]
             f, m = self.inner.forward_with_saliency(
-                torch.stack([x[b, :, top * s:(top + th) * s, left * s:(left + tw) * s] for b, top, left in chunk]))
-            for (b, top, left), fi, mi in zip(chunk, f.float() * weight, m.float() * weight):
-                feats[b, :, top:top + th, left:left + tw] += fi
-                sal[b, top:top + th, left:left + tw] += mi
+                torch.stack([x[b, :, top * s : (top + th) * s, left * s : (left + tw) * s] for b, top, left in chunk])
+            )
+            for (b, top, left), fi, mi in zip(chunk, f.float() * weight, m.float() * weight, strict=True):
+                feats[b, :, top : top + th, left : left + tw] += fi
+                sal[b, top : top + th, left : left + tw] += mi
         return (feats / total).to(f.dtype), normalise_saliency(sal / total)
 
 
@@ -222,25 +251,41 @@ class MultiScale(BackboneView):
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.scales == (1.0,):
             return self.inner.forward_with_saliency(x)
-        size = tuple(x.shape[-2:])
+        size = (x.shape[-2], x.shape[-1])
         grid = (size[0] // self.stride, size[1] // self.stride)
-        feats = sal = None
+        total: tuple[torch.Tensor, torch.Tensor] | None = None  # features and saliency summed over the scales
         for scale in self.scales:
             scaled = scaled_size(size, scale, self.stride)
-            xs = x if scaled == size else F.interpolate(x, size=scaled, mode="bilinear", align_corners=False,
-                                                        antialias=scaled[0] < size[0] or scaled[1] < size[1])
+            xs = (
+                x
+                if scaled == size
+                else F.interpolate(
+                    x,
+                    size=scaled,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=scaled[0] < size[0] or scaled[1] < size[1],
+                )
+            )
             f, m = self.inner.forward_with_saliency(xs)
             dtype, f, m = f.dtype, f.float(), m.float()[:, None]
             if f.shape[-2:] != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
                 m = F.interpolate(m, size=grid, mode="bilinear", align_corners=False)
-            feats, sal = (f, m) if feats is None else (feats + f, sal + m)
+            total = (f, m) if total is None else (total[0] + f, total[1] + m)
+        assert total is not None  # there is at least one scale
+        feats, sal = total
         return (feats / len(self.scales)).to(dtype), normalise_saliency(sal[:, 0] / len(self.scales))
 
 
-def with_views(backbone: Backbone, window: int | Sequence[int] | None = None,
-               window_overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,),
-               window_batch: int = DEFAULT_WINDOW_BATCH, input_size: tuple[int, int] | None = None) -> Backbone:
+def with_views(
+    backbone: Backbone,
+    window: int | Sequence[int] | None = None,
+    window_overlap: float = DEFAULT_OVERLAP,
+    scales: Sequence[float] = (1.0,),
+    window_batch: int = DEFAULT_WINDOW_BATCH,
+    input_size: tuple[int, int] | None = None,
+) -> Backbone:
     """``backbone`` seen through a sliding window and/or several scales; itself when neither is asked for.
 
     With both, every scaled input is tiled: ``MultiScale(SlidingWindow(backbone))``. With

@@ -14,6 +14,7 @@ keys of heads and prototypes under that prefix are dropped; anything else that d
 not fit raises a :class:`~unseg.errors.WeightsError` that names the file and the mismatch.
 Files are read by :func:`unseg.backbones.safe_load.read_checkpoint`, which runs no code from them.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,9 @@ def candidate_state_dicts(ckpt: dict[str, Any], role: str) -> list[tuple[str, st
     if isinstance(ckpt.get("teacher"), Mapping) or isinstance(ckpt.get("student"), Mapping):
         order = ["student", "teacher"] if role == "student" else ["teacher", "student"]  # auto: DINO's teacher
         if role != "auto" and not isinstance(ckpt.get(role), Mapping):
-            raise WeightsError(f"DINO checkpoint has no {role!r} network (it has {', '.join(r for r in order if r in ckpt)})")
+            raise WeightsError(
+                f"DINO checkpoint has no {role!r} network (it has {', '.join(r for r in order if r in ckpt)})"
+            )
         return [("DINO checkpoint", r, ckpt[r]) for r in order if isinstance(ckpt.get(r), Mapping)]
     for key in ("model", "module"):
         if isinstance(ckpt.get(key), Mapping):
@@ -82,23 +85,30 @@ def _pick_prefix(prefixes: list[str], role: str) -> tuple[str, str]:
         return prefixes[0], "teacher" if teachers else ""
     if role == "teacher":
         if len(teachers) != 1:
-            raise WeightsError(f"checkpoint holds backbones under {', '.join(map(repr, prefixes))}; none is the teacher"
-                               if not teachers else f"checkpoint holds several teacher backbones: {teachers}")
+            raise WeightsError(
+                f"checkpoint holds backbones under {', '.join(map(repr, prefixes))}; none is the teacher"
+                if not teachers
+                else f"checkpoint holds several teacher backbones: {teachers}"
+            )
         return teachers[0], "teacher"
     if len(others) == 1 or "model." in others:
         return (others[0] if len(others) == 1 else "model."), "student"
-    raise WeightsError(f"checkpoint holds backbones under {', '.join(map(repr, prefixes))}; "
-                       "it is not clear which is the student (pass --weights-role teacher for the teacher)")
+    raise WeightsError(
+        f"checkpoint holds backbones under {', '.join(map(repr, prefixes))}; "
+        "it is not clear which is the student (pass --weights-role teacher for the teacher)"
+    )
 
 
-def extract_backbone_state(ckpt: dict[str, Any], backbone: Backbone, role: str = "auto",
-                           source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], str]:
+def extract_backbone_state(
+    ckpt: dict[str, Any], backbone: Backbone, role: str = "auto", source: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], str]:
     """The backbone's own state dict out of any supported layout, and which network it is
     (e.g. "student network (prefix 'model.') of a Lightning checkpoint")."""
     target = backbone.weight_state_dict()
     first = next(iter(target))
     anchors = (first,) + _ANCHOR_ALIASES.get(first, ())
-    for layout, network, state in candidate_state_dicts(ckpt, role):
+    for candidate in candidate_state_dicts(ckpt, role):  # the one found is read after the loop
+        layout, network, state = candidate
         prefixes = _prefixes(state, anchors)
         if prefixes:
             break
@@ -110,7 +120,7 @@ def extract_backbone_state(ckpt: dict[str, Any], backbone: Backbone, role: str =
         )
     prefix, picked = _pick_prefix(prefixes, role)
     network = network or picked
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = {k: v for k, v in own.items() if k in target or not _HEAD_KEY.search(k)}
     description = f"{network + ' network' if network else 'backbone'} (prefix {prefix!r}) of a {layout}"
     if anchors[0] in own:  # native layout: check keys and shapes here, to name the mismatch
@@ -127,8 +137,11 @@ def _flat_keys(ckpt: dict[str, Any]) -> list[str]:
 def _check_fits(state: dict[str, Any], shapes: dict[str, torch.Size], source: str, arch: str) -> None:
     missing = [k for k in shapes if k not in state]
     unexpected = [k for k in state if k not in shapes]
-    wrong = [f"{k}: {tuple(getattr(state[k], 'shape', ()))} in file, {tuple(shapes[k])} expected"
-             for k in shapes if k in state and getattr(state[k], "shape", None) != shapes[k]]
+    wrong = [
+        f"{k}: {tuple(getattr(state[k], 'shape', ()))} in file, {tuple(shapes[k])} expected"
+        for k in shapes
+        if k in state and getattr(state[k], "shape", None) != shapes[k]
+    ]
     if missing or unexpected or wrong:
         parts = []
         if wrong:
@@ -137,12 +150,16 @@ def _check_fits(state: dict[str, Any], shapes: dict[str, torch.Size], source: st
             parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        raise WeightsError(f"{source} does not fit backbone {arch}: " + "; ".join(parts)
-                           + ". Is it a checkpoint of another architecture?")
+        raise WeightsError(
+            f"{source} does not fit backbone {arch}: "
+            + "; ".join(parts)
+            + ". Is it a checkpoint of another architecture?"
+        )
 
 
-def load_backbone_weights(backbone: Backbone, path: str | Path, role: str = "auto",
-                          trust_checkpoint: bool = False) -> str:
+def load_backbone_weights(
+    backbone: Backbone, path: str | Path, role: str = "auto", trust_checkpoint: bool = False
+) -> str:
     """Read ``path`` (any supported layout) into ``backbone``, or raise a WeightsError naming it.
 
     Returns one line saying which network was loaded, e.g. ``loaded student network

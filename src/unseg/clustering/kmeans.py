@@ -7,11 +7,13 @@ every restart of every (K, seed) as its own job, spread over the cores by the th
 policy (:mod:`unseg.threads`), and gives the centroids faiss's own ``nredo`` loop gives;
 :func:`assign` labels points block by block, so memory does not grow with the points.
 """
+
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import faiss
 import numpy as np
@@ -76,7 +78,7 @@ class StandardPCA:
             dim = x.shape[1]
             step = max(len(x), 1) if self.dtype == np.float64 else TRANSFORM_ROWS
             with serial_blas():  # each block's products on one thread, the blocks side by side
-                blocks = parallel_map(self._moments, [x[s:s + step] for s in range(0, len(x), step)])
+                blocks = parallel_map(self._moments, [x[s : s + step] for s in range(0, len(x), step)])
             for block in blocks:  # merged in order: the same sums whatever the thread count
                 moments = block if moments is None else _merge(moments, block)
         if moments is None:
@@ -107,11 +109,12 @@ class StandardPCA:
         step = max(len(rows), 1) if self.dtype == np.float64 else GRAM_ROWS
         moments = None
         for start in range(0, len(rows), step):
-            part = np.asarray(rows[start:start + step], dtype=self.dtype)
+            part = np.asarray(rows[start : start + step], dtype=self.dtype)
             m = part.mean(axis=0, dtype=np.float64)
             xc = part - m.astype(self.dtype)
             block = (len(part), m, np.asarray(xc.T @ xc, dtype=np.float64))
             moments = block if moments is None else _merge(moments, block)
+        assert moments is not None  # fit passes blocks of at least one row
         return moments
 
     @property
@@ -128,13 +131,14 @@ class StandardPCA:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != len(self.mean_):
             raise ValueError(f"input of shape {x.shape} is not (n, {len(self.mean_)})")
+        assert self.scale_ is not None  # fitted with mean_
         mean, scale = self.mean_.astype(np.float32), self.scale_.astype(np.float32)
         comps = None if self.components_ is None else self.components_.T.astype(np.float32)
         out = np.empty((len(x), self.out_dim), np.float32)
 
         def project(start: int) -> None:
-            z = (x[start:start + TRANSFORM_ROWS].astype(np.float32) - mean) / scale
-            out[start:start + len(z)] = z if comps is None else z @ comps
+            z = (x[start : start + TRANSFORM_ROWS].astype(np.float32) - mean) / scale
+            out[start : start + len(z)] = z if comps is None else z @ comps
 
         with serial_blas():  # fixed blocks, one BLAS thread each: rounding independent of the thread count
             parallel_map(project, range(0, len(x), TRANSFORM_ROWS))
@@ -157,16 +161,19 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _blocks(n: int, size: int) -> list[tuple[int, int]]:
-    """[start, stop) blocks of ``size`` rows; none too short for faiss's BLAS path (a short last one joins the one before)."""
+    """[start, stop) blocks of ``size`` rows; none too short for faiss's BLAS path (a short last one
+    joins the one before)."""
     bounds = list(range(0, n, max(size, FAISS_BLAS_MIN_ROWS))) + [n]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < FAISS_BLAS_MIN_ROWS:
         del bounds[-2]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(pairwise(bounds))
 
 
-def _search(x: np.ndarray, centroids: np.ndarray, spherical: bool,
-            block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, score) of (n, D) rows, ``block`` rows at a time: squared L2 distance, or inner product when spherical."""
+def _search(
+    x: np.ndarray, centroids: np.ndarray, spherical: bool, block: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, score) of (n, D) rows, ``block`` rows at a time: squared L2 distance, or inner product
+    when spherical."""
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
     if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
         raise ValueError(f"points of shape {x.shape} and centroids of shape {centroids.shape} do not fit")
@@ -193,7 +200,7 @@ def assign(x: np.ndarray, centroids: np.ndarray, spherical: bool = False, block:
 def _rand_perm(n: int, seed: int) -> np.ndarray:
     """faiss's own permutation of range(n) for ``seed`` (what its sampling and initialisation use)."""
     perm = np.empty(n, dtype=np.int32)
-    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)
+    faiss.rand_perm(faiss.swig_ptr(perm), n, seed)  # type: ignore[attr-defined]  # missing from faiss's stubs
     return perm
 
 
@@ -216,11 +223,12 @@ def _run_restart(job: _Restart) -> tuple[float, np.ndarray]:
     cp.max_points_per_centroid = len(job.x)  # already sampled
     cp.min_points_per_centroid = 0  # warned once by fit_centroids
     clus = faiss.Clustering(d, job.k, cp)
-    start = job.x[_rand_perm(len(job.x), job.init_seed)[:job.k]]
+    start = job.x[_rand_perm(len(job.x), job.init_seed)[: job.k]]
     faiss.copy_array_to_vector(np.ascontiguousarray(start).ravel(), clus.centroids)
     index = faiss.IndexFlatIP(d) if job.spherical else faiss.IndexFlatL2(d)
     clus.train(job.x, index)
-    obj = clus.iteration_stats.at(clus.iteration_stats.size() - 1).obj
+    stats = clus.iteration_stats  # a SWIG vector (at, size), where faiss's stubs say a list
+    obj = stats.at(stats.size() - 1).obj  # type: ignore[attr-defined]
     return obj, faiss.vector_float_to_array(clus.centroids).reshape(job.k, d)
 
 
@@ -228,13 +236,20 @@ def _training_set(x: np.ndarray, k: int, seed: int, max_points_per_centroid: int
     """faiss's training sample: the first k * max_points_per_centroid of its seeded permutation, when more."""
     if len(x) <= k * max_points_per_centroid:
         return x
-    keep = _rand_perm(len(x), seed)[:k * max_points_per_centroid]
+    keep = _rand_perm(len(x), seed)[: k * max_points_per_centroid]
     return np.ascontiguousarray(x[keep], dtype=np.float32)
 
 
-def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = NITER, nredo: int = NREDO,
-                  spherical: bool = False, max_points_per_centroid: int | None = None,
-                  threads: int | None = None, warn_few_points: bool = True) -> list[np.ndarray]:
+def fit_centroids(
+    x: np.ndarray,
+    runs: Sequence[tuple[int, int]],
+    niter: int = NITER,
+    nredo: int = NREDO,
+    spherical: bool = False,
+    max_points_per_centroid: int | None = None,
+    threads: int | None = None,
+    warn_few_points: bool = True,
+) -> list[np.ndarray]:
     """float32 (k, D) centroids of faiss k-means for each (k, seed) in ``runs``, restarts run in parallel.
 
     Each centroid set equals ``faiss.Kmeans(D, k, niter=niter, nredo=nredo, seed=seed, ...)``
@@ -248,8 +263,11 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = N
     if niter < 1 or nredo < 1:
         raise ValueError(f"k-means needs niter >= 1 and nredo >= 1, got niter={niter}, nredo={nredo}")
     x = np.ascontiguousarray(x, dtype=np.float32)
-    mppc = faiss.ClusteringParameters().max_points_per_centroid if max_points_per_centroid is None \
+    mppc = (
+        faiss.ClusteringParameters().max_points_per_centroid
+        if max_points_per_centroid is None
         else max_points_per_centroid
+    )
     min_points = faiss.ClusteringParameters().min_points_per_centroid
     jobs, samples = [], {}
     for k, seed in runs:
@@ -258,12 +276,16 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = N
         if (k, seed) not in samples:
             samples[k, seed] = _training_set(x, k, seed, mppc)
         if warn_few_points and len(samples[k, seed]) < k * min_points:
-            log.warning("clustering %d points into %d centroids: faiss advises at least %d points",
-                        len(samples[k, seed]), k, k * min_points)
+            log.warning(
+                "clustering %d points into %d centroids: faiss advises at least %d points",
+                len(samples[k, seed]),
+                k,
+                k * min_points,
+            )
         jobs += [_Restart(samples[k, seed], k, seed + 1 + r * REDO_SEED_STRIDE, niter, spherical) for r in range(nredo)]
     order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j].x) * jobs[j].k)  # longest first: even finish
     # one faiss thread per restart: a restart's centroids do not depend on the thread count
-    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads, per_job=1)))
+    done = dict(zip(order, parallel_map(_run_restart, [jobs[j] for j in order], threads, per_job=1), strict=True))
     better = (lambda a, b: a > b) if spherical else (lambda a, b: a < b)
     out = []
     for i in range(len(runs)):
@@ -271,13 +293,22 @@ def fit_centroids(x: np.ndarray, runs: Sequence[tuple[int, int]], niter: int = N
         for obj, centroids in (done[i * nredo + r] for r in range(nredo)):
             if best is None or better(obj, best_obj):
                 best_obj, best = obj, centroids
+        assert best is not None  # nredo >= 1
         out.append(best)
     return out
 
 
-def kmeans(x: np.ndarray, k: int, seed: int, niter: int = NITER, nredo: int = NREDO, spherical: bool = False,
-           max_points_per_centroid: int | None = None, threads: int | None = None,
-           warn_few_points: bool = True) -> KMeansResult:
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    seed: int,
+    niter: int = NITER,
+    nredo: int = NREDO,
+    spherical: bool = False,
+    max_points_per_centroid: int | None = None,
+    threads: int | None = None,
+    warn_few_points: bool = True,
+) -> KMeansResult:
     """faiss k-means (CPU), deterministic given ``seed``; the best of ``nredo`` runs is kept.
 
     ``spherical``: cosine k-means — rows are L2-normalised, centroids kept on the unit sphere
@@ -290,12 +321,16 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = NITER, nredo: int = NR
     if x.ndim != 2:
         raise ValueError(f"k-means input must be (n, D), got shape {x.shape}")
     x = unit_rows(x) if spherical else np.ascontiguousarray(x, dtype=np.float32)
-    centroids = fit_centroids(x, [(k, seed)], niter, nredo, spherical, max_points_per_centroid, threads,
-                              warn_few_points)[0]
+    centroids = fit_centroids(
+        x, [(k, seed)], niter, nredo, spherical, max_points_per_centroid, threads, warn_few_points
+    )[0]
     labels, score = _search(x, centroids, spherical)
     if spherical:  # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c
-        inertia = float((x.astype(np.float64) ** 2).sum() + (centroids.astype(np.float64) ** 2).sum(1)[labels].sum()
-                        - 2 * score.astype(np.float64).sum())
+        inertia = float(
+            (x.astype(np.float64) ** 2).sum()
+            + (centroids.astype(np.float64) ** 2).sum(1)[labels].sum()
+            - 2 * score.astype(np.float64).sum()
+        )
     else:
         inertia = float(score.astype(np.float64).sum())
     return KMeansResult(centroids=centroids, labels=labels, inertia=inertia)

@@ -11,6 +11,7 @@ that holds no pixel (greedy). Unmatched clusters' pixels are not dropped: the ma
 confusion keeps them in an extra last column, so they count as errors of their
 ground-truth class (in its IoU denominator) and of pixel accuracy.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,21 @@ from scipy.optimize import linear_sum_assignment
 
 from ..errors import UnsegError
 
-__all__ = ["UNMATCHED", "METHODS", "class_predictions", "CLUSTERING_MATCHING", "STEGO_MATCHING", "MatchingError", "iou_matrix",
-           "hungarian_match", "pixel_match", "greedy_match", "apply_matching", "resolve_method", "match"]
+__all__ = [
+    "UNMATCHED",
+    "METHODS",
+    "class_predictions",
+    "CLUSTERING_MATCHING",
+    "STEGO_MATCHING",
+    "MatchingError",
+    "iou_matrix",
+    "hungarian_match",
+    "pixel_match",
+    "greedy_match",
+    "apply_matching",
+    "resolve_method",
+    "match",
+]
 
 UNMATCHED = -1
 """The class of a cluster that no class took, in a mapping."""

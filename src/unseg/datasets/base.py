@@ -4,11 +4,13 @@ Every dataset is a list of :class:`Sample` file records built from its folder la
 plus a ``decode_mask`` that turns the stored label map into class ids. Decoding,
 validation and error messages live here, once, so every layout behaves the same.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -183,13 +185,14 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-DATASETS: Registry[Callable[..., SegmentationDataset]] = Registry("dataset")
+DATASETS: Registry[type[SegmentationDataset]] = Registry("dataset")
+D = TypeVar("D", bound=SegmentationDataset)
 
 
-def register_dataset(name: str) -> Callable[[type], type]:
+def register_dataset(name: str) -> Callable[[type[D]], type[D]]:
     """Class decorator: make a dataset reachable as ``create_dataset(name, root, split)``."""
 
-    def add(cls: type) -> type:
+    def add(cls: type[D]) -> type[D]:
         cls.name = name
         DATASETS.add(name, cls)
         return cls
@@ -208,8 +211,9 @@ def create_dataset(name: str, root: str | Path, split: str, **kwargs: Any) -> Se
     try:
         return cls(root, split, **kwargs)
     except PermissionError as exc:  # a folder or split file of the layout this user may not read
-        raise LayoutError(f"{exc.filename or root} cannot be read ({exc.strerror}); dataset {name!r} needs to "
-                          "read its whole layout") from None
+        raise LayoutError(
+            f"{exc.filename or root} cannot be read ({exc.strerror}); dataset {name!r} needs to read its whole layout"
+        ) from None
 
 
 def list_datasets() -> list[str]:

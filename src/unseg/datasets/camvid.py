@@ -1,4 +1,5 @@
 """CamVid, SegNet's 11-class split (the layout of ``shared/data/camvid``)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,19 @@ from .base import Sample, SegmentationDataset, read_id_list, register_dataset, r
 
 @register_dataset("camvid")
 class CamVid(SegmentationDataset):
-    class_names = ("sky", "building", "pole", "road", "pavement", "tree",
-                   "sign_symbol", "fence", "car", "pedestrian", "bicyclist")
+    class_names = (
+        "sky",
+        "building",
+        "pole",
+        "road",
+        "pavement",
+        "tree",
+        "sign_symbol",
+        "fence",
+        "car",
+        "pedestrian",
+        "bicyclist",
+    )
     splits = ("train", "val", "test")
     layout = (
         "  ROOT/{split}/*.png        RGB images\n"

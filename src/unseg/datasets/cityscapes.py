@@ -5,6 +5,7 @@ void ids 0..6 (unlabeled, ego vehicle, rectification border, out of roi, static,
 dynamic, ground) are ignored and every other labelId is a class, including those the
 19-class benchmark ignores (parking, rail track, guard rail, ...).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,10 +21,35 @@ MASK_SUFFIX = "_gtFine_labelIds.png"
 
 @register_dataset("cityscapes27")
 class Cityscapes27(SegmentationDataset):
-    class_names = ("road", "sidewalk", "parking", "rail track", "building", "wall", "fence",
-                   "guard rail", "bridge", "tunnel", "pole", "polegroup", "traffic light",
-                   "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-                   "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle")
+    class_names = (
+        "road",
+        "sidewalk",
+        "parking",
+        "rail track",
+        "building",
+        "wall",
+        "fence",
+        "guard rail",
+        "bridge",
+        "tunnel",
+        "pole",
+        "polegroup",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "caravan",
+        "trailer",
+        "train",
+        "motorcycle",
+        "bicycle",
+    )
     splits = ("train", "val")
     layout = (
         "  ROOT/leftImg8bit/{split}/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"

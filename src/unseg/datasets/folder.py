@@ -1,4 +1,5 @@
 """Any folder of images, with an optional folder of label PNGs of the same stems."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ class ImageFolder(SegmentationDataset):
         "  MASKS/<image stem>.png          optional label maps, class ids, 255 = ignore"
     )
 
-    def __init__(self, root: Path, split: str = "", masks: str | Path | None = None,
-                 num_classes: int | None = None) -> None:
+    def __init__(
+        self, root: Path, split: str = "", masks: str | Path | None = None, num_classes: int | None = None
+    ) -> None:
         folder = root / split if split and (root / split).is_dir() else root
         images = list_images(folder)
         samples = []

@@ -5,6 +5,7 @@ HxWx4 uint8 RGB+IR array, and ``gt/<id>.mat`` holds ``gt``, HxW ids 0..5 (road, 
 low vegetation, tree, car, clutter). STEGO merges them into 3 classes and, like STEGO,
 the image here is the first three (RGB) channels; the IR channel is dropped.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,15 +45,19 @@ class Potsdam3(SegmentationDataset):
         ids = [i for name in SPLIT_FILES[split] for i in read_id_list(root / name, self.layout)]
         images = require(root / "imgs", self.layout)
         masks = None if split in UNLABELLED_SPLITS else require(root / "gt", self.layout)
-        super().__init__(root, split, [
-            Sample(i, images / f"{i}.mat", masks / f"{i}.mat" if masks is not None else None) for i in ids
-        ])
+        super().__init__(
+            root,
+            split,
+            [Sample(i, images / f"{i}.mat", masks / f"{i}.mat" if masks is not None else None) for i in ids],
+        )
 
     def load_image(self, sample: Sample) -> Image.Image:
         array = read_mat(sample.image, "img", "image")
         if array.ndim != 3 or array.shape[2] < 3 or array.dtype != np.uint8:
-            raise ImageError(f"image {sample.image} holds a {array.dtype} array of shape {array.shape}; "
-                             "expected HxWx4 uint8 (RGB + IR)")
+            raise ImageError(
+                f"image {sample.image} holds a {array.dtype} array of shape {array.shape}; "
+                "expected HxWx4 uint8 (RGB + IR)"
+            )
         return Image.fromarray(np.ascontiguousarray(array[:, :, :3]), "RGB")
 
     def read_mask(self, path: Path) -> np.ndarray:

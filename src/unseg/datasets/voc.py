@@ -5,6 +5,7 @@ a plain VOCdevkit download. Stored masks are class ids already (palette indices 
 devkit PNGs, grey values in SegmentationClassAug), 255 = object boundary / ignore, so the
 default ``decode_mask`` applies.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +33,29 @@ class PascalVOC12(SegmentationDataset):
     and val use SegmentationClass and trainaug uses SegmentationClassAug.
     """
 
-    class_names = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
-                   "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-                   "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+    class_names = (
+        "background",
+        "aeroplane",
+        "bicycle",
+        "bird",
+        "boat",
+        "bottle",
+        "bus",
+        "car",
+        "cat",
+        "chair",
+        "cow",
+        "diningtable",
+        "dog",
+        "horse",
+        "motorbike",
+        "person",
+        "pottedplant",
+        "sheep",
+        "sofa",
+        "train",
+        "tvmonitor",
+    )
     splits = ("train", "trainaug", "val")
     layout = (
         "  either Leopart's layout (ROOT may also contain it as ROOT/VOCSegmentation/):\n"
@@ -63,11 +84,14 @@ class PascalVOC12(SegmentationDataset):
             mask_folder = "SegmentationClassAug" if split == "trainaug" else "SegmentationClass"
             masks = require(devkit / mask_folder, self.layout)
         else:
-            looked = [str(root / base / marker) for bases, marker in ((LEOPART_BASES, LEOPART_MARKER),
-                                                                       (DEVKIT_BASES, DEVKIT_MARKER))
-                      for base in bases]
-            raise LayoutError(f"{root} fits neither VOC layout: none of {', '.join(looked)} exists; "
-                              f"expected layout:\n{self.layout}")
+            looked = [
+                str(root / base / marker)
+                for bases, marker in ((LEOPART_BASES, LEOPART_MARKER), (DEVKIT_BASES, DEVKIT_MARKER))
+                for base in bases
+            ]
+            raise LayoutError(
+                f"{root} fits neither VOC layout: none of {', '.join(looked)} exists; expected layout:\n{self.layout}"
+            )
         super().__init__(root, split, [Sample(i, images / f"{i}.jpg", masks / f"{i}.png") for i in ids])
 
 

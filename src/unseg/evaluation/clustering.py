@@ -5,24 +5,26 @@ K > #classes with greedy many-to-one matching by precision is overclustering (Le
 rules, ``unseg docs evaluation``). Both are this one function with another K: the matching
 follows from K unless given.
 """
+
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from ..clustering import StandardPCA, assign, kmeans, match, resolve_method
 from ..clustering.kmeans import fit_centroids, unit_rows
 from ..clustering.matching import CLUSTERING_MATCHING
+from ..defaults import NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
 from ..errors import SettingError
-from ..kinds import COUNT, INT_MAX
 from ..features.cache import FeatureCache
 from ..features.transforms import upsample_labels
 from ..features.upsample import Upsampling
+from ..kinds import COUNT, INT_MAX
 from .metrics import DEFAULT_ABSENT, ConfusionAccumulator, ScoresOverRuns, check_absent, scores_from_confusion
 
 
@@ -41,8 +43,10 @@ class ClusteringResult(ScoresOverRuns):
     mapping: np.ndarray | None = field(default=None, repr=False)  # first seed's cluster -> class
 
     def summary(self) -> str:
-        return (f"K={self.k:<4d} {self.matching:16s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  "
-                f"acc {self.accuracy_mean:5.1f} ± {self.accuracy_std:.1f}  (seeds {self.seeds})")
+        return (
+            f"K={self.k:<4d} {self.matching:16s} mIoU {self.miou_mean:5.1f} ± {self.miou_std:.1f}  "
+            f"acc {self.accuracy_mean:5.1f} ± {self.accuracy_std:.1f}  (seeds {self.seeds})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         scores = {k: v for k, v in asdict(self).items() if k not in ("labels", "mapping")}
@@ -57,14 +61,17 @@ def pca_settings(pca_dim: int | None, dim: int) -> dict[str, Any]:
     None when it only standardises (``pca_dim`` 0 / None, or at least ``dim``, which PCA cannot reduce), and
     ``pca_dim_asked`` keeps a value that was not applied. A negative ``pca_dim`` is a SettingError."""
     if pca_dim is not None and (isinstance(pca_dim, bool) or not isinstance(pca_dim, int) or pca_dim < 0):
-        raise SettingError(f"pca_dim = {pca_dim!r} is not allowed: PCA dimensions are a whole number >= 0 "
-                           "(0 or None: no PCA) (--pca-dim)")
+        raise SettingError(
+            f"pca_dim = {pca_dim!r} is not allowed: PCA dimensions are a whole number >= 0 "
+            "(0 or None: no PCA) (--pca-dim)"
+        )
     applied = pca_dim if pca_dim and pca_dim < dim else None
     return {"pca_dim": applied, **({"pca_dim_asked": pca_dim} if pca_dim and applied is None else {})}
 
 
-def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = PCA_DIM,
-                   keep_bytes: float = KEEP_BYTES) -> tuple[StandardPCA, np.ndarray]:
+def fit_projection(
+    caches: Sequence[FeatureCache], pca_dim: int | None = PCA_DIM, keep_bytes: float = KEEP_BYTES
+) -> tuple[StandardPCA, np.ndarray]:
     """Standardise + PCA fitted on the tokens of all ``caches``, and those tokens projected:
     (StandardPCA, (sum N*h*w, pca_dim) float32), in cache order.
 
@@ -73,6 +80,7 @@ def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = PCA_DIM
     one block at a time, with the PCA fitted in float32 (projections equal to ~1e-5, four
     times faster): memory is then the output plus one block.
     """
+
     def blocks() -> Iterator[np.ndarray]:
         return itertools.chain.from_iterable(c.iter_tokens() for c in caches)
 
@@ -83,7 +91,7 @@ def fit_projection(caches: Sequence[FeatureCache], pca_dim: int | None = PCA_DIM
     out = np.empty((total, pca.out_dim), dtype=np.float32)
     start = 0
     for block in kept if kept is not None else blocks():
-        out[start:start + len(block)] = pca.transform(block)
+        out[start : start + len(block)] = pca.transform(block)
         start += len(block)
     return pca, out
 
@@ -93,15 +101,28 @@ def project_tokens(cache: FeatureCache, pca_dim: int | None = PCA_DIM, keep_byte
     return fit_projection([cache], pca_dim, keep_bytes)[1]
 
 
-def cluster_labels(tokens: np.ndarray, grid: tuple[int, int], k: int, seed: int, niter: int = NITER,
-                   nredo: int = NREDO, spherical: bool = False) -> np.ndarray:
+def cluster_labels(
+    tokens: np.ndarray,
+    grid: tuple[int, int],
+    k: int,
+    seed: int,
+    niter: int = NITER,
+    nredo: int = NREDO,
+    spherical: bool = False,
+) -> np.ndarray:
     """k-means cluster id of every token, as (N, h, w) maps."""
     result = kmeans(tokens, k, seed=seed, niter=niter, nredo=nredo, spherical=spherical)
     return result.labels.reshape(-1, *grid)
 
 
-def score_labels(labels: np.ndarray, masks: np.ndarray, num_classes: int, k: int,
-                 matching: str = CLUSTERING_MATCHING, absent: str = DEFAULT_ABSENT) -> tuple[Any, np.ndarray]:
+def score_labels(
+    labels: np.ndarray,
+    masks: np.ndarray,
+    num_classes: int,
+    k: int,
+    matching: str = CLUSTERING_MATCHING,
+    absent: str = DEFAULT_ABSENT,
+) -> tuple[Any, np.ndarray]:
     """Nearest-upsample (N, h, w) cluster maps to the masks' size, match, score.
 
     Returns (SegmentationScores, cluster -> class mapping).
@@ -109,15 +130,22 @@ def score_labels(labels: np.ndarray, masks: np.ndarray, num_classes: int, k: int
     acc = ConfusionAccumulator(num_classes, k)
     size = masks.shape[-2:]
     for start in range(0, len(labels), 64):
-        up = upsample_labels(torch.from_numpy(labels[start:start + 64]), size).numpy()
-        acc.update(masks[start:start + 64], up)
+        up = upsample_labels(torch.from_numpy(labels[start : start + 64]), size).numpy()
+        acc.update(masks[start : start + 64], up)
     mapping, matched = match(acc.matrix, matching)
     return scores_from_confusion(matched, absent), mapping
 
 
-def dense_confusions(tokens: np.ndarray, grid: tuple[int, int], centroids: dict[tuple[int, int], np.ndarray],
-                      spherical: bool, upsample: Upsampling, masks: np.ndarray, num_classes: int,
-                      guides: Iterable[torch.Tensor] | None = None) -> dict[tuple[int, int], tuple[Any, Any]]:
+def dense_confusions(
+    tokens: np.ndarray,
+    grid: tuple[int, int],
+    centroids: dict[tuple[int, int], np.ndarray],
+    spherical: bool,
+    upsample: Upsampling,
+    masks: np.ndarray,
+    num_classes: int,
+    guides: Iterable[torch.Tensor] | None = None,
+) -> dict[tuple[int, int], tuple[Any, Any]]:
     """Each (K, seed) run's (first-seed label maps or None, confusion) from upsampled projected tokens.
 
     Image by image (bounded memory): its projected token map is upsampled to the target grid
@@ -138,20 +166,21 @@ def dense_confusions(tokens: np.ndarray, grid: tuple[int, int], centroids: dict[
     kept: dict[tuple[int, int], list[np.ndarray]] = {(k, s): [] for k, s in first.items()}
     for i in range(len(masks)):
         z = torch.from_numpy(np.ascontiguousarray(maps[i].transpose(2, 0, 1)))
-        rows = upsample.apply(z, size, next(guide_iter) if guide_iter is not None else None).flatten(1).T
-        rows = np.ascontiguousarray(rows.numpy())
+        upsampled = upsample.apply(z, size, next(guide_iter) if guide_iter is not None else None)
+        rows = np.ascontiguousarray(upsampled.flatten(1).T.numpy())
         for run, c in centroids.items():
             labels = assign(rows, c, spherical).reshape(1, *size)
             if run in kept:
                 kept[run].append(labels[0].astype(np.int32))
             if size != masks.shape[-2:]:
                 labels = upsample_labels(torch.from_numpy(labels), masks.shape[-2:]).numpy()
-            conf[run].update(masks[i:i + 1], labels)
+            conf[run].update(masks[i : i + 1], labels)
     return {run: (np.stack(kept[run]) if run in kept else None, conf[run].matrix) for run in centroids}
 
 
-def check_clustering_settings(ks: Sequence[int], seeds: Sequence[int], pca_dim: int | None, niter: int,
-                              nredo: int) -> None:
+def check_clustering_settings(
+    ks: Sequence[int], seeds: Sequence[int], pca_dim: int | None, niter: int, nredo: int
+) -> None:
     """What can be checked before the tokens exist: each K and the iterations and restarts at least 1, at
     least one seed, a PCA dimension >= 0 (a SettingError naming the value otherwise)."""
     for k in ks:
@@ -168,17 +197,29 @@ def check_cluster_counts(ks: Sequence[int], seeds: Sequence[int], num_tokens: in
     """Every K in 1..num_tokens and at least one seed, or a SettingError saying so (before any clustering)."""
     for k in ks:
         if not 1 <= k <= num_tokens:
-            raise SettingError(f"K = {k} clusters is not allowed: K must be between 1 and the number of feature "
-                               f"tokens, {num_tokens} (--k)")
+            raise SettingError(
+                f"K = {k} clusters is not allowed: K must be between 1 and the number of feature "
+                f"tokens, {num_tokens} (--k)"
+            )
     if not len(seeds):
         raise SettingError("no k-means seeds: give at least one (--seeds N with N >= 1)")
 
 
-def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int,
-                        ks: Sequence[int] = OVERCLUSTERS, seeds: Sequence[int] = range(SEEDS), pca_dim: int | None = PCA_DIM,
-                        niter: int = NITER, nredo: int = NREDO, matching: str = CLUSTERING_MATCHING,
-                        spherical: bool = False, absent: str = DEFAULT_ABSENT, upsample: Upsampling | None = None,
-                        guides: Iterable[torch.Tensor] | None = None) -> list[ClusteringResult]:
+def evaluate_clustering(
+    cache: FeatureCache,
+    masks: np.ndarray,
+    num_classes: int,
+    ks: Sequence[int] = OVERCLUSTERS,
+    seeds: Sequence[int] = range(SEEDS),
+    pca_dim: int | None = PCA_DIM,
+    niter: int = NITER,
+    nredo: int = NREDO,
+    matching: str = CLUSTERING_MATCHING,
+    spherical: bool = False,
+    absent: str = DEFAULT_ABSENT,
+    upsample: Upsampling | None = None,
+    guides: Iterable[torch.Tensor] | None = None,
+) -> list[ClusteringResult]:
     """Cluster the cached tokens for every K and seed; score against ``masks`` (N, H, W), 255 = ignore.
 
     ``upsample`` (default none: token maps nearest-upsampled to the masks): k-means is fitted
@@ -200,18 +241,31 @@ def evaluate_clustering(cache: FeatureCache, masks: np.ndarray, num_classes: int
         tokens = unit_rows(tokens)
     # every restart of every (K, seed) trains in parallel; labelling and scoring are cheap and run in turn
     runs = [(k, seed) for k in ks for seed in seeds]
-    centroids = dict(zip(runs, fit_centroids(tokens, runs, niter, nredo, spherical)))
+    centroids = dict(zip(runs, fit_centroids(tokens, runs, niter, nredo, spherical), strict=True))
     upsample = upsample or Upsampling()
     if upsample.guided and guides is None:
         raise SettingError("the guided upsampler needs the images as guides (guides=...)")
-    dense = (dense_confusions(tokens, cache.grid, centroids, spherical, upsample, masks, num_classes, guides)
-             if upsample.active else None)
+    dense = (
+        dense_confusions(tokens, cache.grid, centroids, spherical, upsample, masks, num_classes, guides)
+        if upsample.active
+        else None
+    )
     results = []
-    for k, method in zip(ks, methods):
-        settings = {"input_size": cache.meta["input_size"], "grid": list(cache.grid), "mask_size": list(masks.shape[-2:]),
-                    **pca, "niter": niter, "nredo": nredo, "spherical": spherical,
-                    "num_images": len(cache), "num_classes": num_classes, "ignore_index": 255,
-                    "absent_classes": absent, **upsample.describe()}
+    for k, method in zip(ks, methods, strict=True):
+        settings = {
+            "input_size": cache.meta["input_size"],
+            "grid": list(cache.grid),
+            "mask_size": list(masks.shape[-2:]),
+            **pca,
+            "niter": niter,
+            "nredo": nredo,
+            "spherical": spherical,
+            "num_images": len(cache),
+            "num_classes": num_classes,
+            "ignore_index": 255,
+            "absent_classes": absent,
+            **upsample.describe(),
+        }
         if upsample.active:
             settings["label_size"] = list(upsample.target(cache.grid, masks.shape[-2:]))
         result = ClusteringResult(k, method, list(seeds), [], [], [], settings)

@@ -5,10 +5,12 @@ backbone, CE on label maps at ``mask_size``); ``augment=False`` trains on the ca
 train features instead (no augmentation, much faster). Evaluation always reads the
 cached val features, so the backbone runs once per split.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,14 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ..defaults import BATCH_SIZE, MASK_SIZE, NUM_WORKERS
 from ..backbones import Backbone
-from ..errors import SettingError
-from ..kinds import COUNT, POSITIVE
 from ..datasets.base import IGNORE_INDEX, SegmentationDataset
+from ..defaults import BATCH_SIZE, MASK_SIZE, NUM_WORKERS
+from ..errors import SettingError
 from ..features.cache import FeatureCache
 from ..features.extract import resolve_device
 from ..features.transforms import DEFAULT_INPUT_SIZE, as_size, resize_mask
+from ..kinds import COUNT, POSITIVE
 from .metrics import ConfusionAccumulator, scores_from_confusion
 
 
@@ -45,8 +47,12 @@ class FCNHead(nn.Module):
 
     def __init__(self, dim: int, num_classes: int, channels: int = 512) -> None:
         super().__init__()
-        self.convs = nn.Sequential(nn.Conv2d(dim, channels, 3, padding=1), nn.ReLU(inplace=True),
-                                   nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.convs = nn.Sequential(
+            nn.Conv2d(dim, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
         self.fuse = nn.Sequential(nn.Conv2d(dim + channels, channels, 3, padding=1), nn.ReLU(inplace=True))
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
@@ -57,8 +63,10 @@ class FCNHead(nn.Module):
 
 HEADS = {"linear": LinearHead, "fcn": FCNHead}
 # `unseg docs evaluation` protocol defaults per head: epochs, lr, lr-step epochs, batch size
-HEAD_DEFAULTS = {"linear": {"epochs": 25, "lr": 0.01, "milestones": [20], "batch_size": 60},
-                 "fcn": {"epochs": 30, "lr": 0.01, "milestones": [15], "batch_size": 64}}
+HEAD_DEFAULTS = {
+    "linear": {"epochs": 25, "lr": 0.01, "milestones": [20], "batch_size": 60},
+    "fcn": {"epochs": 30, "lr": 0.01, "milestones": [15], "batch_size": 64},
+}
 
 
 def head_settings(head: str, **overrides: Any) -> dict[str, Any]:
@@ -92,11 +100,18 @@ class HeadResult:
 class _AugmentedPairs(Dataset):
     """Images and masks under the same RandomResizedCrop + flip; masks at ``mask_size``."""
 
-    def __init__(self, dataset: SegmentationDataset, size: tuple[int, int], mask_size: tuple[int, int],
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        size: tuple[int, int],
+        mask_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         self.dataset, self.mask_size = dataset, mask_size
-        self.joint = v2.Compose([v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True),
-                                 v2.RandomHorizontalFlip()])
+        self.joint = v2.Compose(
+            [v2.RandomResizedCrop(size, scale=(0.8, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        )
         self.to_input = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def __len__(self) -> int:
@@ -115,12 +130,24 @@ def _logits(head: nn.Module, feats: torch.Tensor, size: tuple[int, int]) -> torc
     return F.interpolate(head(feats), size=size, mode="bilinear", align_corners=False)
 
 
-def train_head(backbone: Backbone, train: SegmentationDataset | None, num_classes: int, head: str = "linear",
-               input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE, mask_size: int | Sequence[int] = MASK_SIZE,
-               epochs: int | None = None, lr: float | None = None, milestones: Sequence[int] | None = None,
-               batch_size: int | None = None, augment: bool = True, train_cache: FeatureCache | None = None,
-               train_masks: np.ndarray | None = None, device: str = "auto", seed: int = 0,
-               num_workers: int = NUM_WORKERS) -> nn.Module:
+def train_head(
+    backbone: Backbone,
+    train: SegmentationDataset | None,
+    num_classes: int,
+    head: str = "linear",
+    input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
+    mask_size: int | Sequence[int] = MASK_SIZE,
+    epochs: int | None = None,
+    lr: float | None = None,
+    milestones: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    augment: bool = True,
+    train_cache: FeatureCache | None = None,
+    train_masks: np.ndarray | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    num_workers: int = NUM_WORKERS,
+) -> nn.Module:
     """Fit a linear / FCN head with SGD (momentum 0.9, wd 1e-4, step lr x0.1 at ``milestones``)."""
     hp = head_settings(head, epochs=epochs, lr=lr, milestones=milestones, batch_size=batch_size)
     epochs, lr, milestones, batch_size = hp["epochs"], hp["lr"], hp["milestones"], hp["batch_size"]
@@ -133,14 +160,23 @@ def train_head(backbone: Backbone, train: SegmentationDataset | None, num_classe
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=list(milestones), gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
     if augment:
-        loader = DataLoader(_AugmentedPairs(train, size, msize, backbone.mean, backbone.std), batch_size=batch_size,
-                            shuffle=True, num_workers=num_workers, generator=generator, drop_last=False,
-                            persistent_workers=num_workers > 0)
+        if train is None:
+            raise ValueError("augment=True trains on the images: pass train (the dataset)")
+        loader = DataLoader(
+            _AugmentedPairs(train, size, msize, backbone.mean, backbone.std),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            generator=generator,
+            drop_last=False,
+            persistent_workers=num_workers > 0,
+        )
     else:
         if train_cache is None or train_masks is None:
             raise ValueError("augment=False trains on cached features: pass train_cache and train_masks")
-        loader = DataLoader(_CachedPairs(train_cache, train_masks), batch_size=batch_size, shuffle=True,
-                            generator=generator)
+        loader = DataLoader(
+            _CachedPairs(train_cache, train_masks), batch_size=batch_size, shuffle=True, generator=generator
+        )
     for _ in range(epochs):
         model.train()
         for x, y in loader:
@@ -168,8 +204,14 @@ class _CachedPairs(Dataset):
 
 
 @torch.no_grad()
-def evaluate_head(model: nn.Module, cache: FeatureCache, masks: np.ndarray, num_classes: int,
-                  device: str = "auto", batch_size: int = BATCH_SIZE) -> tuple[Any, np.ndarray]:
+def evaluate_head(
+    model: nn.Module,
+    cache: FeatureCache,
+    masks: np.ndarray,
+    num_classes: int,
+    device: str = "auto",
+    batch_size: int = BATCH_SIZE,
+) -> tuple[Any, np.ndarray]:
     """Scores of a trained head on cached features; logits bilinearly upsampled to the masks' size.
 
     Returns (SegmentationScores, predictions (N, H, W) uint8)."""
@@ -181,7 +223,7 @@ def evaluate_head(model: nn.Module, cache: FeatureCache, masks: np.ndarray, num_
     for block in cache.iter_chunks(batch_size):
         logits = _logits(model, torch.from_numpy(block).to(dev), masks.shape[-2:])
         pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
-        acc.update(masks[start:start + len(pred)], pred)
+        acc.update(masks[start : start + len(pred)], pred)
         preds.append(pred)
         start += len(pred)
     return scores_from_confusion(acc.matrix), np.concatenate(preds)

@@ -12,6 +12,7 @@ Conventions:
   extra column of pixels predicted as no class: they count against the recall of their
   ground-truth class and against pixel accuracy, and as no class's false positive.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,16 @@ import numpy as np
 
 from ..errors import UnsegError
 
-__all__ = ["confusion_matrix", "SegmentationScores", "scores_from_confusion", "ConfusionAccumulator", "ABSENT_RULES",
-           "DEFAULT_ABSENT", "MetricError", "check_absent"]
+__all__ = [
+    "confusion_matrix",
+    "SegmentationScores",
+    "scores_from_confusion",
+    "ConfusionAccumulator",
+    "ABSENT_RULES",
+    "DEFAULT_ABSENT",
+    "MetricError",
+    "check_absent",
+]
 
 ABSENT_RULES = ("skip", "zero")
 """The IoU of a class in neither ground truth nor prediction: left out of the mIoU ("skip"), or 0 ("zero")."""
@@ -52,8 +61,9 @@ def _check_ids(ids: np.ndarray, upper: int, what: str, extra: str = "") -> None:
         raise ValueError(f"{what} id {bad} is outside 0..{upper - 1}{extra}")
 
 
-def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int, num_preds: int | None = None,
-                     ignore_index: int = 255) -> np.ndarray:
+def confusion_matrix(
+    gt: np.ndarray, pred: np.ndarray, num_classes: int, num_preds: int | None = None, ignore_index: int = 255
+) -> np.ndarray:
     """int64 (num_classes, num_preds) counts of (ground truth, prediction) pairs over all pixels.
 
     ``gt`` and ``pred`` are integer arrays of one shape (any shape; they are flattened);
@@ -89,10 +99,16 @@ class SegmentationScores:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN (undefined) becomes None, since JSON has no NaN."""
+
         def num(v: float) -> float | None:
             return None if math.isnan(v) else float(v)
-        return {"miou": num(self.miou), "pixel_accuracy": num(self.pixel_accuracy),
-                "mean_accuracy": num(self.mean_accuracy), "iou": [num(v) for v in self.iou]}
+
+        return {
+            "miou": num(self.miou),
+            "pixel_accuracy": num(self.pixel_accuracy),
+            "mean_accuracy": num(self.mean_accuracy),
+            "iou": [num(v) for v in self.iou],
+        }
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -123,8 +139,9 @@ def scores_from_confusion(conf: np.ndarray, absent: str = DEFAULT_ABSENT) -> Seg
         recall = np.where(gt_total > 0, tp / gt_total, np.nan) * 100
     total = conf.sum()
     pixel_accuracy = float(tp.sum() / total * 100) if total > 0 else math.nan
-    return SegmentationScores(miou=_nanmean(iou), pixel_accuracy=pixel_accuracy,
-                              mean_accuracy=_nanmean(recall), iou=iou)
+    return SegmentationScores(
+        miou=_nanmean(iou), pixel_accuracy=pixel_accuracy, mean_accuracy=_nanmean(recall), iou=iou
+    )
 
 
 class ConfusionAccumulator:

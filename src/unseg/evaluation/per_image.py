@@ -9,6 +9,7 @@ not whether the same segment id means the same thing in every image: it is more 
 dataset-level protocols (one matching for the whole split), and a number always says which
 protocol it comes from (``unseg docs evaluation``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,12 +33,15 @@ def image_ious(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index:
     if len(classes) == 0:
         return out
     if classes[-1] >= num_classes or classes[0] < 0:
-        raise ValueError(f"ground-truth id {classes[-1] if classes[-1] >= num_classes else classes[0]} is outside "
-                         f"0..{num_classes - 1} and is not ignore_index {ignore_index}")
+        raise ValueError(
+            f"ground-truth id {classes[-1] if classes[-1] >= num_classes else classes[0]} is outside "
+            f"0..{num_classes - 1} and is not ignore_index {ignore_index}"
+        )
     segments = np.unique(seg)
     rows, cols = np.searchsorted(classes, truth), np.searchsorted(segments, seg)
     conf = np.bincount(rows * len(segments) + cols, minlength=len(classes) * len(segments)).reshape(
-        len(classes), len(segments))
+        len(classes), len(segments)
+    )
     iou = conf / (conf.sum(1, keepdims=True) + conf.sum(0, keepdims=True) - conf)
     matched_rows, matched_cols = linear_sum_assignment(iou, maximize=True)
     out[classes] = 0.0
@@ -71,5 +75,9 @@ class PerImageScores:
         return np.where(present.any(0), np.nansum(stack, 0) / np.maximum(present.sum(0), 1), np.nan)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"miou": self.miou, "class_iou": [None if np.isnan(v) else float(v) for v in self.class_iou],
-                "num_images": len(self.ious), "segments_per_image_mean": float(np.mean(self.segments))}
+        return {
+            "miou": self.miou,
+            "class_iou": [None if np.isnan(v) else float(v) for v in self.class_iou],
+            "num_images": len(self.ious),
+            "segments_per_image_mean": float(np.mean(self.segments)),
+        }

@@ -15,6 +15,7 @@ labelled pixel are left out of the bank; the reproduction counts VOC's 255 as
 background); predictions are class ids scored directly (the reproduction's Hungarian
 matching of classes to themselves is the identity up to ties).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -50,13 +51,13 @@ def patch_labels(masks: np.ndarray, grid: tuple[int, int], num_classes: int, mod
         raise ValueError(f"masks of {height}x{width} are not a multiple of the {h}x{w} token grid")
     out = np.zeros((n * h * w, num_classes), np.float32)
     for start in range(0, n, 32):  # bounded memory: int64 ids of 32 masks at a time
-        block = masks[start:start + 32]
+        block = masks[start : start + 32]
         cells = block.reshape(len(block), h, height // h, w, width // w).transpose(0, 1, 3, 2, 4)
         cells = cells.reshape(len(block) * h * w, -1).astype(np.int64)
         labelled = (cells != IGNORE_INDEX) & (cells < num_classes)
         ids = np.arange(len(cells))[:, None] * num_classes + cells
         counts = np.bincount(ids[labelled], minlength=len(cells) * num_classes).reshape(len(cells), num_classes)
-        out[start * h * w:(start + len(block)) * h * w] = counts
+        out[start * h * w : (start + len(block)) * h * w] = counts
     total = out.sum(axis=1, keepdims=True)
     if mode == "majority":
         return np.where(total > 0, np.eye(num_classes, dtype=np.float32)[out.argmax(axis=1)], 0).astype(np.float32)
@@ -74,8 +75,15 @@ class MemoryBank:
         self.index.add(self.features)
 
     @classmethod
-    def from_cache(cls, cache: FeatureCache, masks: np.ndarray, num_classes: int, mode: str = "distribution",
-                   memory_size: int | None = None, seed: int = 0) -> MemoryBank:
+    def from_cache(
+        cls,
+        cache: FeatureCache,
+        masks: np.ndarray,
+        num_classes: int,
+        mode: str = "distribution",
+        memory_size: int | None = None,
+        seed: int = 0,
+    ) -> MemoryBank:
         """Every labelled patch of the cached images (or ``memory_size`` of them, drawn with ``seed``)."""
         labels = patch_labels(masks, cache.grid, num_classes, mode)
         keep = np.flatnonzero(labels.sum(axis=1) > 0)
@@ -109,17 +117,29 @@ class RetrievalResult:
 
     def summary(self) -> str:
         s = self.settings
-        return (f"dense NN retrieval (k={s.get('k')}, T={s.get('temperature')}, {s.get('memory')} memory patches): "
-                f"mIoU {self.miou:5.1f}  acc {self.pixel_accuracy:5.1f}")
+        return (
+            f"dense NN retrieval (k={s.get('k')}, T={s.get('temperature')}, {s.get('memory')} memory patches): "
+            f"mIoU {self.miou:5.1f}  acc {self.pixel_accuracy:5.1f}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("predictions", "confusion")}
 
 
-def dense_retrieval(train_cache: FeatureCache, train_masks: np.ndarray, val_cache: FeatureCache, val_masks: np.ndarray,
-                    num_classes: int, k: int = NEIGHBOURS, temperature: float = TEMPERATURE,
-                    mode: str = "distribution", memory_size: int | None = None, seed: int = 0, batch: int = 16,
-                    keep_predictions: bool = False) -> RetrievalResult:
+def dense_retrieval(
+    train_cache: FeatureCache,
+    train_masks: np.ndarray,
+    val_cache: FeatureCache,
+    val_masks: np.ndarray,
+    num_classes: int,
+    k: int = NEIGHBOURS,
+    temperature: float = TEMPERATURE,
+    mode: str = "distribution",
+    memory_size: int | None = None,
+    seed: int = 0,
+    batch: int = 16,
+    keep_predictions: bool = False,
+) -> RetrievalResult:
     """Label transfer from the train bank to every val patch; scored against ``val_masks`` (N, H, W).
 
     ``train_masks`` must be a multiple of the token grid (e.g. the input size) so each patch's
@@ -132,19 +152,36 @@ def dense_retrieval(train_cache: FeatureCache, train_masks: np.ndarray, val_cach
     start = 0
     for tokens in val_cache.iter_tokens(batch):
         label_hat = bank.transfer(tokens, k, temperature).reshape(-1, h, w, num_classes).transpose(0, 3, 1, 2)
-        up = F.interpolate(torch.from_numpy(np.ascontiguousarray(label_hat)), size=size, mode="bilinear",
-                           align_corners=False)
+        up = F.interpolate(
+            torch.from_numpy(np.ascontiguousarray(label_hat)), size=size, mode="bilinear", align_corners=False
+        )
         pred = up.argmax(1).numpy().astype(np.uint8 if num_classes < 256 else np.int64)
-        acc.update(val_masks[start:start + len(pred)], pred)
+        acc.update(val_masks[start : start + len(pred)], pred)
         if keep_predictions:
             predictions.append(pred)
         start += len(pred)
     scores = scores_from_confusion(acc.matrix)
-    settings = {"protocol": "Hummingbird dense NN retrieval", "k": k, "temperature": temperature, "labels": mode,
-                "memory": len(bank), "memory_size": memory_size, "similarity": "cosine (faiss IndexFlatIP)",
-                "upsampling": "bilinear label distributions", "grid": [h, w], "mask_size": list(size),
-                "train_label_size": list(train_masks.shape[-2:]), "num_train": len(train_cache),
-                "num_val": len(val_cache), "seed": seed}
-    return RetrievalResult(scores.miou, scores.pixel_accuracy, [float(v) for v in scores.iou], settings,
-                           np.concatenate(predictions) if keep_predictions else None, acc.matrix)
-
+    settings = {
+        "protocol": "Hummingbird dense NN retrieval",
+        "k": k,
+        "temperature": temperature,
+        "labels": mode,
+        "memory": len(bank),
+        "memory_size": memory_size,
+        "similarity": "cosine (faiss IndexFlatIP)",
+        "upsampling": "bilinear label distributions",
+        "grid": [h, w],
+        "mask_size": list(size),
+        "train_label_size": list(train_masks.shape[-2:]),
+        "num_train": len(train_cache),
+        "num_val": len(val_cache),
+        "seed": seed,
+    }
+    return RetrievalResult(
+        scores.miou,
+        scores.pixel_accuracy,
+        [float(v) for v in scores.iou],
+        settings,
+        np.concatenate(predictions) if keep_predictions else None,
+        acc.matrix,
+    )

@@ -21,15 +21,17 @@ identity is part of its folder name, so changed images get a new cache, and save
 reused only while their files, folder and decoding settings are the same. A damaged cache (a
 shard or meta.json cut short, missing or unreadable) is a CacheError naming the file.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,8 +46,10 @@ CONTENT_IDENTITY = "content"  # meta["image_identity"] of caches whose images ar
 
 def damaged(path: Path, problem: object) -> CacheError:
     """A CacheError for a cache file that cannot be read as written: it names the file and the way out."""
-    return CacheError(f"feature cache file {path} is damaged ({problem}); remove the folder {path.parent} "
-                      "and run again to extract it anew")
+    return CacheError(
+        f"feature cache file {path} is damaged ({problem}); remove the folder {path.parent} "
+        "and run again to extract it anew"
+    )
 
 
 def read_json(path: Path) -> Any:
@@ -71,8 +75,9 @@ class FeatureCache:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not (self.root / "COMPLETE").exists():
-            raise CacheError(f"feature cache {self.root} is incomplete (no COMPLETE marker); "
-                             "run the extraction again to resume it")
+            raise CacheError(
+                f"feature cache {self.root} is incomplete (no COMPLETE marker); run the extraction again to resume it"
+            )
         self.meta: dict[str, Any] = read_json(self.root / "meta.json")
         if not isinstance(self.meta, dict) or not isinstance(self.meta.get("num_shards"), int):
             raise damaged(self.root / "meta.json", "no shard count")
@@ -92,7 +97,7 @@ class FeatureCache:
 
     @property
     def grid(self) -> tuple[int, int]:
-        return tuple(self.meta["grid"])  # type: ignore[return-value]
+        return tuple(self.meta["grid"])
 
     def _locate(self, index: int) -> tuple[int, int]:
         shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
@@ -149,6 +154,7 @@ def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
     if not isinstance(array, np.memmap) or not array.flags.c_contiguous:
         return np.array(array[start:stop])
     row = array.shape[1:]
+    assert array.filename is not None  # the caches' maps are of files
     with open(array.filename, "rb") as fh:
         fh.seek(array.offset + start * array.itemsize * int(np.prod(row)))
         return np.fromfile(fh, dtype=array.dtype, count=(stop - start) * int(np.prod(row))).reshape(stop - start, *row)
@@ -175,8 +181,9 @@ def shard_done(root: Path, index: int) -> bool:
     return shard_path(root, index, "json").exists()
 
 
-def write_shard(root: Path, index: int, feats: np.ndarray, saliency: np.ndarray,
-                ids: list[str], skipped: list[str]) -> None:
+def write_shard(
+    root: Path, index: int, feats: np.ndarray, saliency: np.ndarray, ids: list[str], skipped: list[str]
+) -> None:
     """Arrays first, the id list last: its presence is what marks the shard complete."""
     for suffix, array in (("feats.npy", feats), ("sal.npy", saliency)):
         save_npy(array, shard_path(root, index, suffix))
@@ -196,17 +203,25 @@ def prepare_cache_dir(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
             raise damaged(meta_path, "not a mapping")
         diff = sorted(k for k in set(old) | set(meta) if k not in STORAGE_KEYS and old.get(k) != meta.get(k))
         if diff:
-            raise CacheError(f"feature cache {root} was made with other settings ({', '.join(diff)}); "
-                             "remove it or use another --cache-dir")
+            raise CacheError(
+                f"feature cache {root} was made with other settings ({', '.join(diff)}); "
+                "remove it or use another --cache-dir"
+            )
         if any(old.get(k) != meta.get(k) for k in STORAGE_KEYS):
-            log.info("resuming feature cache %s with its own shard size %s and dtype %s", root,
-                     old.get("shard_size"), old.get("dtype"))
+            log.info(
+                "resuming feature cache %s with its own shard size %s and dtype %s",
+                root,
+                old.get("shard_size"),
+                old.get("dtype"),
+            )
         return old
     save_json(meta, meta_path)
     return meta
 
 
-def file_identity(path: Path, hash_contents: bool = False) -> tuple[str, int | str, ...]:
+def file_identity(
+    path: Path, hash_contents: bool = False
+) -> tuple[str, int] | tuple[str, int, int, int, int] | tuple[str, int, str]:
     """What a cached result made from the file at ``path`` answers for.
 
     (path, size, modification time, inode change time (ns), inode): the change time and the
@@ -250,12 +265,15 @@ def masks_digest(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> st
     index = {s.id: s for s in dataset.samples}
     missing = [i for i in cache.ids if i not in index or index[i].mask is None]
     if missing:
-        raise CacheError(f"dataset {dataset.name}/{dataset.split} has no mask for cached image(s) "
-                         f"{', '.join(missing[:5])}")
+        raise CacheError(
+            f"dataset {dataset.name}/{dataset.split} has no mask for cached image(s) {', '.join(missing[:5])}"
+        )
     head = [type(dataset).__module__, type(dataset).__qualname__, dataset.num_classes, list(size)]
     content = cache.meta.get("image_identity") == CONTENT_IDENTITY
-    return files_digest([head] + [[i, file_identity(index[i].image, content),
-                                   file_identity(Path(index[i].mask), content)] for i in cache.ids])
+    return files_digest(
+        [head]
+        + [[i, file_identity(index[i].image, content), file_identity(Path(index[i].mask), content)] for i in cache.ids]
+    )
 
 
 def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np.ndarray:
@@ -270,6 +288,7 @@ def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np
     path = cache.root / f"masks-{size[0]}x{size[1]}.npy"
     stamp = path.with_suffix(".json")
     digest = masks_digest(cache, dataset, size)
+
     def stamped() -> bool:
         try:
             return json.loads(stamp.read_text()).get("digest") == digest
@@ -286,8 +305,9 @@ def cached_masks(cache: FeatureCache, dataset: Any, size: tuple[int, int]) -> np
         if masks is not None and masks.shape == (len(cache), *size) and stamped():
             return masks
     index = {s.id: s for s in dataset.samples}
-    masks = np.stack([resize_mask(dataset.load_mask(index[i], dataset.load_image(index[i]).size), size)
-                      for i in cache.ids])
+    masks = np.stack(
+        [resize_mask(dataset.load_mask(index[i], dataset.load_image(index[i]).size), size) for i in cache.ids]
+    )
     try:
         stamp.unlink(missing_ok=True)
         save_npy(masks, path)

@@ -4,6 +4,7 @@ The cache folder's name hashes everything the features depend on, the image file
 included, and nothing they do not (shard size, storage dtype): a cache made by
 ``unseg extract --shard-size 64 --dtype float16`` is the one every evaluation then finds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,22 +12,33 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..backbones import Backbone
 from ..datasets.base import SegmentationDataset
+from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..errors import CacheError, ImageError, SettingError
 from ..io import require_writable
 from ..kinds import check_device
-from .cache import (CONTENT_IDENTITY, STORAGE_KEYS, FeatureCache, file_identity, files_digest, mark_complete,
-                    prepare_cache_dir, read_shard_info, shard_done, write_shard)
+from .cache import (
+    CONTENT_IDENTITY,
+    STORAGE_KEYS,
+    FeatureCache,
+    file_identity,
+    files_digest,
+    mark_complete,
+    prepare_cache_dir,
+    read_shard_info,
+    shard_done,
+    write_shard,
+)
 from .transforms import DEFAULT_INPUT_SIZE, as_size, image_to_tensor
 
 log = logging.getLogger(__name__)
@@ -62,6 +74,7 @@ def images_digest(dataset: SegmentationDataset, hash_images: bool = False) -> st
     """Identity of the dataset's image files: id, path relative to the root and :func:`file_identity` of
     each (size, modification and inode change times, inode; or size and a hash of the bytes with
     ``hash_images``). A repaired, replaced, added or removed image changes it (and so the cache)."""
+
     def relative(path: Path) -> str:
         try:
             return str(Path(path).relative_to(dataset.root))
@@ -71,15 +84,32 @@ def images_digest(dataset: SegmentationDataset, hash_images: bool = False) -> st
     return files_digest([s.id, relative(s.image), *file_identity(s.image, hash_images)[1:]] for s in dataset.samples)
 
 
-def cache_meta(backbone: Backbone, dataset: SegmentationDataset, size: tuple[int, int],
-               shard_size: int, dtype: str, precision: str = "fp32", hash_images: bool = False) -> dict[str, Any]:
+def cache_meta(
+    backbone: Backbone,
+    dataset: SegmentationDataset,
+    size: tuple[int, int],
+    shard_size: int,
+    dtype: str,
+    precision: str = "fp32",
+    hash_images: bool = False,
+) -> dict[str, Any]:
     grid = (size[0] // backbone.stride, size[1] // backbone.stride)
     meta = {
-        "version": CACHE_VERSION, "backbone": backbone.cache_name, "weights": weights_fingerprint(backbone),
-        "dataset": dataset.name, "root": str(dataset.root.resolve()), "split": dataset.split,
-        "num_images": len(dataset), "images": images_digest(dataset, hash_images), "input_size": list(size),
-        "dim": backbone.embed_dim, "grid": list(grid), "stride": backbone.stride, "shard_size": shard_size,
-        "num_shards": math.ceil(len(dataset) / shard_size), "dtype": dtype,
+        "version": CACHE_VERSION,
+        "backbone": backbone.cache_name,
+        "weights": weights_fingerprint(backbone),
+        "dataset": dataset.name,
+        "root": str(dataset.root.resolve()),
+        "split": dataset.split,
+        "num_images": len(dataset),
+        "images": images_digest(dataset, hash_images),
+        "input_size": list(size),
+        "dim": backbone.embed_dim,
+        "grid": list(grid),
+        "stride": backbone.stride,
+        "shard_size": shard_size,
+        "num_shards": math.ceil(len(dataset) / shard_size),
+        "dtype": dtype,
     }
     if hash_images:  # saved label maps are then matched to their images by the same rule
         meta["image_identity"] = CONTENT_IDENTITY
@@ -97,8 +127,15 @@ def cache_dir_for(meta: dict[str, Any], cache_root: str | Path) -> Path:
 class _Images(Dataset):
     """Dataset indices -> normalised tensors; corrupt images raise, or become None when skipping."""
 
-    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int], size: tuple[int, int],
-                 mean: Sequence[float], std: Sequence[float], skip_corrupt: bool) -> None:
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        indices: Sequence[int],
+        size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        skip_corrupt: bool,
+    ) -> None:
         self.dataset, self.indices, self.size = dataset, list(indices), size
         self.mean, self.std, self.skip_corrupt = mean, std, skip_corrupt
 
@@ -136,9 +173,16 @@ def _loader(images: _Images, batch_size: int, num_workers: int, cpu_forward: boo
     """
     if num_workers == 0 or len(images) == 0:  # no worker processes to start for nothing
         return iter(DataLoader(images, batch_size=None, collate_fn=_as_is))
-    return iter(DataLoader(images, batch_size=None, collate_fn=_as_is, num_workers=num_workers,
-                           prefetch_factor=max(2, math.ceil(2 * batch_size / num_workers)),
-                           worker_init_fn=_yield_to_forward if cpu_forward else None))
+    return iter(
+        DataLoader(
+            images,
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=num_workers,
+            prefetch_factor=max(2, math.ceil(2 * batch_size / num_workers)),
+            worker_init_fn=_yield_to_forward if cpu_forward else None,
+        )
+    )
 
 
 class _Shard:
@@ -153,8 +197,8 @@ class _Shard:
 
     def add(self, ids: list[str], feats: torch.Tensor, sal: torch.Tensor) -> None:
         start = len(self.ids)
-        self.feats[start:start + len(ids)] = feats.numpy()  # casts to the storage dtype as astype does
-        self.sal[start:start + len(ids)] = sal.numpy()
+        self.feats[start : start + len(ids)] = feats.numpy()  # casts to the storage dtype as astype does
+        self.sal[start : start + len(ids)] = sal.numpy()
         self.ids += ids
 
     def write(self, root: Path) -> None:
@@ -214,6 +258,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
     """(rank, world_size): those given, else torchrun's ``RANK`` / ``WORLD_SIZE``, else (0, 1); a
     SettingError unless 0 <= rank < world_size (a rank outside the world would write shards no one reads)."""
+
     def from_env(name: str, default: int) -> int:
         text = os.environ.get(name, str(default))
         try:
@@ -224,18 +269,31 @@ def distributed_rank(rank: int | None = None, world_size: int | None = None) -> 
     rank = from_env("RANK", 0) if rank is None else rank
     world_size = from_env("WORLD_SIZE", 1) if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
-        raise SettingError(f"rank {rank} of world size {world_size} is not allowed: the world size must be at least "
-                           f"1 and the rank in 0..world size - 1 (--rank, --world-size; $RANK, $WORLD_SIZE)")
+        raise SettingError(
+            f"rank {rank} of world size {world_size} is not allowed: the world size must be at least "
+            f"1 and the rank in 0..world size - 1 (--rank, --world-size; $RANK, $WORLD_SIZE)"
+        )
     return rank, world_size
 
 
 @torch.no_grad()
-def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
-                     cache_root: str | Path | None = None, batch_size: int = BATCH_SIZE, device: str = "auto",
-                     num_workers: int = NUM_WORKERS, shard_size: int = 256, dtype: str = "float32",
-                     rank: int | None = None, world_size: int | None = None,
-                     skip_corrupt: bool = False, progress: bool = True,
-                     precision: str = "fp32", hash_images: bool = False) -> FeatureCache | None:
+def extract_features(
+    backbone: Backbone,
+    dataset: SegmentationDataset,
+    input_size: int | Sequence[int] = DEFAULT_INPUT_SIZE,
+    cache_root: str | Path | None = None,
+    batch_size: int = BATCH_SIZE,
+    device: str = "auto",
+    num_workers: int = NUM_WORKERS,
+    shard_size: int = 256,
+    dtype: str = "float32",
+    rank: int | None = None,
+    world_size: int | None = None,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    precision: str = "fp32",
+    hash_images: bool = False,
+) -> FeatureCache | None:
     """Extract (or reuse) dense features of ``dataset`` and return the complete cache.
 
     Resumes a partial cache shard by shard (with that cache's own ``shard_size`` and ``dtype``);
@@ -255,8 +313,10 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     stride = backbone.stride
     if size[0] % stride or size[1] % stride:
         shown = size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}"
-        raise SettingError(f"input size {shown} is not a positive multiple of the backbone stride {stride} "
-                           f"(e.g. {max(1, round(max(size) / stride)) * stride})")
+        raise SettingError(
+            f"input size {shown} is not a positive multiple of the backbone stride {stride} "
+            f"(e.g. {max(1, round(max(size) / stride)) * stride})"
+        )
     if dtype not in ("float32", "float16"):
         raise SettingError(f"dtype {dtype!r} is not one of float32, float16")
     if precision not in PRECISIONS:
@@ -278,18 +338,29 @@ def extract_features(backbone: Backbone, dataset: SegmentationDataset, input_siz
     meta = prepare_cache_dir(root, meta)
     shard_size, dtype = meta["shard_size"], meta["dtype"]
     if not skip_corrupt:
-        _check_skipped([i for s in range(meta["num_shards"]) if shard_done(root, s)
-                        for i in read_shard_info(root, s).skipped], dataset, root, skip_corrupt)
+        _check_skipped(
+            [i for s in range(meta["num_shards"]) if shard_done(root, s) for i in read_shard_info(root, s).skipped],
+            dataset,
+            root,
+            skip_corrupt,
+        )
     if dev.type == "cuda" and world_size > 1 and dev.index is None:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     backbone = backbone.to(dev).eval()
     todo = [s for s in range(meta["num_shards"]) if s % world_size == rank and not shard_done(root, s)]
-    bar = _progress(sum(min(shard_size, len(dataset) - s * shard_size) for s in todo), progress,
-                    f"features {dataset.name}/{dataset.split}")
+    bar = _progress(
+        sum(min(shard_size, len(dataset) - s * shard_size) for s in todo),
+        progress,
+        f"features {dataset.name}/{dataset.split}",
+    )
     rows = {s: min(shard_size, len(dataset) - s * shard_size) for s in todo}
     indices = [i for s in todo for i in range(s * shard_size, s * shard_size + rows[s])]
-    items = _loader(_Images(dataset, indices, size, backbone.mean, backbone.std, skip_corrupt),
-                    batch_size, num_workers, dev.type == "cpu")
+    items = _loader(
+        _Images(dataset, indices, size, backbone.mean, backbone.std, skip_corrupt),
+        batch_size,
+        num_workers,
+        dev.type == "cpu",
+    )
     writer = _ShardWriter(root)
     try:
         for shard_index in todo:
@@ -326,15 +397,18 @@ def _check_skipped(skipped: list[str], dataset: SegmentationDataset, root: Path,
     if skipped and not skip_corrupt:
         paths = {s.id: s.image for s in dataset.samples}
         names = ", ".join(str(paths.get(i, i)) for i in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        raise ImageError(f"feature cache {root} left out {len(skipped)} unreadable image(s) ({names}); repair "
-                         "them (a changed image file gets a new cache) or pass --skip-corrupt to use it without them")
+        raise ImageError(
+            f"feature cache {root} left out {len(skipped)} unreadable image(s) ({names}); repair "
+            "them (a changed image file gets a new cache) or pass --skip-corrupt to use it without them"
+        )
 
 
 def require_complete(cache: FeatureCache | None, dataset: SegmentationDataset) -> FeatureCache:
     """The cache :func:`extract_features` returned, or a CacheError while other ranks still write shards of it."""
     if cache is None:
-        raise CacheError(f"other ranks are still extracting {dataset.name}/{dataset.split}; "
-                         "run this again once they are done")
+        raise CacheError(
+            f"other ranks are still extracting {dataset.name}/{dataset.split}; run this again once they are done"
+        )
     return cache
 
 

@@ -14,6 +14,7 @@ subsampled), upsamples them bilinearly and applies them to the full-resolution g
 costs what the coarse grid costs, and the edges still come from the full guide. The last step
 runs over blocks of output rows, so memory stays bounded for any photo size.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,25 +72,35 @@ def _coefficients(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
     already averaged over the windows covering each pixel."""
     b_, c_, h, w = src.shape
     # every window mean in one pass: I (3), I_i I_j (6), p (C), I_i p (3C)
-    stacked = torch.cat([guide, torch.stack([guide[:, i] * guide[:, j] for i, j in _PAIRS], 1), src,
-                         (src[:, :, None] * guide[:, None]).flatten(1, 2)], 1)
+    stacked = torch.cat(
+        [
+            guide,
+            torch.stack([guide[:, i] * guide[:, j] for i, j in _PAIRS], 1),
+            src,
+            (src[:, :, None] * guide[:, None]).flatten(1, 2),
+        ],
+        1,
+    )
     means = box_mean(stacked, radius)
-    mean_i, mean_ii, mean_p = means[:, :3], means[:, 3:9], means[:, 9:9 + c_]
-    mean_ip = means[:, 9 + c_:].reshape(b_, c_, 3, h, w)
+    mean_i, mean_ii, mean_p = means[:, :3], means[:, 3:9], means[:, 9 : 9 + c_]
+    mean_ip = means[:, 9 + c_ :].reshape(b_, c_, 3, h, w)
     sigma = mean_ii - torch.stack([mean_i[:, i] * mean_i[:, j] for i, j in _PAIRS], 1)
     sigma = sigma + eps * torch.tensor([1.0, 0, 0, 1, 0, 1], dtype=sigma.dtype, device=sigma.device)[:, None, None]
     inverse = _inverse_3x3(sigma.permute(0, 2, 3, 1)).permute(0, 3, 4, 1, 2)  # (B, 3, 3, H, W)
     cov = mean_ip - mean_p[:, :, None] * mean_i[:, None]  # (B, C, 3, H, W)
-    a = sum(inverse[:, None, :, j] * cov[:, :, j:j + 1] for j in range(3))  # (B, C, 3, H, W): Σ⁻¹ cov per pixel
+    terms = [inverse[:, None, :, j] * cov[:, :, j : j + 1] for j in range(3)]
+    a = terms[0] + terms[1] + terms[2]  # (B, C, 3, H, W): Σ⁻¹ cov per pixel
     b = mean_p - (a * mean_i[:, None]).sum(2)
     averaged = box_mean(torch.cat([a.flatten(1, 2), b], 1), radius)
-    return averaged[:, :3 * c_].reshape(b_, c_, 3, h, w), averaged[:, 3 * c_:]
+    return averaged[:, : 3 * c_].reshape(b_, c_, 3, h, w), averaged[:, 3 * c_ :]
 
 
 def _check(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float) -> None:
     if src.ndim != 4 or guide.ndim != 4 or guide.shape[1] != 3 or guide.shape[0] != src.shape[0]:
-        raise SettingError(f"the guided filter needs a (B, 3, H, W) guide and (B, C, h, w) input of the same B; "
-                           f"got {tuple(guide.shape)} and {tuple(src.shape)}")
+        raise SettingError(
+            f"the guided filter needs a (B, 3, H, W) guide and (B, C, h, w) input of the same B; "
+            f"got {tuple(guide.shape)} and {tuple(src.shape)}"
+        )
     if radius < 1 or eps <= 0:
         raise SettingError(f"the guided filter needs radius >= 1 and eps > 0; got radius {radius}, eps {eps}")
 
@@ -99,12 +110,24 @@ def _sample(coeffs: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, size: tupl
     as ``F.interpolate(..., align_corners=False)`` gives them: pixel centre y maps to (y + 0.5) h / H - 0.5."""
     (H, W), b_ = size, coeffs.shape[0]
     grid = torch.stack([(xs + 0.5) / W * 2 - 1, (ys + 0.5) / H * 2 - 1], -1)
-    return F.grid_sample(coeffs, grid[None, None].expand(b_, -1, -1, -1).float(), mode="bilinear",
-                         padding_mode="border", align_corners=False)[:, :, 0]
+    return F.grid_sample(
+        coeffs,
+        grid[None, None].expand(b_, -1, -1, -1).float(),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )[:, :, 0]
 
 
-def fast_guided_filter(guide: torch.Tensor, low_src: torch.Tensor, radius: int, eps: float = 1e-3,
-                       argmax: bool = False, chunk_rows: int = 128, margin: float | None = None) -> torch.Tensor:
+def fast_guided_filter(
+    guide: torch.Tensor,
+    low_src: torch.Tensor,
+    radius: int,
+    eps: float = 1e-3,
+    argmax: bool = False,
+    chunk_rows: int = 128,
+    margin: float | None = None,
+) -> torch.Tensor:
     """The fast guided filter: ``a``, ``b`` fitted on the grid of ``low_src`` (B, C, h, w) against the
     guide (B, 3, H, W) resized to it, then applied to the full guide block by block of ``chunk_rows``.
 
@@ -120,35 +143,40 @@ def fast_guided_filter(guide: torch.Tensor, low_src: torch.Tensor, radius: int, 
     _check(guide, low_src, radius, eps)
     guide, low_src = guide.float(), low_src.float()
     (h, w), (H, W) = low_src.shape[-2:], guide.shape[-2:]
-    low_guide = guide if (h, w) == (H, W) else F.interpolate(guide, size=(h, w), mode="bilinear",
-                                                             align_corners=False, antialias=True)
+    low_guide = (
+        guide
+        if (h, w) == (H, W)
+        else F.interpolate(guide, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    )
     a, b = _coefficients(low_guide, low_src, radius, eps)
     b_, c_ = low_src.shape[:2]
     if argmax and margin is not None:
         return _banded_argmax(a, b, low_guide, guide, margin)
     coeffs = torch.cat([a.flatten(1, 2), b], 1)  # (B, 4C, h, w)
     device = guide.device
-    out = torch.empty((b_, H, W) if argmax else (b_, c_, H, W), dtype=torch.int64 if argmax else torch.float32,
-                      device=device)
+    out = torch.empty(
+        (b_, H, W) if argmax else (b_, c_, H, W), dtype=torch.int64 if argmax else torch.float32, device=device
+    )
     xs = torch.arange(W, device=device, dtype=torch.float32)
     for start in range(0, H, chunk_rows):
         rows = torch.arange(start, min(H, start + chunk_rows), device=device, dtype=torch.float32)
         if (h, w) == (H, W):
-            block = coeffs[:, :, start:start + len(rows)]
+            block = coeffs[:, :, start : start + len(rows)]
         else:
             ys, xx = torch.meshgrid(rows, xs, indexing="ij")
             block = _sample(coeffs, ys.reshape(-1), xx.reshape(-1), (H, W)).reshape(b_, -1, len(rows), W)
-        ga = block[:, :3 * c_].reshape(b_, c_, 3, len(rows), W)
-        q = (ga * guide[:, None, :, start:start + len(rows)]).sum(2) + block[:, 3 * c_:]
+        ga = block[:, : 3 * c_].reshape(b_, c_, 3, len(rows), W)
+        q = (ga * guide[:, None, :, start : start + len(rows)]).sum(2) + block[:, 3 * c_ :]
         if argmax:
-            out[:, start:start + len(rows)] = q.argmax(1)
+            out[:, start : start + len(rows)] = q.argmax(1)
         else:
-            out[:, :, start:start + len(rows)] = q
+            out[:, :, start : start + len(rows)] = q
     return out
 
 
-def _banded_argmax(a: torch.Tensor, b: torch.Tensor, low_guide: torch.Tensor, guide: torch.Tensor,
-                   margin: float, candidates: int = 4) -> torch.Tensor:
+def _banded_argmax(
+    a: torch.Tensor, b: torch.Tensor, low_guide: torch.Tensor, guide: torch.Tensor, margin: float, candidates: int = 4
+) -> torch.Tensor:
     """:func:`fast_guided_filter`'s argmax, the full-resolution response computed only where the coarse
     grid is not clearly one channel (its 3x3 cells disagree, or lead by less than ``margin``), and there
     only for the ``candidates`` channels that respond most in those 3x3 cells."""
@@ -162,11 +190,13 @@ def _banded_argmax(a: torch.Tensor, b: torch.Tensor, low_guide: torch.Tensor, gu
     uniform = (F.max_pool2d(lab, 3, 1, 1) == -F.max_pool2d(-lab, 3, 1, 1))[:, 0]
     clear = uniform & (-F.max_pool2d(-lead[:, None], 3, 1, 1)[:, 0] >= margin)
     near = F.max_pool2d(q_low, 3, 1, 1).topk(min(candidates, c_), dim=1).indices  # (B, T, h, w)
+
     # each output pixel's nearest coarse cell, and its bilinear corners and weights (as F.interpolate)
     def axis(n: int, m: int) -> tuple[torch.Tensor, ...]:
         u = ((torch.arange(n, device=guide.device) + 0.5) * m / n - 0.5).clamp(0, m - 1)
         lo = u.floor().long()
         return ((u + 0.5).long().clamp(max=m - 1), lo, (lo + 1).clamp(max=m - 1), u - lo)
+
     ny, y0, y1, wy = axis(H, h)
     nx, x0, x1, wx = axis(W, w)
     out = label[:, ny][:, :, nx]
@@ -179,16 +209,20 @@ def _banded_argmax(a: torch.Tensor, b: torch.Tensor, low_guide: torch.Tensor, gu
             continue
         cand = near[i][:, ny[ys], nx[xs]].T.contiguous()  # (N, T) channels
         fy, fx = wy[ys][:, None, None], wx[xs][:, None, None]
-        corner = [coef[i].index_select(0, (((yy[ys] * w + xx[xs]) * c_)[:, None] + cand).reshape(-1))
-                  .reshape(*cand.shape, 4) for yy in (y0, y1) for xx in (x0, x1)]  # (N, T, 4) each
+        corner = [
+            coef[i].index_select(0, (((yy[ys] * w + xx[xs]) * c_)[:, None] + cand).reshape(-1)).reshape(*cand.shape, 4)
+            for yy in (y0, y1)
+            for xx in (x0, x1)
+        ]  # (N, T, 4) each
         v = (1 - fy) * ((1 - fx) * corner[0] + fx * corner[1]) + fy * ((1 - fx) * corner[2] + fx * corner[3])
         q = (v[..., :3] * guide[i][:, ys, xs].T[:, None]).sum(-1) + v[..., 3]
         out[i, ys, xs] = cand.gather(1, q.argmax(1, keepdim=True))[:, 0]
     return out
 
 
-def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-3,
-                  subsample: int = 1) -> torch.Tensor:
+def guided_filter(
+    guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-3, subsample: int = 1
+) -> torch.Tensor:
     """Filter ``src`` (B, C, H, W) guided by the colour image ``guide`` (B, 3, H, W), RGB in [0, 1].
 
     ``radius``: window radius in pixels of (H, W); ``eps``: the ridge term, in squared guide units
@@ -201,8 +235,10 @@ def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: floa
         guide, src = guide[None], src[None]
     _check(guide, src, radius, eps)
     if guide.shape[-2:] != src.shape[-2:] or subsample < 1:
-        raise SettingError(f"guide {tuple(guide.shape[-2:])} and input {tuple(src.shape[-2:])} must have one size, "
-                           f"and subsample ({subsample}) must be >= 1")
+        raise SettingError(
+            f"guide {tuple(guide.shape[-2:])} and input {tuple(src.shape[-2:])} must have one size, "
+            f"and subsample ({subsample}) must be >= 1"
+        )
     h, w = src.shape[-2:]
     if subsample > 1:
         small = (max(1, round(h / subsample)), max(1, round(w / subsample)))

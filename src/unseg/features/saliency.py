@@ -1,4 +1,5 @@
 """Foreground from a backbone's saliency map: one algorithm for Leopart's loss masks and CBFE's noisy masks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,9 @@ from scipy import ndimage
 from torchvision.transforms.functional import gaussian_blur
 
 
-def foreground_mask(saliency: torch.Tensor, keep_mass: float = 0.6, sigma: float = 0.6, kernel: int = 7,
-                    max_dropped: int = 2) -> torch.Tensor:
+def foreground_mask(
+    saliency: torch.Tensor, keep_mass: float = 0.6, sigma: float = 0.6, kernel: int = 7, max_dropped: int = 2
+) -> torch.Tensor:
     """(B, h, w) saliency -> (B, h, w) 0/1 foreground: blur, keep the most salient ``keep_mass`` of the
     mass, drop 8-connected components of at most ``max_dropped`` tokens (the authors' ``process_attentions``)."""
     b, h, w = saliency.shape

@@ -4,19 +4,21 @@ Every entry point that scores features (the protocols, the fully unsupervised pi
 STEGO's pipeline, ``segment``) loads its data through :func:`load_split`, usually by way of
 a :class:`Source`, the backbone-on-data settings they share.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from torch import nn
 
-from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..backbones import DEFAULT_BACKBONE, Backbone, as_backbone, create_backbone, views_name, with_views
 from ..backbones.views import DEFAULT_OVERLAP
 from ..datasets import SegmentationDataset, create_dataset
+from ..defaults import BATCH_SIZE, NUM_WORKERS
 from ..errors import SettingError
 from ..kinds import COUNT, DEVICE, FRACTION, MAX_PIXELS, NON_NEGATIVE, Real
 from .cache import FeatureCache, cached_masks
@@ -47,8 +49,13 @@ class SplitData:
     num_classes: int
 
 
-def load_split(backbone: Backbone, dataset: SegmentationDataset, input_size: int | Sequence[int],
-               mask_size: int | Sequence[int] | None = None, **extract_options: Any) -> SplitData:
+def load_split(
+    backbone: Backbone,
+    dataset: SegmentationDataset,
+    input_size: int | Sequence[int],
+    mask_size: int | Sequence[int] | None = None,
+    **extract_options: Any,
+) -> SplitData:
     """Extract (or reuse) ``dataset``'s features and read its masks at ``mask_size`` (None: no masks).
 
     ``extract_options`` go to :func:`unseg.features.extract_features` (cache_root, device, ...).
@@ -63,8 +70,12 @@ def load_split(backbone: Backbone, dataset: SegmentationDataset, input_size: int
 SCALE = Real(0, low_open=True)
 
 
-def check_views(input_size: int | Sequence[int], window: int | Sequence[int] | None = None,
-                window_overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,)) -> None:
+def check_views(
+    input_size: int | Sequence[int],
+    window: int | Sequence[int] | None = None,
+    window_overlap: float = DEFAULT_OVERLAP,
+    scales: Sequence[float] = (1.0,),
+) -> None:
     """Sizes and views a backbone can be run with, checked before it is built: each size within bounds,
     the overlap in [0, 1), and every input resized by a scale at most :data:`unseg.kinds.MAX_PIXELS`."""
     size = as_size(input_size, "input size")
@@ -77,9 +88,11 @@ def check_views(input_size: int | Sequence[int], window: int | Sequence[int] | N
         SCALE.check(scale, "scale")
         pixels = size[0] * scale * size[1] * scale
         if pixels > MAX_PIXELS:
-            raise SettingError(f"scale {scale:g} makes the {size[0]}x{size[1]} input {pixels:.0f} pixels, more than "
-                               f"the {MAX_PIXELS} an image may have here (--scales, --input-size; "
-                               "``unseg docs reliability``)")
+            raise SettingError(
+                f"scale {scale:g} makes the {size[0]}x{size[1]} input {pixels:.0f} pixels, more than "
+                f"the {MAX_PIXELS} an image may have here (--scales, --input-size; "
+                "``unseg docs reliability``)"
+            )
 
 
 @dataclass
@@ -132,12 +145,23 @@ class Source:
         (windows per forward pass: ``batch_size``), and checked against the input size before any extraction."""
         if self._model is None:
             if isinstance(self.backbone, str):
-                model = create_backbone(self.backbone, self.weights, download=self.download, role=self.role,
-                                        trust_checkpoint=self.trust_checkpoint)
+                model = create_backbone(
+                    self.backbone,
+                    self.weights,
+                    download=self.download,
+                    role=self.role,
+                    trust_checkpoint=self.trust_checkpoint,
+                )
             else:
                 model = as_backbone(self.backbone, self.stride)
-            self._model = with_views(model, self.window, self.window_overlap, self.scales,
-                                     window_batch=self.batch_size, input_size=as_size(self.input_size))
+            self._model = with_views(
+                model,
+                self.window,
+                self.window_overlap,
+                self.scales,
+                window_batch=self.batch_size,
+                input_size=as_size(self.input_size),
+            )
         return self._model
 
     def build_dataset(self, split: str) -> SegmentationDataset:
@@ -145,25 +169,40 @@ class Source:
 
     def extract_options(self) -> dict[str, Any]:
         """How :func:`load_split` extracts: cache folder, device, batches, workers."""
-        return {"cache_root": self.cache_dir, "batch_size": self.batch_size, "device": self.device,
-                "num_workers": self.num_workers, "skip_corrupt": self.skip_corrupt, "progress": self.progress,
-                "hash_images": self.hash_images}
+        return {
+            "cache_root": self.cache_dir,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "num_workers": self.num_workers,
+            "skip_corrupt": self.skip_corrupt,
+            "progress": self.progress,
+            "hash_images": self.hash_images,
+        }
 
     def features(self, dataset: SegmentationDataset) -> FeatureCache:
         """``dataset``'s cached features (extracted on first use)."""
         return self.load_split(dataset=dataset).cache
 
-    def load_split(self, split: str | None = None, mask_size: int | Sequence[int] | None = None,
-                   dataset: SegmentationDataset | None = None,
-                   input_size: int | Sequence[int] | None = None) -> SplitData:
+    def load_split(
+        self,
+        split: str | None = None,
+        mask_size: int | Sequence[int] | None = None,
+        dataset: SegmentationDataset | None = None,
+        input_size: int | Sequence[int] | None = None,
+    ) -> SplitData:
         """Split ``split`` (or a ready ``dataset``, e.g. five-cropped) with masks at ``mask_size``
         (None: none), features at ``input_size`` (default the source's)."""
         if dataset is None:
             if split is None:
                 raise ValueError("load_split needs a split name or a dataset")
             dataset = self.build_dataset(split)
-        return load_split(self.build_backbone(), dataset, self.input_size if input_size is None else input_size,
-                          mask_size, **self.extract_options())
+        return load_split(
+            self.build_backbone(),
+            dataset,
+            self.input_size if input_size is None else input_size,
+            mask_size,
+            **self.extract_options(),
+        )
 
     def describe(self) -> dict[str, Any]:
         """The settings a result reports; a window or scales also show in the backbone's name, as in its cache's."""
@@ -173,10 +212,15 @@ class Source:
         else:
             model = self.build_backbone()
             name, weights = model.cache_name, f"fingerprint {weights_fingerprint(model)}"
-        views = {}
+        views: dict[str, Any] = {}
         if self.window is not None:
             views.update(window=list(as_size(self.window)), window_overlap=self.window_overlap)
         if tuple(self.scales) != (1.0,):
             views["scales"] = list(self.scales)
-        return {"backbone": name, "weights": weights, "dataset": self.dataset,
-                "input_size": list(as_size(self.input_size)), **views}
+        return {
+            "backbone": name,
+            "weights": weights,
+            "dataset": self.dataset,
+            "input_size": list(as_size(self.input_size)),
+            **views,
+        }

@@ -1,7 +1,8 @@
 """Deterministic evaluation-time preprocessing shared by extraction, heads and segmentation."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,10 +16,11 @@ from ..defaults import INPUT_SIZE
 DEFAULT_INPUT_SIZE = INPUT_SIZE  # the protocols' input resolution, defined in unseg.defaults
 
 
-def image_to_tensor(image: Image.Image, size: tuple[int, int], mean: Sequence[float],
-                    std: Sequence[float]) -> torch.Tensor:
+def image_to_tensor(
+    image: Image.Image, size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """Resize (bilinear, antialiased) to (H, W), scale to [0, 1], normalise: (3, H, W)."""
-    image = image.resize((size[1], size[0]), Image.BILINEAR)
+    image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return TF.normalize(TF.to_tensor(image), list(mean), list(std))
 
 
@@ -26,7 +28,7 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label map to (H, W); ids (and 255) are kept exactly."""
     if mask.shape == size:
         return mask
-    return np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))
+    return np.array(Image.fromarray(mask).resize((size[1], size[0]), Image.Resampling.NEAREST))
 
 
 def upsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

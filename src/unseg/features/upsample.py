@@ -17,11 +17,13 @@ Both are linear in the features with weights summing to one, so upsampling commu
 any affine map (standardise, PCA): features may be projected first and upsampled in the
 smaller space. Memory is per image.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +35,16 @@ from ..errors import ImageError, SettingError
 from ..kinds import MAX_SIDE, as_size
 from .guided_filter import fast_guided_filter
 
-__all__ = ["UPSAMPLERS", "Upsampling", "bilinear_upsample", "guided_upsample", "upsample_features",
-           "guide_tensor", "iter_guides", "fit_grid"]
+__all__ = [
+    "UPSAMPLERS",
+    "Upsampling",
+    "bilinear_upsample",
+    "guided_upsample",
+    "upsample_features",
+    "guide_tensor",
+    "iter_guides",
+    "fit_grid",
+]
 
 UPSAMPLERS = ("none", "bilinear", "guided")
 """The upsampling methods: nearest token labels, bilinear features, and the guided filter."""
@@ -74,13 +84,20 @@ class Upsampling:
                 raise SettingError(f"upsampling size {self.size} is not (H, W)")
             as_size(self.size, "upsampling size")
         if self.factor is not None and not 0 < self.factor <= MAX_SIDE:
-            raise SettingError(f"upsampling factor {self.factor} is not allowed: it must be > 0 and at most "
-                               f"{MAX_SIDE} (a grid side of {MAX_SIDE} px or more; ``unseg docs reliability``)")
-        if not (0 < self.radius <= MAX_GUIDE_RADIUS and 0 < self.eps < math.inf
-                and 1 <= self.cells_per_token <= MAX_CELLS_PER_TOKEN):
-            raise SettingError(f"guided upsampling needs radius in (0, {MAX_GUIDE_RADIUS}] tokens, a finite eps > 0 "
-                               f"and cells_per_token 1..{MAX_CELLS_PER_TOKEN}, got radius {self.radius}, eps "
-                               f"{self.eps}, cells_per_token {self.cells_per_token}")
+            raise SettingError(
+                f"upsampling factor {self.factor} is not allowed: it must be > 0 and at most "
+                f"{MAX_SIDE} (a grid side of {MAX_SIDE} px or more; ``unseg docs reliability``)"
+            )
+        if not (
+            0 < self.radius <= MAX_GUIDE_RADIUS
+            and 0 < self.eps < math.inf
+            and 1 <= self.cells_per_token <= MAX_CELLS_PER_TOKEN
+        ):
+            raise SettingError(
+                f"guided upsampling needs radius in (0, {MAX_GUIDE_RADIUS}] tokens, a finite eps > 0 "
+                f"and cells_per_token 1..{MAX_CELLS_PER_TOKEN}, got radius {self.radius}, eps "
+                f"{self.eps}, cells_per_token {self.cells_per_token}"
+            )
 
     @property
     def active(self) -> bool:
@@ -95,8 +112,10 @@ class Upsampling:
         if self.size is not None:
             return int(self.size[0]), int(self.size[1])
         if self.factor is not None:  # bounded like any size: refused before anything is allocated
-            return as_size((max(1, round(grid[0] * self.factor)), max(1, round(grid[1] * self.factor))),
-                           f"upsampling target ({self.factor:g} x the {grid[0]}x{grid[1]} token grid)")
+            return as_size(
+                (max(1, round(grid[0] * self.factor)), max(1, round(grid[1] * self.factor))),
+                f"upsampling target ({self.factor:g} x the {grid[0]}x{grid[1]} token grid)",
+            )
         return int(default[0]), int(default[1])
 
     def describe(self) -> dict[str, Any]:
@@ -108,8 +127,9 @@ class Upsampling:
 
     def apply(self, feats: torch.Tensor, size: tuple[int, int], guide: torch.Tensor | None = None) -> torch.Tensor:
         """(D, h, w) -> (D, H, W) by this upsampler (``none``: nearest, the protocol's label upsampling)."""
-        return upsample_features(feats, size, self.method, guide, radius=self.radius, eps=self.eps,
-                                 cells_per_token=self.cells_per_token)
+        return upsample_features(
+            feats, size, self.method, guide, radius=self.radius, eps=self.eps, cells_per_token=self.cells_per_token
+        )
 
 
 def bilinear_upsample(feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -122,21 +142,33 @@ def fit_grid(grid: Sequence[int], size: Sequence[int], cells_per_token: int) -> 
     return min(int(size[0]), grid[0] * cells_per_token), min(int(size[1]), grid[1] * cells_per_token)
 
 
-def guided_upsample(feats: torch.Tensor, guide: torch.Tensor, radius: float = GUIDE_RADIUS, eps: float = GUIDE_EPS,
-                    cells_per_token: int = CELLS_PER_TOKEN) -> torch.Tensor:
+def guided_upsample(
+    feats: torch.Tensor,
+    guide: torch.Tensor,
+    radius: float = GUIDE_RADIUS,
+    eps: float = GUIDE_EPS,
+    cells_per_token: int = CELLS_PER_TOKEN,
+) -> torch.Tensor:
     """(D, h, w) features -> (D, H, W) at the guide's size: bilinear, then the (fast) guided filter with
     the guide (3, H, W), RGB in [0, 1]. ``radius`` is in tokens; the filter's coefficients are fitted
     on :func:`fit_grid` (bilinear features there) and applied to the full guide."""
     if feats.ndim != 3 or guide.ndim != 3 or guide.shape[0] != 3:
-        raise SettingError(f"guided upsampling needs (D, h, w) features and a (3, H, W) guide, got "
-                           f"{tuple(feats.shape)} and {tuple(guide.shape)}")
+        raise SettingError(
+            f"guided upsampling needs (D, h, w) features and a (3, H, W) guide, got "
+            f"{tuple(feats.shape)} and {tuple(guide.shape)}"
+        )
     low = fit_grid(feats.shape[-2:], guide.shape[-2:], cells_per_token)
     pixels = max(1, round(radius * max(low[0] / feats.shape[-2], low[1] / feats.shape[-1])))
     return fast_guided_filter(guide[None].to(feats.device), bilinear_upsample(feats, low)[None], pixels, eps)[0]
 
 
-def upsample_features(feats: torch.Tensor, size: tuple[int, int], method: str = "bilinear",
-                      guide: torch.Tensor | None = None, **guided: Any) -> torch.Tensor:
+def upsample_features(
+    feats: torch.Tensor,
+    size: tuple[int, int],
+    method: str = "bilinear",
+    guide: torch.Tensor | None = None,
+    **guided: Any,
+) -> torch.Tensor:
     """(D, h, w) -> (D, H, W) by ``method`` (:data:`UPSAMPLERS`; ``none`` = nearest). ``guide``:
     (3, H, W) RGB in [0, 1], required by ``guided``; ``guided``: its keyword settings
     (:func:`guided_upsample`)."""
@@ -157,7 +189,7 @@ def guide_tensor(image: Image.Image | np.ndarray, size: tuple[int, int]) -> torc
     """An RGB image resized (bilinear) to (H, W) as a (3, H, W) float tensor in [0, 1]: the guide."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
+    image = image.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
@@ -167,7 +199,8 @@ def iter_guides(dataset: SegmentationDataset, ids: Sequence[str], size: tuple[in
     index = {s.id: s for s in dataset.samples}
     missing = [i for i in ids if i not in index]
     if missing:
-        raise ImageError(f"dataset {dataset.name}/{dataset.split} has no image(s) {', '.join(missing[:5])} "
-                         "for the guided upsampler")
+        raise ImageError(
+            f"dataset {dataset.name}/{dataset.split} has no image(s) {', '.join(missing[:5])} for the guided upsampler"
+        )
     for i in ids:
         yield guide_tensor(dataset.load_image(index[i]), size)

@@ -5,9 +5,10 @@ is scored by the same probes: ``raw`` (identity, "only DINO"), ``pca`` (Standard
 PCA fitted on at most 5,000 training images) and ``random`` (Gaussian random projection,
 entries N(0, 1/dim) as in scikit-learn's GaussianRandomProjection).
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -21,12 +22,13 @@ PROJECTIONS = ("raw", "pca", "random")
 
 def _tokens_of(cache: FeatureCache, indices: np.ndarray, batch: int = 64) -> Iterator[np.ndarray]:
     for start in range(0, len(indices), batch):
-        block = np.stack([cache.features(int(i)) for i in indices[start:start + batch]])
+        block = np.stack([cache.features(int(i)) for i in indices[start : start + batch]])
         yield block.transpose(0, 2, 3, 1).reshape(-1, block.shape[1])
 
 
 def _frozen_conv(weight: np.ndarray, bias: np.ndarray) -> nn.Conv2d:
     conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1)
+    assert conv.bias is not None  # made with one
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(weight.astype(np.float32))[:, :, None, None])
         conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
@@ -45,6 +47,7 @@ def projection_head(kind: str, cache: FeatureCache, dim: int, seed: int = 0, max
         n = len(cache)
         indices = np.sort(rng.choice(n, size=min(n, max_images), replace=False))
         pca = StandardPCA(dim).fit(_tokens_of(cache, indices))
+        assert pca.mean_ is not None and pca.scale_ is not None  # fitted
         components = pca.components_ if pca.components_ is not None else np.eye(d)
         weight = components / pca.scale_[None, :]
         return _frozen_conv(weight, -weight @ pca.mean_)

@@ -11,15 +11,16 @@ continued (``resume``) or replaced (``overwrite``), never silently written over
 and checked against the run's model before anything of the run is written
 (:func:`load_resume`); and checkpoints are written atomically (:class:`SafeCheckpointIO`).
 """
+
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, get_args
+from typing import Any, Literal, get_args
 
 import lightning as L
 from lightning.fabric.plugins import TorchCheckpointIO
@@ -30,8 +31,21 @@ from torch import nn
 from ..errors import ConfigError, MissingExtraError, SettingError, WeightsError
 from ..io import resume_checkpoint, save_torch
 
-__all__ = ["TrainerSettings", "LoggerName", "LOGGERS", "RUN_ENTRIES", "check_logger", "make_logger", "build_trainer", "run_contents",
-           "check_run_folder", "clear_run", "load_resume", "first_process", "SafeCheckpointIO"]
+__all__ = [
+    "TrainerSettings",
+    "LoggerName",
+    "LOGGERS",
+    "RUN_ENTRIES",
+    "check_logger",
+    "make_logger",
+    "build_trainer",
+    "run_contents",
+    "check_run_folder",
+    "clear_run",
+    "load_resume",
+    "first_process",
+    "SafeCheckpointIO",
+]
 
 RUN_ENTRIES = ("config.yaml", "shifts.json", "logs", "checkpoints", "stego.ckpt", "leopart.ckpt")
 """What a training run writes in its folder: an overwrite removes exactly these."""
@@ -67,8 +81,9 @@ def check_logger(name: str) -> None:
     if name not in LOGGERS:
         raise ConfigError(f"key 'logger' = {name!r} is not one of {', '.join(LOGGERS)}")
     if name == "tensorboard" and not any(importlib.util.find_spec(p) for p in ("tensorboard", "tensorboardX")):
-        raise MissingExtraError("logger=tensorboard needs the tensorboard package: pip install tensorboard "
-                                "(or use logger=csv)")
+        raise MissingExtraError(
+            "logger=tensorboard needs the tensorboard package: pip install tensorboard (or use logger=csv)"
+        )
 
 
 def make_logger(name: str, out: str | Path) -> Logger | None:
@@ -82,16 +97,30 @@ def make_logger(name: str, out: str | Path) -> Logger | None:
     return None
 
 
-def build_trainer(out: str | Path, logger: str, log_every: int, progress_bar: bool,
-                  callbacks: Sequence[Callback] = (), resume: tuple[str, dict[str, Any]] | None = None,
-                  **settings: Any) -> L.Trainer:
+def build_trainer(
+    out: str | Path,
+    logger: str,
+    log_every: int,
+    progress_bar: bool,
+    callbacks: Sequence[Callback] = (),
+    resume: tuple[str, dict[str, Any]] | None = None,
+    **settings: Any,
+) -> L.Trainer:
     """A trainer rooted at ``out`` with logger ``logger`` (:data:`LOGGERS`) whose checkpoints go through
     :class:`SafeCheckpointIO` (``resume``: the checkpoint :func:`load_resume` read, and its path);
     ``settings`` are the method's own :class:`lightning.Trainer` arguments (devices, strategy, precision, ...)."""
     out = Path(out)
-    return L.Trainer(default_root_dir=out, logger=make_logger(logger, out) or False, log_every_n_steps=log_every,
-                     enable_progress_bar=progress_bar, enable_model_summary=False, use_distributed_sampler=False,
-                     callbacks=list(callbacks), plugins=[SafeCheckpointIO(resume)], **settings)
+    return L.Trainer(
+        default_root_dir=out,
+        logger=make_logger(logger, out) or False,
+        log_every_n_steps=log_every,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=list(callbacks),
+        plugins=[SafeCheckpointIO(resume)],
+        **settings,
+    )
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -131,8 +160,7 @@ def first_process() -> bool:
     """Whether this is the process that starts a run (rank 0 of node 0), not one a launcher started for
     another rank (Lightning's DDP children, torchrun's other ranks, another node): only it writes the run's
     config and judges the folder before the run."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
-                                                        "SLURM_PROCID"))
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
 
 
 def run_contents(out: str | Path) -> list[str]:
@@ -153,8 +181,10 @@ def check_run_folder(out: str | Path, resume: str | Path | None = None, overwrit
         raise SettingError("--resume continues the run in --out and --overwrite replaces it: give one of them")
     held = run_contents(out) if first_process() else []  # other ranks find rank 0's fresh config.yaml there
     if held and resume is None and not overwrite:
-        raise SettingError(f"run folder {out} holds a run ({', '.join(held)}); continue it with --resume last "
-                           "(resume='last'), replace it with --overwrite (overwrite=True), or choose another --out")
+        raise SettingError(
+            f"run folder {out} holds a run ({', '.join(held)}); continue it with --resume last "
+            "(resume='last'), replace it with --overwrite (overwrite=True), or choose another --out"
+        )
     return resume_checkpoint(resume, out)
 
 
@@ -168,8 +198,9 @@ def clear_run(out: str | Path) -> None:
             path.unlink()
 
 
-def load_resume(module: nn.Module, path: str, module_keys: Callable[[dict[str, Any]], dict[str, Any]]
-                ) -> dict[str, Any]:
+def load_resume(
+    module: nn.Module, path: str, module_keys: Callable[[dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
     """The training checkpoint at ``path``, read safely and checked to fit ``module`` (its keys mapped to
     the module's by ``module_keys``): another method's checkpoint, or one of another configuration (dim,
     backbone, classes), is a SettingError before the run writes anything."""
@@ -179,14 +210,22 @@ def load_resume(module: nn.Module, path: str, module_keys: Callable[[dict[str, A
         raise SettingError(f"--resume {path} holds no state_dict: not a training checkpoint")
     theirs, ours = module_keys(dict(state)), module.state_dict()
     missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-    shapes = [f"{k} {tuple(getattr(theirs[k], 'shape', ()))} vs {tuple(ours[k].shape)}" for k in sorted(ours)
-              if k in theirs and tuple(getattr(theirs[k], "shape", ())) != tuple(ours[k].shape)]
+    shapes = [
+        f"{k} {tuple(getattr(theirs[k], 'shape', ()))} vs {tuple(ours[k].shape)}"
+        for k in sorted(ours)
+        if k in theirs and tuple(getattr(theirs[k], "shape", ())) != tuple(ours[k].shape)
+    ]
     if missing or extra or shapes:
-        found = [f"{len(missing)} tensor(s) missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
-                 f"other shapes: {shapes[0]}" + (f" and {len(shapes) - 1} more" if len(shapes) > 1 else "")
-                 if shapes else ""]
-        raise SettingError(f"--resume {path} does not fit this run's model ({'; '.join(f for f in found if f)}): "
-                           "it is another method's checkpoint, or the config changed (e.g. dim, backbone, "
-                           "classes); resume with the run's own config, or leave out --resume")
+        found = [
+            f"{len(missing)} tensor(s) missing (e.g. {missing[0]})" if missing else "",
+            f"{len(extra)} unexpected (e.g. {extra[0]})" if extra else "",
+            f"other shapes: {shapes[0]}" + (f" and {len(shapes) - 1} more" if len(shapes) > 1 else "")
+            if shapes
+            else "",
+        ]
+        raise SettingError(
+            f"--resume {path} does not fit this run's model ({'; '.join(f for f in found if f)}): "
+            "it is another method's checkpoint, or the config changed (e.g. dim, backbone, "
+            "classes); resume with the run's own config, or leave out --resume"
+        )
     return ckpt

@@ -11,6 +11,7 @@ source) and imported only when a CRF runs. Inference is single-threaded C++, so
 :func:`crf_batch` spreads images over processes, as many as the one thread policy allows
 (:mod:`unseg.threads`).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,8 +41,10 @@ def _pydensecrf() -> tuple[ModuleType, ModuleType]:
         import pydensecrf.densecrf as dcrf
         import pydensecrf.utils as utils
     except ImportError as exc:
-        raise MissingExtraError('the dense CRF needs pydensecrf; install it with pip install "unseg[crf]" '
-                                f"(PyPI package pydensecrf2, compiled from source) ({exc})") from exc
+        raise MissingExtraError(
+            'the dense CRF needs pydensecrf; install it with pip install "unseg[crf]" '
+            f"(PyPI package pydensecrf2, compiled from source) ({exc})"
+        ) from exc
     return dcrf, utils
 
 
@@ -82,7 +85,7 @@ def crf_batch(images: Sequence[np.ndarray], logits: Sequence[Logits], processes:
     _pydensecrf()  # fail here, not once per worker
     processes = min(processes or get_threads(), len(images))
     if processes <= 1:
-        return [dense_crf(i, x) for i, x in zip(images, logits)]
+        return [dense_crf(i, x) for i, x in zip(images, logits, strict=True)]
     chunk = math.ceil(len(images) / (4 * processes))
     with multiprocessing.Pool(processes, initializer=_init_worker) as pool:
-        return pool.starmap(dense_crf, zip(images, logits), chunksize=chunk)
+        return pool.starmap(dense_crf, zip(images, logits, strict=True), chunksize=chunk)

@@ -18,6 +18,7 @@ counted on the token grid (the authors count on the 28x28 maps nearest-upsampled
 label are left out of the foreground IoU (the authors count VOC's 255 boundary as
 foreground, which elsewhere, e.g. CamVid's void, would be wrong).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,15 +27,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO
 from ..clustering import KMeansResult, kmeans
 from ..datasets.base import IGNORE_INDEX
+from ..defaults import NITER, NREDO
 from ..features.saliency import foreground_mask
 from ..features.transforms import upsample_labels
 
-__all__ = ["DEFAULT_FG_K", "NOISY_MASS", "cluster_precisions", "ThresholdSearch", "search_threshold",
-           "round_threshold", "foreground_iou", "foreground_targets", "saliency_clusters", "ForegroundExtraction",
-           "cluster_based_foreground"]
+__all__ = [
+    "DEFAULT_FG_K",
+    "NOISY_MASS",
+    "cluster_precisions",
+    "ThresholdSearch",
+    "search_threshold",
+    "round_threshold",
+    "foreground_iou",
+    "foreground_targets",
+    "saliency_clusters",
+    "ForegroundExtraction",
+    "cluster_based_foreground",
+]
 
 DEFAULT_FG_K = 200  # spherical k-means clusters (the authors')
 
@@ -92,8 +103,9 @@ def _mean_iou(inter: np.ndarray, union: np.ndarray) -> float:
     return float((inter[valid] / union[valid]).mean() * 100) if valid.any() else float("nan")
 
 
-def search_threshold(precisions: np.ndarray, clusters: np.ndarray, gt_foreground: np.ndarray,
-                     cut_range: tuple[float, float] = CUT_RANGE) -> ThresholdSearch:
+def search_threshold(
+    precisions: np.ndarray, clusters: np.ndarray, gt_foreground: np.ndarray, cut_range: tuple[float, float] = CUT_RANGE
+) -> ThresholdSearch:
     """Pick the precision threshold from labelled (train) images.
 
     ``clusters`` (N, h, w) cluster ids; ``gt_foreground`` (N, H, W) uint8: 1 foreground,
@@ -148,27 +160,52 @@ class ForegroundExtraction:
 
     def settings(self) -> dict[str, Any]:
         k = len(self.centroids)
-        return {"k": k, "spherical": True, "threshold": self.threshold, "cut": self.search.cut,
-                "foreground_clusters_train": int((self.precisions_train >= self.threshold).sum()),
-                "foreground_clusters_val": int((self.precisions_val >= self.threshold).sum()),
-                "foreground_iou_train": self.foreground_iou_train, "noisy_mass": NOISY_MASS,
-                "cut_range": list(CUT_RANGE)}
+        return {
+            "k": k,
+            "spherical": True,
+            "threshold": self.threshold,
+            "cut": self.search.cut,
+            "foreground_clusters_train": int((self.precisions_train >= self.threshold).sum()),
+            "foreground_clusters_val": int((self.precisions_val >= self.threshold).sum()),
+            "foreground_iou_train": self.foreground_iou_train,
+            "noisy_mass": NOISY_MASS,
+            "cut_range": list(CUT_RANGE),
+        }
 
 
-def saliency_clusters(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0,
-                      niter: int = NITER, nredo: int = NREDO) -> tuple[KMeansResult, np.ndarray, np.ndarray]:
+def saliency_clusters(
+    tokens: np.ndarray,
+    grid: tuple[int, int],
+    saliency: np.ndarray,
+    k: int = DEFAULT_FG_K,
+    seed: int = 0,
+    niter: int = NITER,
+    nredo: int = NREDO,
+) -> tuple[KMeansResult, np.ndarray, np.ndarray]:
     """CBFE's unlabelled half: spherical k-means of the tokens of (N, h, w) ``saliency``'s images,
     as (fit, (N, h, w) cluster maps, (N, h, w) noisy foreground masks)."""
     n = len(saliency)
     if len(tokens) != n * grid[0] * grid[1]:
         raise ValueError(f"{len(tokens)} tokens do not fit {n} images of {grid[0]}x{grid[1]}")
     fit = kmeans(tokens, k, seed=seed, niter=niter, nredo=nredo, spherical=True)
-    return fit, fit.labels.reshape(n, *grid), foreground_mask(torch.from_numpy(np.asarray(saliency, np.float32)), keep_mass=NOISY_MASS).bool().numpy()
+    return (
+        fit,
+        fit.labels.reshape(n, *grid),
+        foreground_mask(torch.from_numpy(np.asarray(saliency, np.float32)), keep_mass=NOISY_MASS).bool().numpy(),
+    )
 
 
-def cluster_based_foreground(tokens: np.ndarray, grid: tuple[int, int], saliency: np.ndarray, num_train: int,
-                             gt_foreground_train: np.ndarray, k: int = DEFAULT_FG_K, seed: int = 0, niter: int = NITER,
-                             nredo: int = NREDO) -> ForegroundExtraction:
+def cluster_based_foreground(
+    tokens: np.ndarray,
+    grid: tuple[int, int],
+    saliency: np.ndarray,
+    num_train: int,
+    gt_foreground_train: np.ndarray,
+    k: int = DEFAULT_FG_K,
+    seed: int = 0,
+    niter: int = NITER,
+    nredo: int = NREDO,
+) -> ForegroundExtraction:
     """CBFE on ``tokens`` ((N*h*w, D), the ``num_train`` train images first, then val).
 
     ``saliency`` (N, h, w) is the backbone's; ``gt_foreground_train`` (num_train, H, W) as in
@@ -181,7 +218,16 @@ def cluster_based_foreground(tokens: np.ndarray, grid: tuple[int, int], saliency
     prec_train = cluster_precisions(clusters[train], noisy[train], k)
     search = search_threshold(prec_train, clusters[train], gt_foreground_train)
     prec_val = cluster_precisions(clusters[val], noisy[val], k) if n > num_train else np.zeros(k)
-    masks = np.concatenate([(prec_train >= search.threshold)[clusters[train]],
-                            (prec_val >= search.threshold)[clusters[val]]])
-    return ForegroundExtraction(masks, search.threshold, search, clusters, fit.centroids, prec_train, prec_val,
-                                foreground_iou(masks[train], gt_foreground_train))
+    masks = np.concatenate(
+        [(prec_train >= search.threshold)[clusters[train]], (prec_val >= search.threshold)[clusters[val]]]
+    )
+    return ForegroundExtraction(
+        masks,
+        search.threshold,
+        search,
+        clusters,
+        fit.centroids,
+        prec_train,
+        prec_val,
+        foreground_iou(masks[train], gt_foreground_train),
+    )

@@ -21,6 +21,7 @@ Facts carried over from the authors' ``fully_unsup_seg.py``:
 
 Infomap >= 2 rejects seed 0: run ``s`` uses Infomap seed ``s + 1``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -30,19 +31,30 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from ..defaults import NITER, NREDO
 from ..clustering import kmeans
+from ..defaults import NITER, NREDO
 from ..errors import ConfigError
 from ..evaluation.metrics import ConfusionAccumulator
 from ..features.transforms import upsample_labels
 
-__all__ = ["Overclustering", "cooccurrence_offsets", "cooccurrence", "cooccurrence_graph", "infomap_communities",
-           "merge_confusion", "CD_KEYS", "PUBLISHED", "published_hyper_parameters",
-           "check_hyper_parameters"]
+__all__ = [
+    "Overclustering",
+    "cooccurrence_offsets",
+    "cooccurrence",
+    "cooccurrence_graph",
+    "infomap_communities",
+    "merge_confusion",
+    "CD_KEYS",
+    "PUBLISHED",
+    "published_hyper_parameters",
+    "check_hyper_parameters",
+]
 
 CD_KEYS = ("k", "markov_time", "weight_threshold")  # overclustering k, Infomap Markov time, edge threshold
-PUBLISHED = {"dino_vits16": {"k": 149, "markov_time": 2.0, "weight_threshold": 0.09},
-             "dino_vitb8": {"k": 109, "markov_time": 0.4, "weight_threshold": 0.07}}
+PUBLISHED = {
+    "dino_vits16": {"k": 149, "markov_time": 2.0, "weight_threshold": 0.09},
+    "dino_vitb8": {"k": 109, "markov_time": 0.4, "weight_threshold": 0.07},
+}
 """The CD hyper-parameters the authors found by TPE on VOC train, per backbone (``unseg docs methods``):
 the "published" preset of the protocol and the defaults of ``unseg segment --method cd``."""
 
@@ -51,9 +63,11 @@ def published_hyper_parameters(backbone: object) -> dict[str, float]:
     """The authors' CD hyper-parameters for ``backbone`` (a registered name), or a ConfigError naming those known."""
     if not isinstance(backbone, str) or backbone not in PUBLISHED:
         shown = backbone if isinstance(backbone, str) else type(backbone).__name__
-        raise ConfigError(f"no published CD hyper-parameters for backbone {shown!r} (published: "
-                          f"{', '.join(PUBLISHED)}); give --cd-k --markov-time --weight-threshold "
-                          "(hyper_parameters={...}) or leave them out to search")
+        raise ConfigError(
+            f"no published CD hyper-parameters for backbone {shown!r} (published: "
+            f"{', '.join(PUBLISHED)}); give --cd-k --markov-time --weight-threshold "
+            "(hyper_parameters={...}) or leave them out to search"
+        )
     return dict(PUBLISHED[backbone])
 
 
@@ -61,19 +75,29 @@ def check_hyper_parameters(hyper_parameters: dict[str, float]) -> dict[str, floa
     """``hyper_parameters`` if it holds all of :data:`CD_KEYS`, else a ConfigError (before any clustering)."""
     missing = set(CD_KEYS) - set(hyper_parameters)
     if missing:
-        raise ConfigError(f"CD hyper-parameters lack {', '.join(sorted(missing))}: give all of {', '.join(CD_KEYS)} "
-                          "(--cd-k --markov-time --weight-threshold) or none of them (TPE search)")
-    if int(hyper_parameters["k"]) < 2 or hyper_parameters["markov_time"] <= 0 or hyper_parameters["weight_threshold"] < 0:
-        raise ConfigError(f"CD hyper-parameters k={hyper_parameters['k']}, markov_time={hyper_parameters['markov_time']}, "
-                          f"weight_threshold={hyper_parameters['weight_threshold']}: k must be >= 2 (clusters to "
-                          "merge), markov_time > 0, weight_threshold >= 0")
+        raise ConfigError(
+            f"CD hyper-parameters lack {', '.join(sorted(missing))}: give all of {', '.join(CD_KEYS)} "
+            "(--cd-k --markov-time --weight-threshold) or none of them (TPE search)"
+        )
+    if (
+        int(hyper_parameters["k"]) < 2
+        or hyper_parameters["markov_time"] <= 0
+        or hyper_parameters["weight_threshold"] < 0
+    ):
+        raise ConfigError(
+            f"CD hyper-parameters k={hyper_parameters['k']}, markov_time={hyper_parameters['markov_time']}, "
+            f"weight_threshold={hyper_parameters['weight_threshold']}: k must be >= 2 (clusters to "
+            "merge), markov_time > 0, weight_threshold >= 0"
+        )
     return hyper_parameters
+
 
 Edge = tuple[int, int, float]
 
 
 def cooccurrence_offsets(distances: tuple[int, ...] = (1, 2), num_angles: int = 8) -> list[tuple[int, int]]:
     """(row, col) offsets of skimage's ``graycomatrix`` for ``distances`` and angles k * 2 pi / num_angles."""
+
     def round_half_away(x: float) -> int:
         return int(np.sign(x) * np.floor(abs(x) + 0.5))
 
@@ -86,14 +110,15 @@ def _pair_counts(labels: np.ndarray, num_labels: int, offsets: list[tuple[int, i
     h, w = labels.shape
     counts = np.zeros(num_labels * num_labels, dtype=np.int64)
     for dr, dc in offsets:
-        a = labels[max(0, -dr):h - max(0, dr), max(0, -dc):w - max(0, dc)]
-        b = labels[max(0, dr):h - max(0, -dr), max(0, dc):w - max(0, -dc)]
+        a = labels[max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
+        b = labels[max(0, dr) : h - max(0, -dr), max(0, dc) : w - max(0, -dc)]
         counts += np.bincount((a * num_labels + b).ravel(), minlength=num_labels * num_labels)
     return counts.reshape(num_labels, num_labels)
 
 
-def cooccurrence(maps: Iterable[np.ndarray], num_labels: int,
-                 offsets: list[tuple[int, int]] | None = None) -> np.ndarray:
+def cooccurrence(
+    maps: Iterable[np.ndarray], num_labels: int, offsets: list[tuple[int, int]] | None = None
+) -> np.ndarray:
     """(L, L) co-occurrence of cluster ids over (H, W) maps (an (N, H, W) array or any iterable of maps)."""
     offsets = cooccurrence_offsets() if offsets is None else offsets
     total = np.zeros((num_labels, num_labels))
@@ -114,20 +139,26 @@ def cooccurrence_graph(matrix: np.ndarray, weight_threshold: float) -> list[Edge
     """Undirected edges (i < j) where both directions reach ``weight_threshold``; weight = the smaller."""
     weights = np.minimum(matrix, matrix.T)
     rows, cols = np.nonzero(np.triu(weights >= weight_threshold, k=1))
-    return [(int(i), int(j), float(weights[i, j])) for i, j in zip(rows, cols)]
+    return [(int(i), int(j), float(weights[i, j])) for i, j in zip(rows, cols, strict=True)]
 
 
-def infomap_communities(edges: list[Edge], num_nodes: int, markov_time: float, preferred_modules: int | None,
-                        seed: int) -> np.ndarray:
+def infomap_communities(
+    edges: list[Edge], num_nodes: int, markov_time: float, preferred_modules: int | None, seed: int
+) -> np.ndarray:
     """(num_nodes,) community of every node, numbered 0.. in Infomap's module order; nodes in no
     edge share the label after the last community. ``seed`` s runs Infomap with seed s + 1."""
     import infomap
 
     labels = np.full(num_nodes, -1, dtype=np.int64)
     if edges:
-        options = {"preferred_number_of_modules": preferred_modules} if preferred_modules else {}
-        result = infomap.run(edges, seed=seed + 1, two_level=True, directed=False, markov_time=markov_time,
-                             options=infomap.Options(**options))
+        result = infomap.run(
+            edges,
+            seed=seed + 1,
+            two_level=True,
+            directed=False,
+            markov_time=markov_time,
+            options=infomap.Options(preferred_number_of_modules=preferred_modules or None),  # None: Infomap's own
+        )
         modules = result.modules()
         index = {m: i for i, m in enumerate(sorted(set(modules.values())))}
         for node, module in modules.items():
@@ -150,8 +181,17 @@ class Overclustering:
     authors' code. Maps are kept on the token grid and upsampled to ``mask_size`` on demand.
     """
 
-    def __init__(self, tokens: np.ndarray, grid: tuple[int, int], foreground: np.ndarray | None, k: int,
-                 mask_size: tuple[int, int], seed: int = 0, niter: int = NITER, nredo: int = NREDO) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        grid: tuple[int, int],
+        foreground: np.ndarray | None,
+        k: int,
+        mask_size: tuple[int, int],
+        seed: int = 0,
+        niter: int = NITER,
+        nredo: int = NREDO,
+    ) -> None:
         n = len(tokens) // (grid[0] * grid[1])
         keep = np.ones(len(tokens), bool) if foreground is None else foreground.reshape(-1)
         fit = kmeans(tokens[keep], k, seed=seed, niter=niter, nredo=nredo)
@@ -182,7 +222,8 @@ class Overclustering:
             self._confusions[key] = acc.matrix
         return self._confusions[key]
 
-    def communities(self, markov_time: float, weight_threshold: float, preferred_modules: int | None,
-                    seed: int) -> np.ndarray:
+    def communities(
+        self, markov_time: float, weight_threshold: float, preferred_modules: int | None, seed: int
+    ) -> np.ndarray:
         edges = cooccurrence_graph(self.matrix, weight_threshold)
         return infomap_communities(edges, self.num_nodes, markov_time, preferred_modules, seed)

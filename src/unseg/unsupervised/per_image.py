@@ -11,25 +11,25 @@ Work is split so that memory does not grow with the photos' size: :func:`plan_fo
 the token grid only (segments, groups); :meth:`FolderPlan.render` then brings one image at a
 time to its own resolution with the image as the guide.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
 import torch
-
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from ..defaults import PCA_DIM
 from ..clustering import StandardPCA, kmeans
 from ..clustering.kmeans import unit_rows
+from ..defaults import PCA_DIM
 from ..errors import SettingError
 from ..features.cache import FeatureCache
 from ..threads import parallel_map, serial_blas
-from .spectral import (SpectralSettings, background_segments, merge_segments, oversegment, refine_segments,
-                       segment_sums)
+from .spectral import SpectralSettings, background_segments, merge_segments, oversegment, refine_segments, segment_sums
 
 __all__ = ["FolderPlan", "ImageSegmentation", "plan_folder", "fit_vocabulary", "PCA_TOKENS", "WARD_POINTS"]
 
@@ -74,8 +74,9 @@ class FolderPlan:
         edges, then the border rule for the background."""
         segments = refine_segments(self.segments[index], guide, self.settings)
         k = len(self.groups[index])
-        return ImageSegmentation(segments, self.groups[index],
-                                 background_segments(segments, k, self.settings.background_ratio))
+        return ImageSegmentation(
+            segments, self.groups[index], background_segments(segments, k, self.settings.background_ratio)
+        )
 
 
 def fit_vocabulary(descriptors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -96,8 +97,14 @@ def fit_vocabulary(descriptors: np.ndarray, k: int, seed: int = 0) -> np.ndarray
     return groups if micro is None else groups[micro]
 
 
-def plan_folder(cache: FeatureCache, settings: SpectralSettings | None = None, groups: int | None = None,
-                seed: int = 0, pca_dim: int | None = PCA_DIM, threads: int | None = None) -> FolderPlan:
+def plan_folder(
+    cache: FeatureCache,
+    settings: SpectralSettings | None = None,
+    groups: int | None = None,
+    seed: int = 0,
+    pca_dim: int | None = PCA_DIM,
+    threads: int | None = None,
+) -> FolderPlan:
     """Segment every cached image on its own and group the segments across the folder.
 
     ``groups``: the vocabulary's size (default: the largest number of segments of one image).
@@ -123,8 +130,9 @@ def plan_folder(cache: FeatureCache, settings: SpectralSettings | None = None, g
     centre = sum(p[1].sum(0) for p in passes) / sum(p[2].sum() for p in passes)
     segments, means, sizes = [], [], []
     for over, sums, counts, _ in passes:
-        lut = merge_segments(over, sums, counts, centre, settings.merge_threshold, settings.segments,
-                         settings.min_tokens)
+        lut = merge_segments(
+            over, sums, counts, centre, settings.merge_threshold, settings.segments, settings.min_tokens
+        )
         merged_sums = np.zeros((lut.max() + 1, sums.shape[1]))
         np.add.at(merged_sums, lut, sums)
         merged_counts = np.bincount(lut, weights=counts).astype(np.int64)
@@ -136,9 +144,14 @@ def plan_folder(cache: FeatureCache, settings: SpectralSettings | None = None, g
     k = groups if groups is not None else max(sizes)
     flat = fit_vocabulary(descriptors, k, seed)
     bounds = np.cumsum([0] + sizes)
-    summary = {"segments_per_image": {"median": float(np.median(sizes)), "min": int(min(sizes)),
-                                      "max": int(max(sizes))}, "total_segments": int(bounds[-1]),
-               "groups": k, "groups_given": groups is not None,
-               "pca_dim": pca_dim, "pca_tokens": int(sum(len(p[3]) for p in passes)), "seed": seed,
-               **settings.describe()}
-    return FolderPlan(settings, segments, [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])], k, summary)
+    summary = {
+        "segments_per_image": {"median": float(np.median(sizes)), "min": int(min(sizes)), "max": int(max(sizes))},
+        "total_segments": int(bounds[-1]),
+        "groups": k,
+        "groups_given": groups is not None,
+        "pca_dim": pca_dim,
+        "pca_tokens": int(sum(len(p[3]) for p in passes)),
+        "seed": seed,
+        **settings.describe(),
+    }
+    return FolderPlan(settings, segments, [flat[a:b] for a, b in pairwise(bounds)], k, summary)

@@ -26,6 +26,7 @@ The family of normalised cuts and Deep Spectral Methods (Melas-Kyriazi et al., C
 6. **Foreground.** A segment is background when its share of the image border is at least
    ``background_ratio`` times its share of the image: background hugs the frame, objects sit in it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,8 +45,18 @@ from ..features.upsample import fit_grid
 
 EMBEDDINGS = ("spectral", "tokens")
 
-__all__ = ["EMBEDDINGS", "SpectralSettings", "affinity", "spectral_embedding", "oversegment", "segment_sums", "merge_segments",
-           "refine_segments", "background_segments", "colour_affinity"]
+__all__ = [
+    "EMBEDDINGS",
+    "SpectralSettings",
+    "affinity",
+    "spectral_embedding",
+    "oversegment",
+    "segment_sums",
+    "merge_segments",
+    "refine_segments",
+    "background_segments",
+    "colour_affinity",
+]
 
 
 @dataclass(frozen=True)
@@ -54,15 +65,17 @@ class SpectralSettings:
 
     ``embedding``: what the over-segmentation's k-means runs on: ``spectral`` (the graph's
     eigenvectors) or ``tokens`` (the image's centred, L2-normalised tokens: plain per-image k-means,
-    the baseline the graph is measured against). ``sharpness``: power of the clipped cosine affinity. ``colour``: weight of the colour-and-position
-    affinity in the graph (0: none). ``oversegments``: eigenvectors and segments before merging.
-    ``merge_threshold``: merge adjacent segments while their centred mean features' cosine is at
-    least this. ``segments``: a fixed number per image instead (merged down to it). ``min_tokens``: smaller
-    segments (slivers of mixed tokens along an edge) join their most similar neighbour. ``radius``,
-    ``eps``, ``cells_per_token``: the guided filter that puts the boundaries on the photo's edges
-    (window in tokens; ridge term; fitting grid; the coarse lead above which a pixel's segment is not
-    computed at full resolution, :func:`unseg.features.guided_filter.fast_guided_filter`). ``background_ratio``: border share over area share
-    above which a segment is background. ``niter``, ``nredo``: the over-segmentation's k-means.
+    the baseline the graph is measured against). ``sharpness``: power of the clipped cosine
+    affinity. ``colour``: weight of the colour-and-position affinity in the graph (0: none).
+    ``oversegments``: eigenvectors and segments before merging. ``merge_threshold``: merge adjacent
+    segments while their centred mean features' cosine is at least this. ``segments``: a fixed
+    number per image instead (merged down to it). ``min_tokens``: smaller segments (slivers of mixed
+    tokens along an edge) join their most similar neighbour. ``radius``, ``eps``,
+    ``cells_per_token``: the guided filter that puts the boundaries on the photo's edges (window in
+    tokens; ridge term; fitting grid; the coarse lead above which a pixel's segment is not computed
+    at full resolution, :func:`unseg.features.guided_filter.fast_guided_filter`).
+    ``background_ratio``: border share over area share above which a segment is background.
+    ``niter``, ``nredo``: the over-segmentation's k-means.
     """
 
     embedding: str = "spectral"
@@ -81,26 +94,39 @@ class SpectralSettings:
     nredo: int = 1
 
     def __post_init__(self) -> None:
-        checks = {"embedding": self.embedding in EMBEDDINGS, "sharpness": self.sharpness > 0, "colour": self.colour >= 0, "oversegments": self.oversegments >= 2,
-                  "merge_threshold": -1 <= self.merge_threshold <= 1,
-                  "segments": self.segments is None or 1 <= self.segments <= self.oversegments,
-                  "min_tokens": self.min_tokens >= 1,
-                  "radius": self.radius > 0, "eps": self.eps > 0, "cells_per_token": self.cells_per_token >= 1,
-                  "margin": self.margin >= 0,
-                  "background_ratio": self.background_ratio > 0, "niter": self.niter >= 1, "nredo": self.nredo >= 1}
+        checks = {
+            "embedding": self.embedding in EMBEDDINGS,
+            "sharpness": self.sharpness > 0,
+            "colour": self.colour >= 0,
+            "oversegments": self.oversegments >= 2,
+            "merge_threshold": -1 <= self.merge_threshold <= 1,
+            "segments": self.segments is None or 1 <= self.segments <= self.oversegments,
+            "min_tokens": self.min_tokens >= 1,
+            "radius": self.radius > 0,
+            "eps": self.eps > 0,
+            "cells_per_token": self.cells_per_token >= 1,
+            "margin": self.margin >= 0,
+            "background_ratio": self.background_ratio > 0,
+            "niter": self.niter >= 1,
+            "nredo": self.nredo >= 1,
+        }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise SettingError(f"spectral settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
-                               f"(embedding one of {', '.join(EMBEDDINGS)}; sharpness, radius, eps, background_ratio > 0; colour >= 0; oversegments >= 2; "
-                               "merge_threshold in [-1, 1]; segments 1..oversegments; margin >= 0; min_tokens, cells_per_token, "
-                               "niter, nredo >= 1)")
+            raise SettingError(
+                f"spectral settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
+                f"(embedding one of {', '.join(EMBEDDINGS)}; sharpness, radius, eps, background_ratio > 0; "
+                "colour >= 0; oversegments >= 2; "
+                "merge_threshold in [-1, 1]; segments 1..oversegments; margin >= 0; min_tokens, cells_per_token, "
+                "niter, nredo >= 1)"
+            )
 
     def describe(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
-def colour_affinity(image: np.ndarray, neighbours: tuple[int, ...] = (20, 10),
-                    position_weights: tuple[float, ...] = (2.0, 0.1)) -> np.ndarray:
+def colour_affinity(
+    image: np.ndarray, neighbours: tuple[int, ...] = (20, 10), position_weights: tuple[float, ...] = (2.0, 0.1)
+) -> np.ndarray:
     """Deep Spectral Methods' colour-and-position affinity of the pixels of a small (h, w, 3) image in
     [0, 1]: for each pixel its ``k`` nearest pixels in (r, g, b, p·x, p·y), x and y in [0, 1], once per
     (k, p); each link counts 1, both ways (symmetric). Dense (h·w, h·w): for token-sized images."""
@@ -108,7 +134,7 @@ def colour_affinity(image: np.ndarray, neighbours: tuple[int, ...] = (20, 10),
     n = h * w
     x, y = np.tile(np.linspace(0, 1, w), h), np.repeat(np.linspace(0, 1, h), w)
     out = np.zeros((n, n))
-    for k, weight in zip(neighbours, position_weights):
+    for k, weight in zip(neighbours, position_weights, strict=False):
         points = np.column_stack([image.reshape(n, 3), weight * x, weight * y])
         _, near = cKDTree(points).query(points, k=min(k, n))
         rows = np.repeat(np.arange(n), near.shape[1])
@@ -164,8 +190,9 @@ def spectral_embedding(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return values, vectors
 
 
-def oversegment(features: np.ndarray, settings: SpectralSettings, seed: int = 0,
-                image: np.ndarray | None = None) -> np.ndarray:
+def oversegment(
+    features: np.ndarray, settings: SpectralSettings, seed: int = 0, image: np.ndarray | None = None
+) -> np.ndarray:
     """(h, w) int32 over-segment ids of one image's (D, h, w) features (steps 1-3); ids are dense 0..k-1."""
     d, h, w = features.shape
     tokens = features.reshape(d, -1).T
@@ -176,9 +203,10 @@ def oversegment(features: np.ndarray, settings: SpectralSettings, seed: int = 0,
         values, vectors = spectral_embedding(affinity(tokens, settings, image), k + 1)
         # each eigenvector weighted by 1 - λ (a diffusion map's step): the graph's structure keeps its weight
         # (λ near 0), while vectors of λ near 1, noise inside a uniform region, fade out
-        points = vectors[:, 1:k + 1] * (1 - values[1:k + 1])
-    labels = kmeans(points, k, seed=seed, niter=settings.niter, nredo=settings.nredo, threads=1,
-                    warn_few_points=False).labels
+        points = vectors[:, 1 : k + 1] * (1 - values[1 : k + 1])
+    labels = kmeans(
+        points, k, seed=seed, niter=settings.niter, nredo=settings.nredo, threads=1, warn_few_points=False
+    ).labels
     return np.unique(labels, return_inverse=True)[1].reshape(h, w).astype(np.int32)
 
 
@@ -201,8 +229,15 @@ def _adjacency(labels: np.ndarray, k: int) -> np.ndarray:
     return adj
 
 
-def merge_segments(labels: np.ndarray, sums: np.ndarray, counts: np.ndarray, centre: np.ndarray,
-                   threshold: float, segments: int | None = None, min_tokens: int = 1) -> np.ndarray:
+def merge_segments(
+    labels: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    centre: np.ndarray,
+    threshold: float,
+    segments: int | None = None,
+    min_tokens: int = 1,
+) -> np.ndarray:
     """Step 4: a look-up table (k,) from the over-segments of ``labels`` to merged segments 0..m-1.
 
     The two adjacent segments whose mean features (``sums`` / ``counts``), centred on ``centre``,
@@ -217,7 +252,7 @@ def merge_segments(labels: np.ndarray, sums: np.ndarray, counts: np.ndarray, cen
     owner = np.arange(k)
     alive = np.ones(k, bool)
 
-    def join(i: int, j: int) -> None:
+    def join(i: int | np.integer, j: int | np.integer) -> None:  # segment indices, numpy's among them
         sums[i] += sums[j]
         counts[i] += counts[j]
         adj[i] |= adj[j]
@@ -257,8 +292,9 @@ def refine_segments(labels: np.ndarray, guide: torch.Tensor, settings: SpectralS
     masks = F.one_hot(torch.from_numpy(labels.astype(np.int64)), k).permute(2, 0, 1)[None].float()
     masks = F.interpolate(masks, size=low, mode="bilinear", align_corners=False)
     radius = max(1, round(settings.radius * max(low[0] / h, low[1] / w)))
-    return fast_guided_filter(guide[None].float(), masks, radius, settings.eps, argmax=True,
-                              margin=settings.margin)[0].numpy()
+    return fast_guided_filter(guide[None].float(), masks, radius, settings.eps, argmax=True, margin=settings.margin)[
+        0
+    ].numpy()
 
 
 def background_segments(segmap: np.ndarray, k: int, ratio: float = 1.0) -> np.ndarray:

@@ -3,13 +3,14 @@
 Every picture and link must be a file inside the gallery's folder; a missing one is an
 error when the page is written, so a written gallery never has a dead link.
 """
+
 from __future__ import annotations
 
 import html
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -50,25 +51,35 @@ def _href(path: Path, root: Path) -> str:
     return quote(Path(rel).as_posix())
 
 
-def write_gallery(path: str | Path, sections: Mapping[str, Sequence[GalleryItem]], title: str,
-                  intro: str = "", links: Mapping[str, Path] | None = None,
-                  legend: Sequence[tuple[str, np.ndarray | Sequence[int]]] = (),
-                  tile_width: int | None = 360) -> Path:
+def write_gallery(
+    path: str | Path,
+    sections: Mapping[str, Sequence[GalleryItem]],
+    title: str,
+    intro: str = "",
+    links: Mapping[str, Path] | None = None,
+    legend: Sequence[tuple[str, np.ndarray | Sequence[int]]] = (),
+    tile_width: int | None = 360,
+) -> Path:
     """Write the page ``path`` (e.g. ``out/index.html``): ``sections`` (heading -> tiles; "" = no
     heading), page-level ``links`` (e.g. metrics.json), a colour ``legend`` of (name, RGB) and each
     tile's width in px (None: the picture's own, at most the page's)."""
     path = Path(path)
     root = path.parent
     esc = html.escape
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>",
-             f"<style>{_STYLE}</style></head><body>", f"<h1>{esc(title)}</h1>"]
+    parts = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
     if intro:
         parts.append(f"<p>{esc(intro)}</p>")
     if links:
         parts.append("<p>" + " · ".join(f'<a href="{_href(p, root)}">{esc(t)}</a>' for t, p in links.items()) + "</p>")
     if len(legend):
-        swatches = "".join(f'<span><i style="background: rgb({int(c[0])},{int(c[1])},{int(c[2])})"></i>{esc(n)}</span>'
-                           for n, c in legend)
+        swatches = "".join(
+            f'<span><i style="background: rgb({int(c[0])},{int(c[1])},{int(c[2])})"></i>{esc(n)}</span>'
+            for n, c in legend
+        )
         parts.append(f'<div class="legend">{swatches}</div>')
     for heading, items in sections.items():
         if heading:
@@ -79,8 +90,10 @@ def write_gallery(path: str | Path, sections: Mapping[str, Sequence[GalleryItem]
             extra = " ".join(f'<a href="{_href(p, root)}">{esc(t)}</a>' for t, p in item.links.items())
             caption = f"<b>{esc(item.title)}</b> {esc(item.caption)} {extra}".strip()
             width = f' style="width: {tile_width}px"' if tile_width else ""
-            parts.append(f'<figure{width}><a href="{src}"><img src="{src}" alt="{esc(item.title)}" loading="lazy"></a>'
-                         f"<figcaption>{caption}</figcaption></figure>")
+            parts.append(
+                f'<figure{width}><a href="{src}"><img src="{src}" alt="{esc(item.title)}" loading="lazy"></a>'
+                f"<figcaption>{caption}</figcaption></figure>"
+            )
         parts.append("</div>")
     parts.append("</body></html>\n")
     with atomic_path(path) as tmp:

@@ -7,11 +7,12 @@ image viewers show them in the gallery's colours. ``panels/<id>.jpg`` puts four 
 at display size for ``index.html``: the photo, its group labels, its segments (boundaries drawn),
 its foreground.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -49,18 +50,21 @@ def _boundaries(segments: np.ndarray) -> np.ndarray:
     return edge
 
 
-def panel(image: Image.Image, result: ImageSegmentation, group_colours: np.ndarray,
-          height: int = PANEL_HEIGHT) -> Image.Image:
+def panel(
+    image: Image.Image, result: ImageSegmentation, group_colours: np.ndarray, height: int = PANEL_HEIGHT
+) -> Image.Image:
     """Photo | group labels | segments with their boundaries | foreground, each ``height`` px high."""
     width = max(1, round(image.size[0] * height / image.size[1]))
-    photo = image.convert("RGB").resize((width, height), Image.BILINEAR)
-    small = np.asarray(Image.fromarray(result.segments.astype(np.int32)).resize((width, height), Image.NEAREST))
+    photo = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    small = np.asarray(
+        Image.fromarray(result.segments.astype(np.int32)).resize((width, height), Image.Resampling.NEAREST)
+    )
     rgb = np.asarray(photo, np.float32)
     labels = 0.45 * rgb + 0.55 * colourise(result.groups[small], group_colours)
     segs = 0.6 * rgb + 0.4 * colourise(small, palette(int(small.max()) + 1, seed=1))
     segs[_boundaries(small)] = (255, 230, 0)
     fore = rgb * np.where(result.background[small], 0.2, 1.0)[..., None]
-    views = [rgb, labels, segs, fore]
+    views: list[np.ndarray] = [rgb, labels, segs, fore]
     canvas = np.concatenate([v.clip(0, 255).astype(np.uint8) for v in views], axis=1)
     return Image.fromarray(canvas)
 
@@ -73,31 +77,39 @@ class WrittenImage:
     groups: set[int]
 
 
-def write_image(out_dir: str | Path, image_id: str, image: Image.Image, result: ImageSegmentation,
-                group_colours: np.ndarray) -> WrittenImage:
+def write_image(
+    out_dir: str | Path, image_id: str, image: Image.Image, result: ImageSegmentation, group_colours: np.ndarray
+) -> WrittenImage:
     """The four files of one image (module docstring); returns its gallery tile."""
     out = Path(out_dir)
     paths = {name: out / name / f"{image_id}.png" for name in ("labels", "segments", "foreground")}
     _save(_id_map(result.labels, group_colours), paths["labels"], compress_level=1)
-    _save(_id_map(result.segments, palette(max(1, len(result.groups)), seed=1)), paths["segments"],
-          compress_level=1)
-    _save(Image.fromarray(np.where(result.foreground, 255, 0).astype(np.uint8)), paths["foreground"],
-          compress_level=1)
+    _save(_id_map(result.segments, palette(max(1, len(result.groups)), seed=1)), paths["segments"], compress_level=1)
+    _save(Image.fromarray(np.where(result.foreground, 255, 0).astype(np.uint8)), paths["foreground"], compress_level=1)
     picture = out / "panels" / f"{image_id}.jpg"
     _save(panel(image, result, group_colours), picture, quality=88)
     present = set(np.unique(result.groups[np.unique(result.segments)]).tolist())
     share = 100 * result.foreground.mean()
-    caption = (f"{image.size[0]}x{image.size[1]}, {len(np.unique(result.segments))} segments, "
-               f"{len(present)} groups, foreground {share:.0f}%")
+    caption = (
+        f"{image.size[0]}x{image.size[1]}, {len(np.unique(result.segments))} segments, "
+        f"{len(present)} groups, foreground {share:.0f}%"
+    )
     return WrittenImage(GalleryItem(picture, image_id, caption, paths), present)
 
 
-def write_photo_gallery(out_dir: str | Path, written: Sequence[WrittenImage], num_groups: int, title: str,
-                        intro: str) -> Path:
+def write_photo_gallery(
+    out_dir: str | Path, written: Sequence[WrittenImage], num_groups: int, title: str, intro: str
+) -> Path:
     """``index.html``: one wide tile per image and the colour of every group with the photos it is in."""
     colours = palette(num_groups)
     photos = [sum(g in w.groups for w in written) for g in range(num_groups)]
     legend = [(f"group {g} ({n} photo{'s' if n != 1 else ''})", colours[g]) for g, n in enumerate(photos) if n]
     views = "each row: the photo | its group labels | its segments | its foreground (background dimmed)"
-    return write_gallery(Path(out_dir) / "index.html", {"": [w.item for w in written]}, title,
-                         intro=f"{intro} {views}.", legend=legend, tile_width=None)
+    return write_gallery(
+        Path(out_dir) / "index.html",
+        {"": [w.item for w in written]},
+        title,
+        intro=f"{intro} {views}.",
+        legend=legend,
+        tile_width=None,
+    )

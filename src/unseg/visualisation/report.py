@@ -5,12 +5,14 @@ mIoU, the protocol), ``iou.png`` (per-class IoU bars), ``confusion.png`` (row-no
 row c shows where class c's pixels went) and ``index.html``, a gallery of the images
 with the best and worst mIoU (image | prediction | ground truth).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -37,8 +39,14 @@ def per_image_miou(predictions: np.ndarray, masks: np.ndarray, num_classes: int)
 
     Predictions hold class ids; ``num_classes`` means "no class" (an unmatched cluster).
     """
-    return np.array([scores_from_confusion(confusion_matrix(m, p, num_classes, num_classes + 1)).miou
-                     if (m != 255).any() else math.nan for p, m in zip(predictions, masks)])
+    return np.array(
+        [
+            scores_from_confusion(confusion_matrix(m, p, num_classes, num_classes + 1)).miou
+            if (m != 255).any()
+            else math.nan
+            for p, m in zip(predictions, masks, strict=False)
+        ]
+    )
 
 
 def _pyplot() -> Any:
@@ -63,7 +71,9 @@ def plot_iou(iou: np.ndarray, class_names: Sequence[str], miou: float, path: Pat
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(class_names) + 1.2))
     values = np.nan_to_num(np.asarray(iou, dtype=float))
     ax.barh(range(len(values)), values, color="#1f77b4")
-    ax.set_yticks(range(len(values)), [n if not math.isnan(v) else f"{n} (n/a)" for n, v in zip(class_names, iou)])
+    ax.set_yticks(
+        range(len(values)), [n if not math.isnan(v) else f"{n} (n/a)" for n, v in zip(class_names, iou, strict=False)]
+    )
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel("IoU (%)")
@@ -93,11 +103,19 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: Path
     return _save(fig, path)
 
 
-def write_report(out_dir: str | Path, class_names: Sequence[str], *, confusion: np.ndarray | None = None,
-                 predictions: np.ndarray | None = None, masks: np.ndarray | None = None,
-                 ids: Sequence[str] | None = None, load_image: Callable[[int], Image.Image] | None = None,
-                 settings: dict[str, Any] | None = None, examples: int = 5, title: str = "evaluation report"
-                 ) -> Report:
+def write_report(
+    out_dir: str | Path,
+    class_names: Sequence[str],
+    *,
+    confusion: np.ndarray | None = None,
+    predictions: np.ndarray | None = None,
+    masks: np.ndarray | None = None,
+    ids: Sequence[str] | None = None,
+    load_image: Callable[[int], Image.Image] | None = None,
+    settings: dict[str, Any] | None = None,
+    examples: int = 5,
+    title: str = "evaluation report",
+) -> Report:
     """Write a report folder from a confusion and/or per-image predictions.
 
     ``confusion``: (C, C) or matched (C, C + 1); computed from ``predictions`` and ``masks``
@@ -116,13 +134,19 @@ def write_report(out_dir: str | Path, class_names: Sequence[str], *, confusion: 
     scores = scores_from_confusion(confusion)
     ids = list(ids) if ids is not None else [str(i) for i in range(0 if predictions is None else len(predictions))]
     summary = scores.to_dict()
-    metrics: dict[str, Any] = {**summary, "class_names": list(class_names),
-                               "iou_per_class": dict(zip(class_names, summary["iou"])),
-                               "confusion": np.asarray(confusion).tolist(), "settings": settings or {}}
+    metrics: dict[str, Any] = {
+        **summary,
+        "class_names": list(class_names),
+        "iou_per_class": dict(zip(class_names, summary["iou"], strict=False)),
+        "confusion": np.asarray(confusion).tolist(),
+        "settings": settings or {},
+    }
     sections: dict[str, list[GalleryItem]] = {}
     if predictions is not None and masks is not None:
         image_miou = per_image_miou(predictions, masks, c)
-        metrics["per_image"] = [{"id": i, "miou": None if math.isnan(v) else float(v)} for i, v in zip(ids, image_miou)]
+        metrics["per_image"] = [
+            {"id": i, "miou": None if math.isnan(v) else float(v)} for i, v in zip(ids, image_miou, strict=False)
+        ]
         if load_image is not None:
             scored = [i for i in range(len(image_miou)) if not math.isnan(image_miou[i])]
             best = sorted(scored, key=lambda i: (-image_miou[i], i))[:examples]  # ties: dataset order
@@ -133,26 +157,46 @@ def write_report(out_dir: str | Path, class_names: Sequence[str], *, confusion: 
                 items = []
                 for rank, i in enumerate(picks, 1):
                     name = f"{tag}-{rank:02d}-{ids[i].replace('/', '_')}.png"
-                    panel = save_panel(out / "gallery" / name, load_image(i), np.asarray(predictions[i]), colours,
-                                       np.asarray(masks[i]))
+                    panel = save_panel(
+                        out / "gallery" / name, load_image(i), np.asarray(predictions[i]), colours, np.asarray(masks[i])
+                    )
                     items.append(GalleryItem(panel, ids[i], f"mIoU {image_miou[i]:.1f}"))
                 sections[heading] = items
     metrics_path = out / "metrics.json"
     save_json(metrics, metrics_path)
     iou_path = plot_iou(scores.iou, class_names, scores.miou, out / "iou.png")
     conf_path = plot_confusion(confusion, class_names, out / "confusion.png")
-    sections = {"per-class IoU and confusion": [GalleryItem(iou_path, "per-class IoU"),
-                                                GalleryItem(conf_path, "confusion, row-normalised")], **sections}
-    intro = (f"mIoU {scores.miou:.1f}, pixel accuracy {scores.pixel_accuracy:.1f}. "
-             "Panels: image | prediction | ground truth (black: ignored or no class).")
-    gallery = write_gallery(out / "index.html", sections, title, intro=intro, links={"metrics.json": metrics_path},
-                            legend=list(zip(class_names, palette(c))))
+    sections = {
+        "per-class IoU and confusion": [
+            GalleryItem(iou_path, "per-class IoU"),
+            GalleryItem(conf_path, "confusion, row-normalised"),
+        ],
+        **sections,
+    }
+    intro = (
+        f"mIoU {scores.miou:.1f}, pixel accuracy {scores.pixel_accuracy:.1f}. "
+        "Panels: image | prediction | ground truth (black: ignored or no class)."
+    )
+    gallery = write_gallery(
+        out / "index.html",
+        sections,
+        title,
+        intro=intro,
+        links={"metrics.json": metrics_path},
+        legend=list(zip(class_names, palette(c), strict=True)),
+    )
     return Report(out, metrics_path, iou_path, conf_path, gallery)
 
 
-def dataset_report(out_dir: str | Path, dataset: Any, cache: Any, predictions: np.ndarray,
-                   settings: dict[str, Any] | None = None, title: str = "evaluation report",
-                   examples: int = 5) -> Report:
+def dataset_report(
+    out_dir: str | Path,
+    dataset: Any,
+    cache: Any,
+    predictions: np.ndarray,
+    settings: dict[str, Any] | None = None,
+    title: str = "evaluation report",
+    examples: int = 5,
+) -> Report:
     """:func:`write_report` for predictions (N, H, W) in the order of ``cache`` (a FeatureCache of
     ``dataset``): masks at the predictions' size and the images are read from the dataset."""
     from ..features.cache import cached_masks
@@ -161,6 +205,14 @@ def dataset_report(out_dir: str | Path, dataset: Any, cache: Any, predictions: n
     num_classes = dataset.num_classes or int(masks[masks != 255].max(initial=0)) + 1
     names = list(dataset.class_names) or [f"class_{i}" for i in range(num_classes)]
     index = {s.id: s for s in dataset.samples}
-    return write_report(out_dir, names, predictions=predictions, masks=masks, ids=cache.ids,
-                        load_image=lambda i: dataset.load_image(index[cache.ids[i]]), settings=settings,
-                        title=title, examples=examples)
+    return write_report(
+        out_dir,
+        names,
+        predictions=predictions,
+        masks=masks,
+        ids=cache.ids,
+        load_image=lambda i: dataset.load_image(index[cache.ids[i]]),
+        settings=settings,
+        title=title,
+        examples=examples,
+    )

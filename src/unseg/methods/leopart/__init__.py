@@ -6,6 +6,7 @@ schedules), ``config`` (settings), ``module`` (the Lightning module), ``data`` (
 module), ``callbacks`` (validation, final weights), ``checkpoint`` (Leopart's layout) and
 ``train`` (``train_leopart``).
 """
+
 from .callbacks import OverclusteringValidation, SaveWeights
 from .checkpoint import from_leopart_layout, save_leopart, to_leopart_layout
 from .config import LeopartConfig, ValConfig
@@ -16,7 +17,26 @@ from .module import LeopartModule, build_module
 from .sinkhorn import EmbeddingQueue, sinkhorn
 from .train import train_leopart
 
-__all__ = ["CropConfig", "CropError", "MultiCrop", "MultiCropDataset", "EpochSampler", "LeopartNet",
-           "leopart_loss", "cosine_schedule", "sinkhorn", "EmbeddingQueue", "LeopartConfig",
-           "ValConfig", "LeopartModule", "MultiCropData", "OverclusteringValidation", "build_module",
-           "save_leopart", "SaveWeights", "to_leopart_layout", "from_leopart_layout", "train_leopart"]
+__all__ = [
+    "CropConfig",
+    "CropError",
+    "MultiCrop",
+    "MultiCropDataset",
+    "EpochSampler",
+    "LeopartNet",
+    "leopart_loss",
+    "cosine_schedule",
+    "sinkhorn",
+    "EmbeddingQueue",
+    "LeopartConfig",
+    "ValConfig",
+    "LeopartModule",
+    "MultiCropData",
+    "OverclusteringValidation",
+    "build_module",
+    "save_leopart",
+    "SaveWeights",
+    "to_leopart_layout",
+    "from_leopart_layout",
+    "train_leopart",
+]

@@ -13,6 +13,7 @@ In memory the module keeps each backbone one level down (``model.backbone.model.
 the renaming happens here, so ``create_backbone(name, weights=ckpt)`` and timm read the
 files directly.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,5 +49,12 @@ def from_leopart_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 def save_leopart(module: LeopartModule, path: str | Path) -> None:
     """Weights only, in Leopart's layout, with the run's config: what ``--weights`` and timm read."""
     state = {k: v.detach().cpu() for k, v in to_leopart_layout(module.state_dict()).items()}
-    save_torch({"state_dict": state, "hyper_parameters": dump_config(module.cfg),
-                "epoch": module.current_epoch, "global_step": module.global_step}, path)
+    save_torch(
+        {
+            "state_dict": state,
+            "hyper_parameters": dump_config(module.cfg),
+            "epoch": module.current_epoch,
+            "global_step": module.global_step,
+        },
+        path,
+    )

@@ -3,6 +3,7 @@
 Kept apart from the module and the entry point so a config can be read, checked and
 written (``unseg configs``, ``config.yaml`` of a run) without building a network.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -96,5 +97,6 @@ def check_config(cfg: LeopartConfig) -> None:
     """Settings that are each valid alone but not together (the loader checks types and ranges per key)."""
     assign = cfg.crops_for_assign
     if not assign or len(set(assign)) != len(assign) or not all(0 <= c < cfg.crops.num_global for c in assign):
-        raise ConfigError(f"key 'crops_for_assign' = {assign} must list distinct global crops "
-                          f"0..{cfg.crops.num_global - 1}")
+        raise ConfigError(
+            f"key 'crops_for_assign' = {assign} must list distinct global crops 0..{cfg.crops.num_global - 1}"
+        )

@@ -11,10 +11,12 @@ Randomness comes from torch's global generator only (torchvision's transforms an
 blur sigma), so :class:`MultiCropDataset` makes every sample's crops a function of
 (seed, epoch, index) by seeding around each call.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,21 +76,26 @@ class MultiCrop:
     def __init__(self, cfg: CropConfig, mean: Sequence[float], std: Sequence[float], stride: int) -> None:
         for key in ("global_size", "local_size"):
             if getattr(cfg, key) % stride:
-                raise ConfigError(f"key 'crops.{key}' = {getattr(cfg, key)} is not a multiple of the backbone "
-                                  f"stride {stride}")
+                raise ConfigError(
+                    f"key 'crops.{key}' = {getattr(cfg, key)} is not a multiple of the backbone stride {stride}"
+                )
         if cfg.num_global < 1 or cfg.num_global + cfg.num_local < 2:
-            raise ConfigError("keys 'crops.num_global' / 'crops.num_local': need at least one global crop and "
-                              f"one other crop, got {cfg.num_global} and {cfg.num_local}")
+            raise ConfigError(
+                "keys 'crops.num_global' / 'crops.num_local': need at least one global crop and "
+                f"one other crop, got {cfg.num_global} and {cfg.num_local}"
+            )
         self.cfg = cfg
         self.sizes = [cfg.global_size] * cfg.num_global + [cfg.local_size] * cfg.num_local
         self.scales = [cfg.global_scale] * cfg.num_global + [cfg.local_scale] * cfg.num_local
-        self.photometric = T.Compose([
-            T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
-            T.RandomGrayscale(p=cfg.grayscale_p),
-            T.RandomApply([_GaussianBlur(cfg.blur_sigma)], p=cfg.blur_p),
-            T.ToTensor(),
-            T.Normalize(list(mean), list(std)),
-        ])
+        self.photometric = T.Compose(
+            [
+                T.RandomApply([T.ColorJitter(*cfg.jitter)], p=cfg.jitter_p),
+                T.RandomGrayscale(p=cfg.grayscale_p),
+                T.RandomApply([_GaussianBlur(cfg.blur_sigma)], p=cfg.blur_p),
+                T.ToTensor(),
+                T.Normalize(list(mean), list(std)),
+            ]
+        )
 
     def sample_boxes(self, image: Image.Image) -> torch.Tensor:
         """(num_crops, 4) crop boxes (x1, y1, x2, y2) in image pixels, obeying the overlap rule."""
@@ -97,7 +104,7 @@ class MultiCrop:
         boxes = torch.zeros(len(self.sizes), 4)
         ratio = (3 / 4, 4 / 3)
         for i, scale in enumerate(self.scales):
-            globals_before = boxes[:min(i, self.cfg.num_global)]
+            globals_before = boxes[: min(i, self.cfg.num_global)]
             needed = self.cfg.min_intersection * area * (2 if i < self.cfg.num_global else 1)
             for _ in range(self.cfg.max_tries):
                 top, left, h, w = T.RandomResizedCrop.get_params(image, list(scale), list(ratio))
@@ -117,12 +124,21 @@ class MultiCrop:
     def __call__(self, image: Image.Image) -> dict[str, Any]:
         boxes = self.sample_boxes(image)
         crops = []
-        for (x1, y1, x2, y2), size in zip(boxes.tolist(), self.sizes):
-            crop = TF.resized_crop(image, int(y1), int(x1), int(y2 - y1), int(x2 - x1), [size, size],
-                                   T.InterpolationMode.BILINEAR, antialias=True)
+        for (x1, y1, x2, y2), size in zip(boxes.tolist(), self.sizes, strict=True):
+            crop = TF.resized_crop(
+                image,
+                int(y1),
+                int(x1),
+                int(y2 - y1),
+                int(x2 - x1),
+                [size, size],
+                T.InterpolationMode.BILINEAR,
+                antialias=True,
+            )
             crops.append(self.photometric(crop))
-        in_global, in_crop = intersection_boxes(boxes, torch.tensor(self.sizes, dtype=torch.float32),
-                                                self.cfg.num_global)
+        in_global, in_crop = intersection_boxes(
+            boxes, torch.tensor(self.sizes, dtype=torch.float32), self.cfg.num_global
+        )
         return {"crops": crops, "boxes_global": in_global, "boxes_crop": in_crop}
 
 
@@ -137,8 +153,13 @@ def intersection_boxes(boxes: torch.Tensor, sizes: torch.Tensor, num_global: int
 
     ``boxes`` (V, 4) in image pixels; ``sizes`` (V,) the square side each crop is resized to.
     """
-    inter = torch.cat([torch.maximum(boxes[:num_global, None, :2], boxes[None, :, :2]),
-                       torch.minimum(boxes[:num_global, None, 2:], boxes[None, :, 2:])], dim=-1)
+    inter = torch.cat(
+        [
+            torch.maximum(boxes[:num_global, None, :2], boxes[None, :, :2]),
+            torch.minimum(boxes[:num_global, None, 2:], boxes[None, :, 2:]),
+        ],
+        dim=-1,
+    )
 
     def in_frame(frame: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         origin = frame[..., :2].repeat(1, 1, 2)
@@ -182,5 +203,5 @@ class EpochSampler(DistributedSampler):
     is what lets :class:`MultiCropDataset` seed each sample without shared state.
     """
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         return ((self.epoch, index) for index in super().__iter__())

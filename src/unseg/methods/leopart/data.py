@@ -1,4 +1,5 @@
 """The Lightning data module of a Leopart run: batches of multi-crops in a seeded, resumable order."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -18,7 +19,21 @@ class MultiCropData(L.LightningDataModule):
         self.data, self.batch_size, self.num_workers, self.seed = data, batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(self.data, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank,
-                               shuffle=True, seed=self.seed, drop_last=True)
-        return DataLoader(self.data, self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        assert self.trainer is not None  # Lightning attaches it before it asks for the loader
+        sampler = EpochSampler(
+            self.data,
+            num_replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
+        )
+        return DataLoader(
+            self.data,
+            self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -1,9 +1,11 @@
-"""Leopart's network and loss (``unseg docs methods``): backbone, projection head, prototypes; RoI-aligned cross-entropy.
+"""Leopart's network and loss (``unseg docs methods``): backbone, projection head, prototypes;
+RoI-aligned cross-entropy.
 
 The same :class:`LeopartNet` is the student and (as its EMA) the teacher. Its state dict
 in a checkpoint is Leopart's: the backbone's own keys, ``projection_head.{0,2,4}.*`` and
 ``prototypes.weight`` (the renaming lives in :mod:`unseg.methods.leopart.checkpoint`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,8 +18,7 @@ from torchvision.ops import roi_align
 
 from ...backbones import Backbone
 
-__all__ = ["LeopartNet", "NetOutput", "leopart_loss", "cosine_schedule", "freeze_unused",
-           "param_groups"]
+__all__ = ["LeopartNet", "NetOutput", "leopart_loss", "cosine_schedule", "freeze_unused", "param_groups"]
 
 NetOutput = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]
 
@@ -33,9 +34,13 @@ class LeopartNet(nn.Module):
     def __init__(self, backbone: Backbone, hidden_dim: int = 2048, dim: int = 256, num_prototypes: int = 300) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projection_head = nn.Sequential(nn.Linear(backbone.embed_dim, hidden_dim), nn.GELU(),
-                                             nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-                                             nn.Linear(hidden_dim, dim))
+        self.projection_head = nn.Sequential(
+            nn.Linear(backbone.embed_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, dim),
+        )
         self.prototypes = nn.Linear(dim, num_prototypes, bias=False)
         for layer in [*self.projection_head, self.prototypes]:  # the authors' (DINO's) initialisation
             if isinstance(layer, nn.Linear):
@@ -55,9 +60,11 @@ class LeopartNet(nn.Module):
 
     def forward(self, crops: list[torch.Tensor], saliency: bool = False) -> NetOutput:
         """Per crop: embeddings, scores and (if asked) saliency (B, h, w); same-size crops share one pass."""
-        embeddings, scores, saliencies = [], [], []
-        for _, group in itertools.groupby(crops, key=lambda c: c.shape[-2:]):
-            group = list(group)
+        embeddings: list[torch.Tensor] = []
+        scores: list[torch.Tensor] = []
+        saliencies: list[torch.Tensor] = []
+        for _, same_size in itertools.groupby(crops, key=lambda c: c.shape[-2:]):
+            group = list(same_size)
             features, sal = self.backbone.forward_with_saliency(torch.cat(group))
             emb, score = self.head(features)
             embeddings += emb.chunk(len(group))
@@ -66,9 +73,16 @@ class LeopartNet(nn.Module):
         return embeddings, scores, saliencies if saliency else None
 
 
-def leopart_loss(targets: dict[int, torch.Tensor], predictions: list[torch.Tensor], boxes_global: torch.Tensor,
-                 boxes_crop: torch.Tensor, masks: dict[int, torch.Tensor] | None, stride: int, roi_size: int = 7,
-                 temperature: float = 0.1) -> torch.Tensor:
+def leopart_loss(
+    targets: dict[int, torch.Tensor],
+    predictions: list[torch.Tensor],
+    boxes_global: torch.Tensor,
+    boxes_crop: torch.Tensor,
+    masks: dict[int, torch.Tensor] | None,
+    stride: int,
+    roi_size: int = 7,
+    temperature: float = 0.1,
+) -> torch.Tensor:
     """Cross-entropy between RoI-aligned targets and predictions over every crop pair.
 
     ``targets[c]``: (B, K, h, w) Sinkhorn assignments of global crop c; ``predictions[v]``:
@@ -121,7 +135,7 @@ def freeze_unused(backbone: Backbone) -> list[str]:
         named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
         grads = torch.autograd.grad(features.sum() + saliency.sum(), [p for _, p in named], allow_unused=True)
     backbone.train(was_training)
-    unused = [n for (n, p), g in zip(named, grads) if g is None]
+    unused = [n for (n, p), g in zip(named, grads, strict=True) if g is None]
     for name, param in named:
         if name in unused:
             param.requires_grad_(False)
@@ -140,6 +154,14 @@ def param_groups(net: LeopartNet, lr_backbone: float, lr_head: float, weight_dec
         if param.requires_grad:
             head = name.startswith(("projection_head.", "prototypes."))
             buckets[head, not (name.endswith(".bias") or param.ndim == 1)].append(param)
-    return [{"params": params, "lr": lr_head if head else lr_backbone, "weight_decay": weight_decay if decay else 0.0,
-             "decay": decay, "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}"}
-            for (head, decay), params in buckets.items() if params]
+    return [
+        {
+            "params": params,
+            "lr": lr_head if head else lr_backbone,
+            "weight_decay": weight_decay if decay else 0.0,
+            "decay": decay,
+            "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}",
+        }
+        for (head, decay), params in buckets.items()
+        if params
+    ]

@@ -13,6 +13,7 @@ checkpoints are written in Leopart's layout (:mod:`.checkpoint`). Randomness is 
 (seed, step, rank) for the step (drop-path, queue sampling), so resuming from an epoch's
 checkpoint replays the uninterrupted run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
@@ -96,7 +98,7 @@ class LeopartModule(L.LightningModule):
         self.teacher.normalise_prototypes()
         crops = batch["crops"]
         with torch.no_grad():
-            teacher = self.teacher(crops[:self.cfg.crops.num_global], saliency=self.cfg.mask != "all")
+            teacher = self.teacher(crops[: self.cfg.crops.num_global], saliency=self.cfg.mask != "all")
         return teacher, self.model(crops)[1]
 
     @torch.no_grad()
@@ -104,19 +106,25 @@ class LeopartModule(L.LightningModule):
         """Per assignment crop: Sinkhorn targets (B, K, h, w) and, unless mask 'all', the loss mask (B, 1, h, w)."""
         embeddings, scores, saliency = teacher
         targets: dict[int, torch.Tensor] = {}
-        masks: dict[int, torch.Tensor] | None = None if saliency is None else {}
+        masks: dict[int, torch.Tensor] = {}  # none without saliency
         for i, c in enumerate(self.cfg.crops_for_assign):
             mask = None
             if saliency is not None:
-                fg = foreground_mask(saliency[c], self.cfg.fg_keep_mass, self.cfg.fg_blur_sigma,
-                                     self.cfg.fg_blur_kernel, self.cfg.fg_max_dropped)
+                fg = foreground_mask(
+                    saliency[c],
+                    self.cfg.fg_keep_mass,
+                    self.cfg.fg_blur_sigma,
+                    self.cfg.fg_blur_kernel,
+                    self.cfg.fg_max_dropped,
+                )
                 mask = fg if self.cfg.mask == "fg" else 1 - fg
                 masks[c] = mask[:, None]
             targets[c] = self._assign(i, scores[c], embeddings[c], mask)
-        return targets, masks
+        return targets, (None if saliency is None else masks)
 
-    def _assign(self, i: int, scores: torch.Tensor, embeddings: torch.Tensor,
-                mask: torch.Tensor | None) -> torch.Tensor:
+    def _assign(
+        self, i: int, scores: torch.Tensor, embeddings: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         b, k, h, w = scores.shape
         rows = scores.permute(0, 2, 3, 1).reshape(-1, k).float()
         if self.queue is not None:
@@ -124,18 +132,26 @@ class LeopartModule(L.LightningModule):
                 rows = torch.cat([(self.queue.embeddings[i] @ self.model.prototypes.weight.T).float(), rows])
             pushed = embeddings.reshape(-1, embeddings.shape[-1]) if mask is None else embeddings[mask.bool()]
             self.queue.push(i, pushed, b * self.cfg.queue_push_per_image)
-        q = sinkhorn(rows, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_iterations)[-b * h * w:]
+        q = sinkhorn(rows, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_iterations)[-b * h * w :]
         return q.reshape(b, h, w, k).permute(0, 3, 1, 2)
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         teacher, predictions = self.forward_nets(batch)
         targets, masks = self.targets(teacher)
-        return leopart_loss(targets, predictions, batch["boxes_global"], batch["boxes_crop"], masks, self.stride,
-                            self.cfg.roi_size, self.cfg.temperature)
+        return leopart_loss(
+            targets,
+            predictions,
+            batch["boxes_global"],
+            batch["boxes_crop"],
+            masks,
+            self.stride,
+            self.cfg.roi_size,
+            self.cfg.temperature,
+        )
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        for student, teacher in zip(self.model.parameters(), self.teacher.parameters()):
+        for student, teacher in zip(self.model.parameters(), self.teacher.parameters(), strict=True):
             teacher.mul_(momentum).add_(student.detach(), alpha=1 - momentum)
 
     # -- Lightning hooks --
@@ -154,10 +170,18 @@ class LeopartModule(L.LightningModule):
         loss = self.loss(batch)
         momentum = self.momentum(self.global_step)
         self.update_teacher(momentum)
-        groups = {g["name"]: g for g in self.optimizers().param_groups}
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers makes one
+        groups = {g["name"]: g for g in optimizer.param_groups}
         self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log_dict({"train/momentum": momentum, "train/weight_decay": self.weight_decay(self.global_step),
-                       "train/lr_backbone": groups["backbone"]["lr"], "train/lr_head": groups["head"]["lr"]})
+        self.log_dict(
+            {
+                "train/momentum": momentum,
+                "train/weight_decay": self.weight_decay(self.global_step),
+                "train/lr_backbone": groups["backbone"]["lr"],
+                "train/lr_head": groups["head"]["lr"],
+            }
+        )
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -166,9 +190,10 @@ class LeopartModule(L.LightningModule):
             if group["decay"]:
                 group["weight_decay"] = decay
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(param_groups(self.model, self.cfg.lr_backbone, self.cfg.lr_head,
-                                                   self.cfg.weight_decay))
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        optimizer = torch.optim.AdamW(
+            param_groups(self.model, self.cfg.lr_backbone, self.cfg.lr_head, self.cfg.weight_decay)
+        )
         scheduler = CosineAnnealingLR(optimizer, T_max=self.total_steps, eta_min=self.cfg.final_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -178,8 +203,9 @@ class LeopartModule(L.LightningModule):
         if self.queue is not None:
             gathered = {}
             for key, value in self.queue.state_dict().items():
-                value = self.all_gather(value.to(self.device))
-                gathered[key] = (value if self.trainer.world_size > 1 else value[None]).cpu()
+                stacked = self.all_gather(value.to(self.device))
+                assert isinstance(stacked, torch.Tensor)  # as it was given
+                gathered[key] = (stacked if self.trainer.world_size > 1 else stacked[None]).cpu()
             checkpoint[QUEUE_KEY] = gathered  # (world_size, ...) per tensor
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -194,8 +220,11 @@ class LeopartModule(L.LightningModule):
         if len(saved["embeddings"]) == world:
             self.queue.load_state_dict({k: v[rank] for k, v in saved.items()})
         else:
-            log.warning("the checkpoint's queue comes from %d processes, this run has %d: it starts empty",
-                        len(saved["embeddings"]), world)
+            log.warning(
+                "the checkpoint's queue comes from %d processes, this run has %d: it starts empty",
+                len(saved["embeddings"]),
+                world,
+            )
 
 
 def build_module(cfg: LeopartConfig) -> LeopartModule:

@@ -5,6 +5,7 @@ initialised, the sums Sinkhorn-Knopp normalises by are all-reduced, so N process
 B rows each get exactly the assignments of one process with all N*B rows; each keeps
 its own queue of ``length / N`` embeddings.
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,7 +83,8 @@ class EmbeddingQueue:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["embeddings"].shape != self.embeddings.shape:
-            raise ValueError(f"queue of shape {tuple(state['embeddings'].shape)} does not fit "
-                             f"{tuple(self.embeddings.shape)}")
+            raise ValueError(
+                f"queue of shape {tuple(state['embeddings'].shape)} does not fit {tuple(self.embeddings.shape)}"
+            )
         self.embeddings.copy_(state["embeddings"])
         self.filled.copy_(state["filled"])

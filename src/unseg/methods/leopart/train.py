@@ -7,11 +7,12 @@ both methods share (:func:`unseg.methods.trainer.build_trainer`). Crops are seed
 (seed, epoch, index) and each step per (seed, step, rank), so resuming from an epoch's
 checkpoint replays the uninterrupted run.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -30,8 +31,13 @@ from .module import LeopartModule, build_module
 __all__ = ["train_leopart"]
 
 
-def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resume: str | Path | None = None,
-                  callbacks: Sequence[Callback] = (), overwrite: bool = False) -> LeopartModule:
+def train_leopart(
+    cfg: LeopartConfig,
+    out_dir: str | Path = "runs/leopart",
+    resume: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    overwrite: bool = False,
+) -> LeopartModule:
     """Fine-tune ``cfg.backbone`` with the Leopart loss on ``cfg.dataset`` for ``cfg.epochs`` epochs.
 
     ``out_dir`` receives ``config.yaml``, logs under ``logs/`` (``cfg.logger``), Lightning checkpoints
@@ -52,25 +58,44 @@ def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resu
     dataset = create_dataset(cfg.dataset, cfg.root, cfg.split)
     processes = cfg.devices * cfg.num_nodes
     if len(dataset) // processes < cfg.batch_size:
-        raise ConfigError(f"{cfg.dataset}/{cfg.split} has {len(dataset)} images: not one batch of "
-                          f"batch_size={cfg.batch_size} per process for {processes} process(es); lower key "
-                          f"'batch_size'")
+        raise ConfigError(
+            f"{cfg.dataset}/{cfg.split} has {len(dataset)} images: not one batch of "
+            f"batch_size={cfg.batch_size} per process for {processes} process(es); lower key "
+            f"'batch_size'"
+        )
     module = build_module(cfg)
     loaded = (resume, load_resume(module, resume, from_leopart_layout)) if resume is not None else None
     backbone = module.model.backbone
     crops = MultiCropDataset(dataset, MultiCrop(cfg.crops, backbone.mean, backbone.std, backbone.stride), cfg.seed)
     out = Path(out_dir)
-    own = [ModelCheckpoint(dirpath=out / "checkpoints", filename="{epoch:03d}", save_last="link",
-                           every_n_epochs=cfg.checkpoint_every_epochs, save_top_k=-1 if cfg.keep_checkpoints else 1,
-                           enable_version_counter=False),
-           SaveWeights(out / "leopart.ckpt")]
+    own = [
+        ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="{epoch:03d}",
+            save_last="link",
+            every_n_epochs=cfg.checkpoint_every_epochs,
+            save_top_k=-1 if cfg.keep_checkpoints else 1,
+            enable_version_counter=False,
+        ),
+        SaveWeights(out / "leopart.ckpt"),
+    ]
     if cfg.val.root is not None:
         val = create_dataset(cfg.val.dataset, cfg.val.root, cfg.val.split)
         own.append(OverclusteringValidation(cfg.val, val, out, cfg.num_workers))
     trainer = build_trainer(
-        out, cfg.logger, cfg.log_every, cfg.progress_bar, [*own, *callbacks], resume=loaded,
-        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
-        precision=cfg.precision, sync_batchnorm=cfg.batchnorm == "sync", max_epochs=cfg.epochs,
+        out,
+        cfg.logger,
+        cfg.log_every,
+        cfg.progress_bar,
+        [*own, *callbacks],
+        resume=loaded,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        sync_batchnorm=cfg.batchnorm == "sync",
+        max_epochs=cfg.epochs,
     )
     if trainer.is_global_zero:
         if overwrite:
@@ -78,6 +103,7 @@ def train_leopart(cfg: LeopartConfig, out_dir: str | Path = "runs/leopart", resu
         save_config(cfg, out / "config.yaml")
     with warnings.catch_warnings():  # frozen batch norm is in eval mode on purpose
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(module, datamodule=MultiCropData(crops, cfg.batch_size, cfg.num_workers, cfg.seed),
-                    ckpt_path=resume)
+        trainer.fit(
+            module, datamodule=MultiCropData(crops, cfg.batch_size, cfg.num_workers, cfg.seed), ckpt_path=resume
+        )
     return module

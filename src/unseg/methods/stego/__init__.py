@@ -4,6 +4,7 @@
 module, ``train_stego``), ``checkpoint`` (the authors' layout), ``evaluate`` (probes with
 flip averaging), ``knn`` (positive pairs) and ``fivecrop`` (preprocessing).
 """
+
 from .checkpoint import load_stego, save_stego
 from .evaluate import StegoScores, evaluate_stego, stego_codes
 from .loss import CorrespondenceConfig, CorrespondenceTerms, correspondence_terms, negative_partners
@@ -11,7 +12,23 @@ from .model import ClusterProbe, LinearProbe, StegoHead
 from .segmenter import StegoSegmenter
 from .train import CachedPairs, ImagePairs, StegoConfig, StegoModule, train_stego
 
-__all__ = ["StegoHead", "ClusterProbe", "LinearProbe", "CorrespondenceConfig", "CorrespondenceTerms",
-           "correspondence_terms", "negative_partners", "StegoConfig", "StegoModule", "CachedPairs", "ImagePairs",
-           "train_stego", "save_stego", "load_stego", "stego_codes", "evaluate_stego", "StegoScores",
-           "StegoSegmenter"]
+__all__ = [
+    "StegoHead",
+    "ClusterProbe",
+    "LinearProbe",
+    "CorrespondenceConfig",
+    "CorrespondenceTerms",
+    "correspondence_terms",
+    "negative_partners",
+    "StegoConfig",
+    "StegoModule",
+    "CachedPairs",
+    "ImagePairs",
+    "train_stego",
+    "save_stego",
+    "load_stego",
+    "stego_codes",
+    "evaluate_stego",
+    "StegoScores",
+    "StegoSegmenter",
+]

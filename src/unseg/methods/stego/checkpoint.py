@@ -16,6 +16,7 @@ evaluation; ignored here) and keep ``dim`` inside ``cfg``. Sizes are read from t
 the stored hyper-parameters must agree with them. The backbone is loaded separately, from
 the same file, by ``unseg.create_backbone(name, weights=path)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -44,8 +45,9 @@ def stego_hparams(n_classes: int, dim: int, feat_dim: int, config: Any) -> dict[
     return {"n_classes": n_classes, "dim": dim, "feat_dim": feat_dim, "cfg": dump_config(config)}
 
 
-def stego_state_dict(head: StegoHead, cluster_probe: ClusterProbe, linear_probe: LinearProbe,
-                     backbone: Backbone | None = None) -> dict[str, torch.Tensor]:
+def stego_state_dict(
+    head: StegoHead, cluster_probe: ClusterProbe, linear_probe: LinearProbe, backbone: Backbone | None = None
+) -> dict[str, torch.Tensor]:
     """The modules' tensors under STEGO's key names (with the backbone's under ``net.model.`` if given)."""
     state: dict[str, torch.Tensor] = {}
     if backbone is not None:
@@ -55,16 +57,24 @@ def stego_state_dict(head: StegoHead, cluster_probe: ClusterProbe, linear_probe:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
-def save_stego(path: str | Path, head: StegoHead, cluster_probe: ClusterProbe, linear_probe: LinearProbe,
-               config: Any, backbone: Backbone | None = None) -> None:
+def save_stego(
+    path: str | Path,
+    head: StegoHead,
+    cluster_probe: ClusterProbe,
+    linear_probe: LinearProbe,
+    config: Any,
+    backbone: Backbone | None = None,
+) -> None:
     """Write a checkpoint in STEGO's layout; a reader never sees a half-written file."""
     hparams = stego_hparams(linear_probe.out_channels, head.dim, head.dim_in, config)
-    save_torch({"state_dict": stego_state_dict(head, cluster_probe, linear_probe, backbone),
-                "hyper_parameters": hparams}, path)
+    save_torch(
+        {"state_dict": stego_state_dict(head, cluster_probe, linear_probe, backbone), "hyper_parameters": hparams}, path
+    )
 
 
-def load_stego(path: str | Path, n_classes: int | None = None, dim: int | None = None,
-               trust_checkpoint: bool = False) -> tuple[StegoHead, ClusterProbe, LinearProbe, dict[str, Any]]:
+def load_stego(
+    path: str | Path, n_classes: int | None = None, dim: int | None = None, trust_checkpoint: bool = False
+) -> tuple[StegoHead, ClusterProbe, LinearProbe, dict[str, Any]]:
     """(head, cluster probe, linear probe, meta) of a STEGO checkpoint, in eval mode.
 
     ``n_classes`` / ``dim``, when given, must be those of the checkpoint. ``meta`` holds
@@ -78,30 +88,42 @@ def load_stego(path: str | Path, n_classes: int | None = None, dim: int | None =
     if not isinstance(state, Mapping):
         raise WeightsError(f"STEGO checkpoint {path} has no 'state_dict' (keys: {', '.join(map(str, ckpt))[:200]})")
     head_w = _tensor(state, "net.cluster1.0.weight", path)
-    sizes = {"dim": head_w.shape[0], "feat_dim": head_w.shape[1],
-             "n_classes": _tensor(state, "linear_probe.weight", path).shape[0],
-             "n_clusters": _tensor(state, "cluster_probe.clusters", path).shape[0]}
+    sizes = {
+        "dim": head_w.shape[0],
+        "feat_dim": head_w.shape[1],
+        "n_classes": _tensor(state, "linear_probe.weight", path).shape[0],
+        "n_clusters": _tensor(state, "cluster_probe.clusters", path).shape[0],
+    }
     hparams = to_plain(ckpt.get("hyper_parameters") or {})
     hparams = hparams if isinstance(hparams, dict) else {}
-    config = hparams.get("cfg") if isinstance(hparams.get("cfg"), dict) else {}
+    config = hparams.get("cfg")
+    config = config if isinstance(config, dict) else {}
     stored = {"n_classes": hparams.get("n_classes"), "dim": hparams.get("dim", config.get("dim"))}
     for key, value in stored.items():
         if value is not None and value != sizes[key]:
-            raise WeightsError(f"STEGO checkpoint {path} is inconsistent: hyper-parameters say {key}={value}, "
-                               f"its tensors have {key}={sizes[key]}")
+            raise WeightsError(
+                f"STEGO checkpoint {path} is inconsistent: hyper-parameters say {key}={value}, "
+                f"its tensors have {key}={sizes[key]}"
+            )
     requested = {"n_classes": n_classes, "dim": dim}
     if any(v is not None and v != sizes[k] for k, v in requested.items()):
         want = ", ".join(f"{k}={v}" for k, v in requested.items() if v is not None)
-        raise WeightsError(f"STEGO checkpoint {path} was trained with n_classes={sizes['n_classes']}, "
-                           f"dim={sizes['dim']}; requested {want}")
+        raise WeightsError(
+            f"STEGO checkpoint {path} was trained with n_classes={sizes['n_classes']}, "
+            f"dim={sizes['dim']}; requested {want}"
+        )
     dropout = config.get("dropout")
     head = StegoHead(sizes["feat_dim"], sizes["dim"], dropout if isinstance(dropout, float) else 0.1)
     cluster_probe = ClusterProbe(sizes["dim"], sizes["n_clusters"])
     linear_probe = LinearProbe(sizes["dim"], sizes["n_classes"])
     for prefix, module in (("net.", head), ("cluster_probe.", cluster_probe), ("linear_probe.", linear_probe)):
         _load_part(module, state, prefix, path)
-    meta = {**sizes, "extra_clusters": sizes["n_clusters"] - sizes["n_classes"], "config": config,
-            "has_backbone": any(k.startswith(BACKBONE_PREFIX) for k in state)}
+    meta = {
+        **sizes,
+        "extra_clusters": sizes["n_clusters"] - sizes["n_classes"],
+        "config": config,
+        "has_backbone": any(k.startswith(BACKBONE_PREFIX) for k in state),
+    }
     return head.eval(), cluster_probe.eval(), linear_probe.eval(), meta
 
 
@@ -109,14 +131,15 @@ def _tensor(state: Mapping[str, Any], key: str, path: str | Path) -> torch.Tenso
     value = state.get(key)
     if not isinstance(value, torch.Tensor):
         found = sorted({k.split(".")[0] for k in state})
-        raise WeightsError(f"STEGO checkpoint {path} lacks {key!r}; its state_dict holds {', '.join(found)} "
-                           "(not a STEGO checkpoint?)")
+        raise WeightsError(
+            f"STEGO checkpoint {path} lacks {key!r}; its state_dict holds {', '.join(found)} (not a STEGO checkpoint?)"
+        )
     return value
 
 
 def _load_part(module: nn.Module, state: Mapping[str, Any], prefix: str, path: str | Path) -> None:
     """Load ``module`` from the keys under ``prefix`` (the head skips the backbone's ``net.model.``)."""
-    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(BACKBONE_PREFIX)}
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(BACKBONE_PREFIX)}
     try:
         module.load_state_dict(own, strict=True)
     except RuntimeError as exc:

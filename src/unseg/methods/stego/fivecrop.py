@@ -15,6 +15,7 @@ Unlike STEGO (JPEG crops, labels stored +1), images are lossless PNGs and masks 
 the project's encoding. Each file is written under a temporary name and renamed, a
 crop's mask before its image, so an interrupted run resumes at the first missing image.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,14 +50,16 @@ def _check_settings(out_root: Path, settings: dict[str, object]) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != settings:
-            raise CacheError(f"five-crop folder {out_root} holds crops of {old}, not {settings}; "
-                             "remove it or choose another folder")
+            raise CacheError(
+                f"five-crop folder {out_root} holds crops of {old}, not {settings}; remove it or choose another folder"
+            )
         return
     save_json(settings, path)
 
 
-def five_crop_dataset(dataset: SegmentationDataset, out_root: str | Path,
-                      crop_ratio: float = 0.5) -> SegmentationDataset:
+def five_crop_dataset(
+    dataset: SegmentationDataset, out_root: str | Path, crop_ratio: float = 0.5
+) -> SegmentationDataset:
     """Write (once; resumable) the five crops of every image and mask, and return them as a dataset.
 
     The result is the ``folder`` dataset over ``out_root`` with ``dataset``'s class names
@@ -68,8 +71,16 @@ def five_crop_dataset(dataset: SegmentationDataset, out_root: str | Path,
     out_root = Path(out_root)
     images, masks = out_root / "images", out_root / "masks"
     labelled = dataset.has_masks
-    _check_settings(out_root, {"dataset": dataset.name, "root": str(dataset.root.resolve()),
-                               "split": dataset.split, "num_images": len(dataset), "crop_ratio": crop_ratio})
+    _check_settings(
+        out_root,
+        {
+            "dataset": dataset.name,
+            "root": str(dataset.root.resolve()),
+            "split": dataset.split,
+            "num_images": len(dataset),
+            "crop_ratio": crop_ratio,
+        },
+    )
     if not (out_root / "DONE").exists():
         for sample in dataset.samples:
             stems = crop_ids(sample.id)
@@ -78,18 +89,23 @@ def five_crop_dataset(dataset: SegmentationDataset, out_root: str | Path,
             image = dataset.load_image(sample)
             size = [int(image.height * crop_ratio), int(image.width * crop_ratio)]
             if min(size) < 1:
-                raise ValueError(f"image {sample.image} ({image.width}x{image.height}) is too small "
-                                 f"for crops of ratio {crop_ratio}")
-            mask_crops = (five_crop(Image.fromarray(dataset.load_mask(sample, image.size)), size)
-                          if labelled else [None] * NUM_CROPS)
-            for stem, crop, mask in zip(stems, five_crop(image, size), mask_crops):
+                raise ValueError(
+                    f"image {sample.image} ({image.width}x{image.height}) is too small for crops of ratio {crop_ratio}"
+                )
+            mask_crops = (
+                five_crop(Image.fromarray(dataset.load_mask(sample, image.size)), size)
+                if labelled
+                else [None] * NUM_CROPS
+            )
+            for stem, crop, mask in zip(stems, five_crop(image, size), mask_crops, strict=True):
                 if (images / f"{stem}.png").exists():
                     continue
                 if mask is not None:
                     _save_png(mask, masks / f"{stem}.png")
                 _save_png(crop, images / f"{stem}.png")
         save_json({"num_crops": NUM_CROPS * len(dataset)}, out_root / "DONE")
-    cropped = create_dataset("folder", images, dataset.split, masks=masks if labelled else None,
-                             num_classes=dataset.num_classes or None)
+    cropped = create_dataset(
+        "folder", images, dataset.split, masks=masks if labelled else None, num_classes=dataset.num_classes or None
+    )
     cropped.class_names = dataset.class_names
     return cropped

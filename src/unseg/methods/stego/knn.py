@@ -13,6 +13,7 @@ searches the flat index one query block at a time, so no N x N matrix ever exist
 Exact search costs N^2 (about 34 s at 100k images on 2 cores); above ``EXACT_MAX``
 images an approximate HNSW index takes over (:func:`nearest_neighbours`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ def global_descriptors(cache: FeatureCache, batch: int = 256) -> np.ndarray:
     desc = np.empty((len(cache), cache.dim), dtype=np.float32)
     start = 0
     for block in cache.iter_chunks(batch):
-        desc[start:start + len(block)] = block.mean(axis=(2, 3))
+        desc[start : start + len(block)] = block.mean(axis=(2, 3))
         start += len(block)
     faiss.normalize_L2(desc)
     return desc
@@ -46,8 +47,15 @@ EXACT_MAX = 200_000
 KNN_METHODS = ("auto", "exact", "hnsw")
 
 
-def nearest_neighbours(descriptors: np.ndarray, k: int, batch: int = 4096, method: str = "auto",
-                       hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128) -> np.ndarray:
+def nearest_neighbours(
+    descriptors: np.ndarray,
+    k: int,
+    batch: int = 4096,
+    method: str = "auto",
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 128,
+) -> np.ndarray:
     """(N, k) int64 indices of each row's top-k rows by inner product, itself first.
 
     Rows must be unit-norm for this to be cosine similarity. Self is put first even when
@@ -64,19 +72,21 @@ def nearest_neighbours(descriptors: np.ndarray, k: int, batch: int = 4096, metho
     x = np.ascontiguousarray(descriptors, dtype=np.float32)
     if not 1 <= k <= len(x):
         raise ValueError(f"k = {k} neighbours needs 1 <= k <= {len(x)} (the number of images)")
+    index: faiss.Index
     if method == "exact" or (method == "auto" and len(x) <= EXACT_MAX):
         index = faiss.IndexFlatIP(x.shape[1])
     else:
-        index = faiss.IndexHNSWFlat(x.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction, index.hnsw.efSearch = ef_construction, max(ef_search, k)
+        graph = faiss.IndexHNSWFlat(x.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction, graph.hnsw.efSearch = ef_construction, max(ef_search, k)
+        index = graph
     index.add(x)
     out = np.empty((len(x), k), dtype=np.int64)
     for start in range(0, len(x), batch):
-        _, idx = index.search(x[start:start + batch], k)
+        _, idx = index.search(x[start : start + batch], k)
         own = np.arange(start, start + len(idx))[:, None]
         absent = ~(idx == own).any(axis=1)
         idx[absent] = np.concatenate([own[absent], idx[absent, :-1]], axis=1)
-        out[start:start + len(idx)] = np.take_along_axis(idx, np.argsort(idx != own, axis=1, kind="stable"), 1)
+        out[start : start + len(idx)] = np.take_along_axis(idx, np.argsort(idx != own, axis=1, kind="stable"), 1)
     return out
 
 
@@ -96,8 +106,10 @@ def _read_knn(cache: FeatureCache, k: int) -> np.ndarray | None:
 def knn_indices(cache: FeatureCache, k: int = KNN_K, batch: int = 4096) -> np.ndarray:
     """(N, k) int64 kNN table of the cached images (in ``cache.ids`` order), built once and reused."""
     if not 1 <= k <= len(cache):
-        raise SettingError(f"knn_k = {k} nearest neighbours is not allowed for the {len(cache)} training images of "
-                           f"{cache.root}: knn_k must be between 1 and {len(cache)} (config key knn_k)")
+        raise SettingError(
+            f"knn_k = {k} nearest neighbours is not allowed for the {len(cache)} training images of "
+            f"{cache.root}: knn_k must be between 1 and {len(cache)} (config key knn_k)"
+        )
     table = _read_knn(cache, k)
     if table is None:
         table = nearest_neighbours(global_descriptors(cache), k, batch)
@@ -111,6 +123,8 @@ def load_knn(cache: FeatureCache, k: int = KNN_K, build: bool = True) -> np.ndar
         return knn_indices(cache, k)
     table = _read_knn(cache, k)
     if table is None:
-        raise CacheError(f"no {k}-NN table {knn_path(cache, k)} for this feature cache; build it with "
-                         f"`unseg stego knn` or unseg.methods.stego.knn.knn_indices(cache, k={k})")
+        raise CacheError(
+            f"no {k}-NN table {knn_path(cache, k)} for this feature cache; build it with "
+            f"`unseg stego knn` or unseg.methods.stego.knn.knn_indices(cache, k={k})"
+        )
     return table

@@ -13,6 +13,7 @@ another image of the batch (negatives, ``neg_samples`` draws). As in the authors
 image's samples are taken at a first set of positions and every partner's (positive or
 negative) at a second set; see ``unseg docs evaluation`` for the negative-partner rule.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,8 +22,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CorrespondenceConfig", "CorrespondenceTerms", "correspondence_terms", "correspondence_term",
-           "feature_correlation", "code_correlation", "sample_grid", "random_coords", "negative_partners"]
+__all__ = [
+    "CorrespondenceConfig",
+    "CorrespondenceTerms",
+    "correspondence_terms",
+    "correspondence_term",
+    "feature_correlation",
+    "code_correlation",
+    "sample_grid",
+    "random_coords",
+    "negative_partners",
+]
 
 
 @dataclass
@@ -56,8 +66,7 @@ class CorrespondenceTerms:
     neg_sim: torch.Tensor
 
     def total(self, cfg: CorrespondenceConfig) -> torch.Tensor:
-        return (cfg.pos_inter_weight * self.inter + cfg.pos_intra_weight * self.intra
-                + cfg.neg_inter_weight * self.neg)
+        return cfg.pos_inter_weight * self.inter + cfg.pos_intra_weight * self.intra + cfg.neg_inter_weight * self.neg
 
 
 def random_coords(batch: int, samples: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -91,8 +100,9 @@ def feature_correlation(f1: torch.Tensor, f2: torch.Tensor, pointwise: bool) -> 
     return fd
 
 
-def correspondence_term(f1: torch.Tensor, f2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, shift: float,
-                        pointwise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def correspondence_term(
+    f1: torch.Tensor, f2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, shift: float, pointwise: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean of -clamp(S, 0) * (F - shift), mean S) of sampled features f1, f2 and codes c1, c2."""
     fd = feature_correlation(f1, f2, pointwise)
     cd = code_correlation(c1, c2)
@@ -113,9 +123,15 @@ def negative_partners(n: int, device: torch.device | str | None = None) -> torch
     return perm % n
 
 
-def correspondence_terms(feats: torch.Tensor, feats_pos: torch.Tensor, code: torch.Tensor, code_pos: torch.Tensor,
-                         cfg: CorrespondenceConfig, coords: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         partners: list[torch.Tensor] | None = None) -> CorrespondenceTerms:
+def correspondence_terms(
+    feats: torch.Tensor,
+    feats_pos: torch.Tensor,
+    code: torch.Tensor,
+    code_pos: torch.Tensor,
+    cfg: CorrespondenceConfig,
+    coords: tuple[torch.Tensor, torch.Tensor] | None = None,
+    partners: list[torch.Tensor] | None = None,
+) -> CorrespondenceTerms:
     """The intra, inter (kNN positive) and negative terms for a batch of feature maps and their codes.
 
     ``feats`` / ``feats_pos`` are what the feature correlation F reads (during training the
@@ -128,23 +144,33 @@ def correspondence_terms(feats: torch.Tensor, feats_pos: torch.Tensor, code: tor
         raise ValueError(f"neg_samples must be >= 1 (set neg_inter_weight=0 to drop negatives), got {cfg.neg_samples}")
     auto = [k for k in ("pos_intra_shift", "pos_inter_shift", "neg_inter_shift") if getattr(cfg, k) == "auto"]
     if auto:
-        raise ValueError(f"shift(s) {', '.join(auto)} are still 'auto': resolve them first "
-                         "(unseg.methods.stego.shifts.resolve_shifts)")
+        raise ValueError(
+            f"shift(s) {', '.join(auto)} are still 'auto': resolve them first "
+            "(unseg.methods.stego.shifts.resolve_shifts)"
+        )
     if partners is not None and len(partners) != cfg.neg_samples:
         raise ValueError(f"{len(partners)} partner draws given for neg_samples={cfg.neg_samples}")
+    # numbers now: "auto" is refused above
+    intra_shift, inter_shift, neg_shift = (
+        float(cfg.pos_intra_shift),
+        float(cfg.pos_inter_shift),
+        float(cfg.neg_inter_shift),
+    )
     batch = feats.shape[0]
     if coords is None:
-        coords = (random_coords(batch, cfg.feature_samples, feats.device),
-                  random_coords(batch, cfg.feature_samples, feats.device))
+        coords = (
+            random_coords(batch, cfg.feature_samples, feats.device),
+            random_coords(batch, cfg.feature_samples, feats.device),
+        )
     coords1, coords2 = coords
     f1, c1 = sample_grid(feats, coords1), sample_grid(code, coords1)
     f2, c2 = sample_grid(feats_pos, coords2), sample_grid(code_pos, coords2)
-    intra, intra_sim = correspondence_term(f1, f1, c1, c1, cfg.pos_intra_shift, cfg.pointwise)
-    inter, inter_sim = correspondence_term(f1, f2, c1, c2, cfg.pos_inter_shift, cfg.pointwise)
+    intra, intra_sim = correspondence_term(f1, f1, c1, c1, intra_shift, cfg.pointwise)
+    inter, inter_sim = correspondence_term(f1, f2, c1, c2, inter_shift, cfg.pointwise)
     negs = []
     for i in range(cfg.neg_samples):
         perm = partners[i] if partners is not None else negative_partners(batch, feats.device)
         f_neg, c_neg = sample_grid(feats[perm], coords2), sample_grid(code[perm], coords2)
-        negs.append(correspondence_term(f1, f_neg, c1, c_neg, cfg.neg_inter_shift, cfg.pointwise))
-    neg, neg_sim = (torch.stack(v).mean() for v in zip(*negs))
+        negs.append(correspondence_term(f1, f_neg, c1, c_neg, neg_shift, cfg.pointwise))
+    neg, neg_sim = (torch.stack(v).mean() for v in zip(*negs, strict=True))
     return CorrespondenceTerms(intra, inter, neg, intra_sim, inter_sim, neg_sim)

@@ -4,6 +4,7 @@ Submodule and parameter names follow the authors' checkpoints, so a state dict m
 between them by a prefix only: the head's ``cluster1.0``, ``cluster2.0``, ``cluster2.2``
 sit under ``net.``; the probes are ``cluster_probe.clusters`` and ``linear_probe.{weight,bias}``.
 """
+
 from __future__ import annotations
 
 import torch

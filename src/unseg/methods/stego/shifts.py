@@ -18,10 +18,12 @@ settings make the negative shift the largest of the three (COCO-Stuff's 1.0 repe
 negative pair), so only the most similar 5% attract. The correlation dropout of training
 is not applied: the rule reads the features as they are.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +32,16 @@ from ...errors import ConfigError
 from ...features.cache import FeatureCache
 from .loss import CorrespondenceConfig, feature_correlation, negative_partners, random_coords, sample_grid
 
-__all__ = ["SHIFTS", "DEFAULT_ATTRACT", "AUTO", "pair_similarities", "shifts_from_similarities",
-           "shifts_from_features", "auto_shifts", "resolve_shifts"]
+__all__ = [
+    "SHIFTS",
+    "DEFAULT_ATTRACT",
+    "AUTO",
+    "pair_similarities",
+    "shifts_from_similarities",
+    "shifts_from_features",
+    "auto_shifts",
+    "resolve_shifts",
+]
 
 AUTO = "auto"
 """The value of a shift setting that asks this rule for it."""
@@ -48,9 +58,15 @@ def _feature_map(features: FeatureCache | np.ndarray | torch.Tensor, i: int) -> 
 
 
 @torch.no_grad()
-def pair_similarities(features: FeatureCache | np.ndarray | torch.Tensor, knn: np.ndarray,
-                      cfg: CorrespondenceConfig | None = None, num_neighbors: int = 7, batch_size: int = 16,
-                      num_batches: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
+def pair_similarities(
+    features: FeatureCache | np.ndarray | torch.Tensor,
+    knn: np.ndarray,
+    cfg: CorrespondenceConfig | None = None,
+    num_neighbors: int = 7,
+    batch_size: int = 16,
+    num_batches: int = 8,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """F of every sampled pair, per pair type (keys of :data:`SHIFTS`), drawn as in training.
 
     ``features``: (N, D, h, w) maps or a cache; ``knn``: (N, k) table, column 0 the image
@@ -62,8 +78,7 @@ def pair_similarities(features: FeatureCache | np.ndarray | torch.Tensor, knn: n
     n = len(features)
     knn = np.asarray(knn)
     if knn.ndim != 2 or len(knn) != n or knn.shape[1] <= num_neighbors:
-        raise ConfigError(f"kNN table of shape {knn.shape} does not fit {n} images with neighbours "
-                          f"1..{num_neighbors}")
+        raise ConfigError(f"kNN table of shape {knn.shape} does not fit {n} images with neighbours 1..{num_neighbors}")
     if n < 2:
         raise ConfigError(f"the shift rule needs at least 2 training images, got {n}")
     batch_size = min(batch_size, n)
@@ -90,22 +105,30 @@ def _check_fractions(attract: Mapping[str, float]) -> dict[str, float]:
     unknown = sorted(set(attract) - set(SHIFTS))
     bad = {k: v for k, v in attract.items() if not 0 < v < 1}
     if unknown or bad:
-        raise ConfigError(f"attract fractions must be keyed by {', '.join(SHIFTS)} with values in (0, 1); "
-                          f"got {dict(attract)}")
+        raise ConfigError(
+            f"attract fractions must be keyed by {', '.join(SHIFTS)} with values in (0, 1); got {dict(attract)}"
+        )
     return {**DEFAULT_ATTRACT, **attract}
 
 
-def shifts_from_similarities(similarities: Mapping[str, np.ndarray],
-                             attract: Mapping[str, float] = DEFAULT_ATTRACT) -> dict[str, float]:
+def shifts_from_similarities(
+    similarities: Mapping[str, np.ndarray], attract: Mapping[str, float] = DEFAULT_ATTRACT
+) -> dict[str, float]:
     """Each shift (config key, e.g. ``pos_intra_shift``) = the ``1 - attract`` quantile of its pair type's F."""
     fractions = _check_fractions(attract)
     return {SHIFTS[k]: float(np.quantile(similarities[k], 1 - fractions[k])) for k in SHIFTS}
 
 
-def shifts_from_features(features: FeatureCache | np.ndarray | torch.Tensor, knn: np.ndarray,
-                         cfg: CorrespondenceConfig | None = None, attract: Mapping[str, float] = DEFAULT_ATTRACT,
-                         num_neighbors: int = 7, batch_size: int = 16, num_batches: int = 8,
-                         seed: int = 0) -> dict[str, float]:
+def shifts_from_features(
+    features: FeatureCache | np.ndarray | torch.Tensor,
+    knn: np.ndarray,
+    cfg: CorrespondenceConfig | None = None,
+    attract: Mapping[str, float] = DEFAULT_ATTRACT,
+    num_neighbors: int = 7,
+    batch_size: int = 16,
+    num_batches: int = 8,
+    seed: int = 0,
+) -> dict[str, float]:
     """The three shifts for which the promised fraction of each pair type attracts (F > shift):
     ``attract`` (default :data:`DEFAULT_ATTRACT`: intra 0.35, kNN 0.25, negatives 0.05).
 
@@ -121,9 +144,15 @@ def auto_shifts(cfg: CorrespondenceConfig) -> list[str]:
     return [key for key in SHIFTS.values() if getattr(cfg, key) == AUTO]
 
 
-def resolve_shifts(cfg: CorrespondenceConfig, features: FeatureCache | np.ndarray | torch.Tensor, knn: np.ndarray,
-                   num_neighbors: int = 7, batch_size: int = 16, seed: int = 0,
-                   attract: Mapping[str, float] = DEFAULT_ATTRACT) -> tuple[CorrespondenceConfig, dict[str, Any]]:
+def resolve_shifts(
+    cfg: CorrespondenceConfig,
+    features: FeatureCache | np.ndarray | torch.Tensor,
+    knn: np.ndarray,
+    num_neighbors: int = 7,
+    batch_size: int = 16,
+    seed: int = 0,
+    attract: Mapping[str, float] = DEFAULT_ATTRACT,
+) -> tuple[CorrespondenceConfig, dict[str, Any]]:
     """``cfg`` with every ``auto`` shift replaced by the rule's value, and a record of what was done
     (shifts, fractions, pairs measured); a config without ``auto`` comes back unchanged."""
     keys = auto_shifts(cfg)
@@ -132,7 +161,11 @@ def resolve_shifts(cfg: CorrespondenceConfig, features: FeatureCache | np.ndarra
     sims = pair_similarities(features, knn, cfg, num_neighbors, batch_size, seed=seed)
     shifts = shifts_from_similarities(sims, attract)
     fractions = _check_fractions(attract)
-    record = {"rule": "quantile of F per pair type", "auto": keys, "shifts": {k: shifts[k] for k in keys},
-              "attract_fraction": {SHIFTS[k]: fractions[k] for k in SHIFTS if SHIFTS[k] in keys},
-              "pairs": {SHIFTS[k]: int(v.size) for k, v in sims.items() if SHIFTS[k] in keys}}
+    record: dict[str, Any] = {
+        "rule": "quantile of F per pair type",
+        "auto": keys,
+        "shifts": {k: shifts[k] for k in keys},
+        "attract_fraction": {SHIFTS[k]: fractions[k] for k in SHIFTS if SHIFTS[k] in keys},
+        "pairs": {SHIFTS[k]: int(v.size) for k, v in sims.items() if SHIFTS[k] in keys},
+    }
     return replace(cfg, **record["shifts"]), record

@@ -10,12 +10,14 @@ Lightning's checkpoints of :class:`StegoModule` are in STEGO's layout (``unseg d
 :func:`~unseg.methods.stego.checkpoint.load_stego` reads them as well as the final
 ``stego.ckpt``.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -38,11 +40,19 @@ from ..trainer import TrainerSettings, build_trainer, check_logger, check_run_fo
 from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
 from .knn import KNN_K
 from .loss import CorrespondenceConfig, correspondence_terms
-from .shifts import auto_shifts, resolve_shifts
 from .model import ClusterProbe, LinearProbe, StegoHead
+from .shifts import auto_shifts, resolve_shifts
 
-__all__ = ["StegoConfig", "StegoModule", "CachedPairs", "ImagePairs", "StepSampler", "PairsData", "train_stego",
-           "check_config"]
+__all__ = [
+    "StegoConfig",
+    "StegoModule",
+    "CachedPairs",
+    "ImagePairs",
+    "StepSampler",
+    "PairsData",
+    "train_stego",
+    "check_config",
+]
 
 
 @dataclass
@@ -84,8 +94,10 @@ class StegoConfig(TrainerSettings):
 def check_config(cfg: StegoConfig) -> None:
     """Settings that are each valid alone but not together (the loader checks types and ranges per key)."""
     if cfg.knn_k <= cfg.num_neighbors:
-        raise ConfigError(f"key 'knn_k' = {cfg.knn_k} must be more than key 'num_neighbors' = {cfg.num_neighbors}: "
-                          f"a positive is drawn from the kNN neighbours 1..num_neighbors (0 is the image itself)")
+        raise ConfigError(
+            f"key 'knn_k' = {cfg.knn_k} must be more than key 'num_neighbors' = {cfg.num_neighbors}: "
+            f"a positive is drawn from the kNN neighbours 1..num_neighbors (0 is the image itself)"
+        )
 
 
 class _Pairs(Dataset):
@@ -96,8 +108,10 @@ class _Pairs(Dataset):
         if knn.ndim != 2 or len(knn) != n:
             raise ValueError(f"kNN table of shape {knn.shape} does not fit {n} images: expected ({n}, k)")
         if knn.shape[1] <= num_neighbors:
-            raise ValueError(f"kNN table has {knn.shape[1]} columns; drawing from neighbours 1..{num_neighbors} "
-                             f"needs more than {num_neighbors}")
+            raise ValueError(
+                f"kNN table has {knn.shape[1]} columns; drawing from neighbours 1..{num_neighbors} "
+                f"needs more than {num_neighbors}"
+            )
         if knn.min() < 0 or knn.max() >= n:
             raise ValueError(f"kNN table holds indices outside 0..{n - 1}")
         self.knn, self.num_neighbors = knn.astype(np.int64), num_neighbors
@@ -127,14 +141,17 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
     batches the uninterrupted run drew from that step on, as Leopart's sampler does per epoch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], int], rank: int = 0,
-                 world_size: int = 1) -> None:
+    def __init__(
+        self, n: int, batch_size: int, seed: int, position: Callable[[], int], rank: int = 0, world_size: int = 1
+    ) -> None:
         self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
         self.rank, self.world_size = rank, world_size
         self.per_epoch = n // (batch_size * world_size)
         if self.per_epoch == 0:
-            raise SettingError(f"{n} training images do not fill one batch of batch_size={batch_size} on each of "
-                               f"{world_size} process(es); lower batch_size")
+            raise SettingError(
+                f"{n} training images do not fill one batch of batch_size={batch_size} on each of "
+                f"{world_size} process(es); lower batch_size"
+            )
 
     def __len__(self) -> int:
         return self.per_epoch
@@ -142,32 +159,49 @@ class StepSampler(Sampler[list[tuple[int, int]]]):
     def __iter__(self):
         epoch, start = divmod(self.position(), self.per_epoch)
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(derived_seed(self.seed, epoch)))
-        mine = order[: self.per_epoch * self.batch_size * self.world_size][self.rank::self.world_size].tolist()
+        mine = order[: self.per_epoch * self.batch_size * self.world_size][self.rank :: self.world_size].tolist()
         size = self.batch_size
-        return iter([[(i, derived_seed(self.seed, epoch, i)) for i in mine[b * size:(b + 1) * size]]
-                     for b in range(start, self.per_epoch)])
+        return iter(
+            [
+                [(i, derived_seed(self.seed, epoch, i)) for i in mine[b * size : (b + 1) * size]]
+                for b in range(start, self.per_epoch)
+            ]
+        )
 
 
 class PairsData(L.LightningDataModule):
     """Training batches in :class:`StepSampler` order, sharded by rank (Lightning's distributed sampler is off)."""
 
-    def __init__(self, pairs: Dataset, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(self, pairs: _Pairs, batch_size: int, num_workers: int, seed: int) -> None:
         super().__init__()
         self.pairs, self.batch_size, self.num_workers, self.seed = pairs, batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        sampler = StepSampler(len(self.pairs), self.batch_size, self.seed, lambda: trainer.global_step,
-                              trainer.global_rank, trainer.world_size)
-        return DataLoader(self.pairs, batch_sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+        assert trainer is not None  # Lightning attaches it before it asks for the loader
+        sampler = StepSampler(
+            len(self.pairs),
+            self.batch_size,
+            self.seed,
+            lambda: trainer.global_step,
+            trainer.global_rank,
+            trainer.world_size,
+        )
+        return DataLoader(
+            self.pairs,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
 
 
 class CachedPairs(_Pairs):
     """``{"x": features (D, h, w), "x_pos": a kNN positive's features[, "label": (H, W) int64]}`` from a cache."""
 
-    def __init__(self, cache: FeatureCache, knn: np.ndarray, num_neighbors: int = 7,
-                 masks: np.ndarray | None = None) -> None:
+    def __init__(
+        self, cache: FeatureCache, knn: np.ndarray, num_neighbors: int = 7, masks: np.ndarray | None = None
+    ) -> None:
         super().__init__(len(cache), knn, num_neighbors)
         if masks is not None and len(masks) != len(cache):
             raise ValueError(f"{len(masks)} masks for {len(cache)} cached images")
@@ -175,8 +209,10 @@ class CachedPairs(_Pairs):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         i, seed = _split_key(key)
-        item = {"x": torch.from_numpy(self.cache.features(i)),
-                "x_pos": torch.from_numpy(self.cache.features(self.positive(i, seed)))}
+        item = {
+            "x": torch.from_numpy(self.cache.features(i)),
+            "x_pos": torch.from_numpy(self.cache.features(self.positive(i, seed))),
+        }
         if self.masks is not None:
             item["label"] = torch.from_numpy(self.masks[i].astype(np.int64))
         return item
@@ -185,8 +221,15 @@ class CachedPairs(_Pairs):
 class ImagePairs(_Pairs):
     """Images (and masks) resized on the short side and center-cropped to ``size`` (STEGO's training loader)."""
 
-    def __init__(self, dataset: SegmentationDataset, knn: np.ndarray, size: int, mean: tuple[float, ...],
-                 std: tuple[float, ...], num_neighbors: int = 7) -> None:
+    def __init__(
+        self,
+        dataset: SegmentationDataset,
+        knn: np.ndarray,
+        size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        num_neighbors: int = 7,
+    ) -> None:
         super().__init__(len(dataset), knn, num_neighbors)
         self.dataset, self.size, self.mean, self.std = dataset, size, list(mean), list(std)
 
@@ -217,8 +260,9 @@ class StegoModule(L.LightningModule):
     head; the linear probe trains only when batches carry labels.
     """
 
-    def __init__(self, cfg: StegoConfig, feat_dim: int, backbone: Backbone | None = None,
-                 head: nn.Conv2d | None = None) -> None:
+    def __init__(
+        self, cfg: StegoConfig, feat_dim: int, backbone: Backbone | None = None, head: nn.Conv2d | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         # a fixed ``head`` (the study's raw / PCA / random-projection baselines) is frozen:
@@ -264,16 +308,21 @@ class StegoModule(L.LightningModule):
             signal_pos = self.correlation_dropout(feats_pos)
             terms = correspondence_terms(signal, signal_pos, code, code_pos, self.cfg.loss)
             total = terms.total(self.cfg.loss)
-            out = {"loss/pos_intra": terms.intra, "loss/pos_inter": terms.inter, "loss/neg_inter": terms.neg,
-                   "cd/pos_intra": terms.intra_sim, "cd/pos_inter": terms.inter_sim, "cd/neg_inter": terms.neg_sim,
-                   "loss/correspondence": total}
+            out = {
+                "loss/pos_intra": terms.intra,
+                "loss/pos_inter": terms.inter,
+                "loss/neg_inter": terms.neg,
+                "cd/pos_intra": terms.intra_sim,
+                "cd/pos_inter": terms.inter_sim,
+                "cd/neg_inter": terms.neg_sim,
+                "loss/correspondence": total,
+            }
         code = code.detach()
         out["loss/cluster"] = self.cluster_probe.loss(code)
         total = total + out["loss/cluster"]
         if "label" in batch:
             label = batch["label"]
-            logits = F.interpolate(self.linear_probe(code), size=label.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            logits = F.interpolate(self.linear_probe(code), size=label.shape[-2:], mode="bilinear", align_corners=False)
             valid = (label != IGNORE_INDEX).sum().clamp_min(1)  # an all-ignored batch costs 0, not NaN
             out["loss/linear"] = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX, reduction="sum") / valid
             total = total + out["loss/linear"]
@@ -312,13 +361,20 @@ class StegoModule(L.LightningModule):
 
 
 def _rename(key: str, old: str, new: str) -> str:
-    return new + key[len(old):] if key.startswith(old) else key
+    return new + key[len(old) :] if key.startswith(old) else key
 
 
-def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn: np.ndarray,
-                masks: np.ndarray | None = None, backbone: Backbone | None = None,
-                out_dir: str | Path = "runs/stego", resume: str | Path | None = None,
-                head: nn.Conv2d | None = None, overwrite: bool = False) -> StegoModule:
+def train_stego(
+    cfg: StegoConfig,
+    data: FeatureCache | SegmentationDataset,
+    knn: np.ndarray,
+    masks: np.ndarray | None = None,
+    backbone: Backbone | None = None,
+    out_dir: str | Path = "runs/stego",
+    resume: str | Path | None = None,
+    head: nn.Conv2d | None = None,
+    overwrite: bool = False,
+) -> StegoModule:
     """Train a STEGO head for ``cfg.max_steps`` batches and write ``out_dir/stego.ckpt``.
 
     ``data``: a FeatureCache of the training images (``masks``, optional (N, H, W) label
@@ -332,20 +388,24 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
     (:func:`unseg.io.resume_checkpoint`) and fit this run's model (read safely, checked before
     ``config.yaml`` is written), and the resumed run ends equal to an uninterrupted one. A folder
     that holds a run is refused unless ``resume`` or ``overwrite`` (which replaces that run) is
-    given (:func:`unseg.methods.trainer.check_run_folder`). ``head``: a fixed 1x1 conv (:func:`unseg.methods.projections.projection_head`) whose codes only the probes
-    learn; no ``stego.ckpt`` is written for it.
+    given (:func:`unseg.methods.trainer.check_run_folder`). ``head``: a fixed 1x1 conv
+    (:func:`unseg.methods.projections.projection_head`) whose codes only the probes learn; no
+    ``stego.ckpt`` is written for it.
     """
     source = "cache" if isinstance(data, FeatureCache) else "images"
     if source != cfg.data_source:
-        raise ValueError(f"config says data_source={cfg.data_source!r} but train_stego got a "
-                         f"{type(data).__name__} ({source})")
+        raise ValueError(
+            f"config says data_source={cfg.data_source!r} but train_stego got a {type(data).__name__} ({source})"
+        )
     if masks is not None and source == "images":
         raise ValueError("masks go with cached features; on the images path the dataset's own masks are used")
     out = Path(out_dir)
     check_logger(cfg.logger)
     if np.ndim(knn) == 2 and np.shape(knn)[1] <= cfg.num_neighbors:
-        raise ConfigError(f"the kNN table has {np.shape(knn)[1]} columns; key 'num_neighbors' = {cfg.num_neighbors} "
-                          f"draws from neighbours 1..{cfg.num_neighbors}, so it needs more (key 'knn_k')")
+        raise ConfigError(
+            f"the kNN table has {np.shape(knn)[1]} columns; key 'num_neighbors' = {cfg.num_neighbors} "
+            f"draws from neighbours 1..{cfg.num_neighbors}, so it needs more (key 'knn_k')"
+        )
     resume = check_run_folder(out, resume, overwrite)
     require_accelerator(cfg.accelerator)
     L.seed_everything(cfg.seed, workers=True)
@@ -357,23 +417,42 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         pairs = ImagePairs(data, knn, cfg.input_size, backbone.mean, backbone.std, cfg.num_neighbors)
         feat_dim = backbone.embed_dim
     if len(pairs) // cfg.devices < cfg.batch_size:
-        raise ConfigError(f"{len(pairs)} training images do not fill one batch of batch_size={cfg.batch_size} on "
-                          f"each of {cfg.devices} device(s); lower key 'batch_size'")
+        raise ConfigError(
+            f"{len(pairs)} training images do not fill one batch of batch_size={cfg.batch_size} on "
+            f"each of {cfg.devices} device(s); lower key 'batch_size'"
+        )
     shift_record: dict[str, Any] = {}
     if auto_shifts(cfg.loss) and head is None:  # a fixed head never reads the loss
         if not isinstance(data, FeatureCache):
-            raise ConfigError(f"shift(s) {', '.join(auto_shifts(cfg.loss))} set to 'auto' are measured on cached "
-                              "features: use data_source: cache, or give numbers")
+            raise ConfigError(
+                f"shift(s) {', '.join(auto_shifts(cfg.loss))} set to 'auto' are measured on cached "
+                "features: use data_source: cache, or give numbers"
+            )
         loss, shift_record = resolve_shifts(cfg.loss, data, knn, cfg.num_neighbors, cfg.batch_size, seed=cfg.seed)
         cfg = replace(cfg, loss=loss)
     module = StegoModule(cfg, feat_dim, backbone, head)
     loaded = (resume, load_resume(module, resume, StegoModule.module_keys)) if resume is not None else None
     trainer = build_trainer(
-        out, cfg.logger, cfg.log_every, cfg.progress_bar,
-        [ModelCheckpoint(dirpath=out / "checkpoints", every_n_train_steps=cfg.checkpoint_every, save_top_k=0,
-                         save_last=True, enable_version_counter=False)], resume=loaded,
-        accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp" if cfg.devices > 1 else "auto",
-        precision=cfg.precision, max_steps=cfg.max_steps, max_epochs=-1,
+        out,
+        cfg.logger,
+        cfg.log_every,
+        cfg.progress_bar,
+        [
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                every_n_train_steps=cfg.checkpoint_every,
+                save_top_k=0,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        ],
+        resume=loaded,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy="ddp" if cfg.devices > 1 else "auto",
+        precision=cfg.precision,
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
         # "warn": grid_sample's CUDA backward has no deterministic kernel; everything else is
         deterministic="warn" if cfg.deterministic else False,
     )
@@ -387,5 +466,6 @@ def train_stego(cfg: StegoConfig, data: FeatureCache | SegmentationDataset, knn:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(module, datamodule=PairsData(pairs, cfg.batch_size, cfg.num_workers, cfg.seed), ckpt_path=resume)
     if trainer.is_global_zero and head is None:
+        assert isinstance(module.net, StegoHead)  # no fixed head: the one trained
         save_stego(out / "stego.ckpt", module.net, module.cluster_probe, module.linear_probe, cfg, module.backbone)
     return module
