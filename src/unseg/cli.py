@@ -1,13 +1,15 @@
-"""`unseg` command line: a thin layer over the Python API (every command is one API call). Its options are
-declared once in :mod:`unseg.options`; a value the user does not give is not passed: the API's default applies."""
+"""`unseg` command line: a thin layer over the Python API (every command is one API call). Its commands and
+options are declared once in :mod:`unseg.options`; a value the user does not give is not passed, so the API's
+default applies."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +19,18 @@ from .errors import UnsegError
 from .io import output_error
 from .kinds import COUNT, Parser, UsageError, created_folders, remove_empty
 
-Command = tuple[tuple[str, ...], str, list[op.Opt], Callable[[argparse.Namespace], None]]  # words, help, options, call
+
+def _views(args: argparse.Namespace) -> dict[str, Any]:
+    views = op.values(args, op.VIEWS)
+    return {**views, "scales": tuple(views["scales"])} if "scales" in views else views
 
 
 def _source(args: argparse.Namespace) -> Any:
     from .features import Source
 
-    return Source(
-        **op.given(
-            args,
-            "backbone",
-            "weights",
-            "role",
-            "dataset",
-            "input_size",
-            "cache_dir",
-            "device",
-            "batch_size",
-            "num_workers",
-        ),
-        **_views(args),
-        download=args.download,
-        trust_checkpoint=args.trust_checkpoint,
-        root=args.root,
-        dataset_options=op.given(args, "masks", "num_classes"),
-        skip_corrupt=args.skip_corrupt,
-        hash_images=args.hash_images,
-        progress=sys.stderr.isatty(),
-    )
-
-
-def _views(args: argparse.Namespace) -> dict[str, Any]:
-    views = op.given(args, "window", "window_overlap", "scales")
-    return {**views, "scales": tuple(views["scales"])} if "scales" in views else views
+    chosen = op.values(args, op.SOURCE, skip=("masks", "num_classes", "json", "window", "window_overlap", "scales"))
+    dataset_options = op.given(args, "masks", "num_classes")
+    return Source(**chosen, **_views(args), dataset_options=dataset_options, progress=sys.stderr.isatty())
 
 
 def _seeds(args: argparse.Namespace, key: str = "seeds") -> dict[str, Any]:
@@ -63,15 +44,14 @@ def _upsampling(args: argparse.Namespace, default: str | None = None) -> Any:
     method = args.upsample or default
     if method is None:
         return None
-    return Upsampling(
-        method, **op.given(args, size="upsample_size", factor="upsample_factor", radius="guide_radius", eps="guide_eps")
-    )
+    chosen = op.given(args, size="upsample_size", factor="upsample_factor", radius="guide_radius", eps="guide_eps")
+    return Upsampling(method, **chosen)
 
 
 def _spectral(args: argparse.Namespace) -> dict[str, Any]:
     from .unsupervised.spectral import SpectralSettings
 
-    chosen = op.given(args, "segments", "merge_threshold", "oversegments", "embedding")
+    chosen = op.values(args, op.SPECTRAL, skip=("groups",))
     return {**({"spectral": SpectralSettings(**chosen)} if chosen else {}), **op.given(args, "groups")}
 
 
@@ -89,28 +69,10 @@ def _finish(args: argparse.Namespace, result: Any) -> None:
             print(f"report written to {r.root}/ (open {r.gallery})")
 
 
-def cmd_backbones(args: argparse.Namespace) -> None:
-    from .backbones import backbones_table
-
-    print(backbones_table())
-
-
-def cmd_configs(args: argparse.Namespace) -> None:
-    from .config import configs_table
-
-    print(configs_table())
-
-
-def cmd_datasets(args: argparse.Namespace) -> None:
-    from .datasets import datasets_table
-
-    print(datasets_table(args.layout))
-
-
-def cmd_methods(args: argparse.Namespace) -> None:
-    from .catalog import methods_table
-
-    print(methods_table())
+def cmd_table(args: argparse.Namespace) -> None:
+    """The listing commands: the API function ``args.table`` (``module:function``) prints its table."""
+    module, function = args.table.split(":")
+    print(getattr(importlib.import_module(f"unseg.{module}"), function)(**op.given(args, "layout")))
 
 
 def cmd_docs(args: argparse.Namespace) -> None:
@@ -126,28 +88,25 @@ def cmd_extract(args: argparse.Namespace) -> None:
     rank, world_size = distributed_rank(args.rank, args.world_size)
     source = _source(args)
     for split in args.split:
+        dataset = source.build_dataset(split)
+        options = {**source.extract_options(), **op.values(args, op.EXTRACT, skip=("split", "rank", "world_size"))}
         cache = extract_features(
-            source.build_backbone(),
-            source.build_dataset(split),
-            source.input_size,
-            rank=rank,
-            world_size=world_size,
-            **source.extract_options(),
-            **op.given(args, "shard_size", "dtype", "precision"),
+            source.build_backbone(), dataset, source.input_size, rank=rank, world_size=world_size, **options
         )
         if cache is None:
             print(f"{split}: this rank's shards are written; other ranks are still running")
-        else:
-            print(
-                f"{split}: {len(cache)} images, features {cache.dim}x{cache.grid[0]}x{cache.grid[1]} in {cache.root}"
-                + (f" ({len(cache.skipped)} skipped: {', '.join(cache.skipped[:5])})" if cache.skipped else "")
-            )
+            continue
+        skipped = f" ({len(cache.skipped)} skipped: {', '.join(cache.skipped[:5])})" if cache.skipped else ""
+        print(
+            f"{split}: {len(cache)} images, features {cache.dim}x{cache.grid[0]}x{cache.grid[1]} in {cache.root}"
+            f"{skipped}"
+        )
 
 
 def cmd_cluster(args: argparse.Namespace) -> None:
     from .protocols import clustering_protocol
 
-    options = op.given(args, "split", "ks", "mask_size", "niter", "nredo", "matching", "absent")
+    options = op.values(args, [*op.CLUSTER, *op.scoring("protocols:clustering_protocol")], skip=("seeds",))
     if args.pca_dim is not None:
         options["pca_dim"] = args.pca_dim or None  # 0: no PCA
     _finish(args, clustering_protocol(_source(args), **options, **_seeds(args), upsample=_upsampling(args)))
@@ -156,70 +115,38 @@ def cmd_cluster(args: argparse.Namespace) -> None:
 def cmd_head(args: argparse.Namespace) -> None:
     from .protocols import head_protocol
 
-    _finish(
-        args,
-        head_protocol(
-            _source(args),
-            head=args.head,
-            augment=not args.no_augment,
-            **op.given(
-                args,
-                "train_split",
-                "val_split",
-                "mask_size",
-                "eval_mask_size",
-                "seed",
-                "epochs",
-                "lr",
-                batch_size="head_batch_size",
-            ),
-        ),
-    )
+    options = op.values(args, op.HEAD, skip=("no_augment", "head_batch_size"))
+    options.update(op.given(args, batch_size="head_batch_size"))
+    _finish(args, head_protocol(_source(args), head=args.head, augment=not args.no_augment, **options))
 
 
 def cmd_unsupervised(args: argparse.Namespace) -> None:
     from .protocols import fully_unsupervised
 
     chosen = op.given(args, "markov_time", "weight_threshold", k="cd_k")
-    _finish(
-        args,
-        fully_unsupervised(
-            _source(args),
-            hyper_parameters="published" if args.published else (chosen or None),
-            **op.given(args, "train_split", "val_split", "background", "trials", "runs", "fg_k", "mask_size"),
-            **_seeds(args, "kmeans_seeds"),
-        ),
-    )
+    skip = ("cd_k", "markov_time", "weight_threshold", "published", "seeds")
+    options = {**op.values(args, op.UNSUPERVISED, skip=skip), **_seeds(args, "kmeans_seeds")}
+    if args.published:
+        options["hyper_parameters"] = "published"
+    elif chosen:
+        options["hyper_parameters"] = chosen
+    _finish(args, fully_unsupervised(_source(args), **options))
 
 
 def cmd_segments(args: argparse.Namespace) -> None:
     from .protocols import segments_protocol
     from .segment import SegmentOptions
 
-    _finish(
-        args,
-        segments_protocol(
-            _source(args),
-            options=SegmentOptions(**op.given(args, "k"), **_spectral(args)),
-            **op.given(args, "method", "split", "mask_size"),
-            **_seeds(args),
-        ),
-    )
+    options = SegmentOptions(**op.given(args, "k"), **_spectral(args))
+    chosen = op.given(args, "method", "split", "mask_size")
+    _finish(args, segments_protocol(_source(args), options=options, **chosen, **_seeds(args)))
 
 
 def cmd_retrieval(args: argparse.Namespace) -> None:
     from .protocols import retrieval_protocol
 
-    _finish(
-        args,
-        retrieval_protocol(
-            _source(args),
-            keep_predictions=args.report is not None,
-            **op.given(
-                args, "train_split", "val_split", "k", "temperature", "mode", "memory_size", "eval_mask_size", "seed"
-            ),
-        ),
-    )
+    options = op.values(args, op.RETRIEVAL)
+    _finish(args, retrieval_protocol(_source(args), keep_predictions=args.report is not None, **options))
 
 
 def _config(args: argparse.Namespace, method: str) -> Any:
@@ -239,56 +166,31 @@ def cmd_train(args: argparse.Namespace) -> None:
     require_accelerator(cfg.accelerator)  # what the run would find out only after preparing its data
     check_logger(cfg.logger)
     check_run_folder(args.out, args.resume, args.overwrite)
-    told = training(args.method).run(
-        cfg,
-        args.out,
-        getattr(args, "cache_dir", None),
-        args.resume,
-        args.overwrite,
-        evaluate=not getattr(args, "no_eval", False),
-    )
+    evaluate = not getattr(args, "no_eval", False)
+    cache_dir = getattr(args, "cache_dir", None)
+    told = training(args.method).run(cfg, args.out, cache_dir, args.resume, args.overwrite, evaluate=evaluate)
     if told:
         print(told)
 
 
 def cmd_eval_stego(args: argparse.Namespace) -> None:
-    from .methods.stego.pipeline import evaluate_run, split_data
+    from .protocols import stego_protocol
 
-    cfg, views = _config(args, "stego"), _views(args)
-    val = split_data(cfg, cfg.val_split, args.cache_dir, views=views)
-    scores = evaluate_run(
-        args.checkpoint,
-        val,
-        cfg.n_classes,
-        crf=args.crf,
-        trust_checkpoint=args.trust_checkpoint,
-        upsample=_upsampling(args),
-        keep_predictions=args.report is not None,
-        **op.given(args, "processes", "matching", "absent"),
+    options = op.given(args, "processes", "matching", "absent")
+    _finish(
+        args,
+        stego_protocol(
+            _config(args, "stego"),
+            args.checkpoint,
+            args.cache_dir,
+            views=_views(args),
+            crf=args.crf,
+            upsample=_upsampling(args),
+            keep_predictions=args.report is not None,
+            trust_checkpoint=args.trust_checkpoint,
+            **options,
+        ),
     )
-    seen = f" through {val.cache.meta['backbone']}" if views else ""
-    print(
-        f"{args.checkpoint} on {cfg.dataset}/{cfg.val_split} at {cfg.val_input_size}px{seen}, flip TTA, "
-        f"{args.upsample or 'bilinear'} code upsampling{', dense CRF' if args.crf else ''}: " + scores.summary()
-    )
-    if args.json is not None:
-        from .io import save_json
-
-        save_json({**scores.to_dict(), **({"backbone_view": val.cache.meta["backbone"]} if views else {})}, args.json)
-        print(f"results written to {args.json}")
-    if args.report:
-        from .visualisation.report import dataset_report
-
-        assert scores.predictions is not None  # kept for the report
-        report = dataset_report(
-            args.report,
-            val.dataset,
-            val.cache,
-            scores.predictions,
-            settings=scores.to_dict(),
-            title=f"STEGO cluster probe, {cfg.dataset}/{cfg.val_split}",
-        )
-        print(f"report written to {report.root}/ (open {report.gallery})")
 
 
 def cmd_stego_knn(args: argparse.Namespace) -> None:
@@ -304,7 +206,7 @@ def cmd_stego_knn(args: argparse.Namespace) -> None:
 def cmd_stego_sweep(args: argparse.Namespace) -> None:
     from .methods.stego.pipeline import SWEEP_OUT, dimension_sweep
 
-    options = op.given(args, "dims", "methods", "seeds", "out_dir")
+    options = op.values(args, op.SWEEP, skip=("crf",))
     dimension_sweep(_config(args, "stego"), cache_dir=args.cache_dir, crf=args.crf, **options)
     out = Path(options.get("out_dir", SWEEP_OUT))
     print(f"table: {out / 'results.csv'}  plot: {out / 'miou_vs_dim.png'}")
@@ -315,34 +217,9 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from .unsupervised.fitted import CDSettings
 
     cd = CDSettings(**op.given(args, "markov_time", "weight_threshold", "fg_threshold", "fg_k", k="cd_k"))
-    options = SegmentOptions(
-        **op.given(
-            args,
-            "method",
-            "backbone",
-            "weights",
-            "role",
-            "k",
-            "out_dir",
-            "clustering",
-            "save_clustering",
-            "checkpoint",
-            "input_size",
-            "seed",
-            "device",
-            "batch_size",
-            "num_workers",
-        ),
-        upsample=_upsampling(args, SegmentOptions().upsample.method),
-        **_views(args),
-        **_spectral(args),
-        cd=cd,
-        crf=args.crf,
-        skip_invalid=args.skip_invalid,
-        download=args.download,
-        trust_checkpoint=args.trust_checkpoint,
-    )
-    run = segment(args.paths, options)
+    chosen = op.values(args, [*op.SEGMENT, op.METHOD()], skip=("paths",))
+    upsample = _upsampling(args, SegmentOptions().upsample.method)
+    run = segment(args.paths, SegmentOptions(**chosen, **_views(args), **_spectral(args), cd=cd, upsample=upsample))
     print(f"segmented {run.describe()}: {args.out_dir}/labels/, segments/, foreground/; open {run.gallery}")
     if args.save_clustering:
         print(f"clustering saved to {args.save_clustering} (reuse: --clustering {args.save_clustering})")
@@ -352,103 +229,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(**op.given(args, "out", "device"), **_seeds(args), progress=sys.stderr.isatty())
-
-
-def _commands() -> list[Command]:
-    """(words, help, options, function) of every command, from the option groups and the method catalog."""
-    from .catalog import METHODS, training, training_methods
-
-    source = [*op.SOURCE, *op.REPORT]
-    commands: list[Command] = [
-        (("backbones",), "list backbones: feature dim, stride, weight source", [], cmd_backbones),
-        (("configs",), "list the shipped configs (names for --config) with a summary of each", [], cmd_configs),
-        (
-            ("datasets",),
-            "list datasets and splits",
-            [op.Opt("--layout", "also print each expected folder layout", switch=True)],
-            cmd_datasets,
-        ),
-        (("methods",), "list the methods: what each does, whether it segments and trains", [], cmd_methods),
-        (("docs",), "print a documentation page shipped with unseg (no TOPIC: list them)", op.DOCS, cmd_docs),
-        (
-            ("extract",),
-            "extract dense features into the cache (resumable; one shard set per rank)",
-            [*op.SOURCE, *op.EXTRACT],
-            cmd_extract,
-        ),
-        (
-            ("eval", "cluster"),
-            "k-means on frozen features: K = #classes (Hungarian) and overclustering",
-            [
-                *source,
-                *op.CLUSTER,
-                *op.scoring("protocols:clustering_protocol"),
-                *op.upsample_group("the mask size", "none (token labels, nearest-upsampled)"),
-            ],
-            cmd_cluster,
-        ),
-        *[
-            (
-                ("eval", head),
-                f"train a {head} head on a frozen backbone and score it",
-                [*source, *op.HEAD],
-                lambda a, h=head: cmd_head(argparse.Namespace(**vars(a), head=h)),
-            )
-            for head in ("linear", "fcn")
-        ],
-        (("eval", "stego"), "score a STEGO checkpoint's cluster and linear probes", op.EVAL_STEGO, cmd_eval_stego),
-        (
-            ("eval", "unsupervised"),
-            "fully unsupervised: k-means, + CBFE, + community detection",
-            [*source, *op.UNSUPERVISED],
-            cmd_unsupervised,
-        ),
-        (
-            ("eval", "segments"),
-            "segment a labelled split as `unseg segment` would; score each image's segments on "
-            "its own (per-image protocol) and the groups dataset-level (`unseg docs photos`)",
-            [*op.SOURCE, op.METHOD(), *op.SPECTRAL, *op.SEGMENTS],
-            cmd_segments,
-        ),
-        (
-            ("eval", "retrieval"),
-            "dense nearest-neighbour retrieval (Hummingbird protocol)",
-            [*source, *op.RETRIEVAL],
-            cmd_retrieval,
-        ),
-        (("stego", "knn"), "precompute the kNN table of the training split (cached)", op.STEGO, cmd_stego_knn),
-        (
-            ("stego", "sweep"),
-            "STEGO vs raw / PCA / random projections over code dims (`unseg docs methods`)",
-            [*op.STEGO, *op.SWEEP],
-            cmd_stego_sweep,
-        ),
-        (
-            ("segment",),
-            "segment your own images, no labels: label, segment and foreground PNGs, index.html (`unseg docs photos`)",
-            [
-                *op.SEGMENT,
-                op.METHOD(),
-                *op.SPECTRAL,
-                *op.VIEWS,
-                *op.CD,
-                *op.upsample_group("the input size", "guided (kmeans, cd, stego)"),
-            ],
-            cmd_segment,
-        ),
-        (("demo",), "the whole path on the shipped CamVid sample, offline", op.DEMO, cmd_demo),
-    ]
-    for name in training_methods():
-        commands.append(
-            (
-                ("train", name),
-                METHODS.get(name).summary,
-                op.train_options(name, training(name)),
-                # mypy infers no lambda with a default argument (here binding the loop's name)
-                lambda a, n=name: cmd_train(argparse.Namespace(**vars(a), method=n)),  # type: ignore[misc]
-            )
-        )
-    return commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -463,20 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         "k-means (default: $UNSEG_THREADS, else $OMP_NUM_THREADS, else all cores; never more)",
     )
     groups: dict[tuple[str, ...], Any] = {(): parser.add_subparsers(dest="command", required=True)}
-    helps = {
-        "eval": "evaluation protocols (`unseg docs evaluation`)",
-        "train": "train a method",
-        "stego": "STEGO tools",
-    }
-    for words, text, options, func in _commands():
-        parent = groups.get(words[:-1])
-        if parent is None:  # a command group (eval, train, stego) before its first command
-            parent = groups[()].add_parser(words[0], help=helps[words[0]]).add_subparsers(dest="sub", required=True)
-            groups[words[:-1]] = parent
-        p = parent.add_parser(words[-1], help=text)
-        for option in options:
+    for command in op.commands():
+        words = command.words
+        if words[:-1] not in groups:  # a command group (eval, train, stego) before its first command
+            group = groups[()].add_parser(words[0], help=op.GROUPS[words[0]])
+            groups[words[:-1]] = group.add_subparsers(dest="sub", required=True)
+        p = groups[words[:-1]].add_parser(words[-1], help=command.help)
+        for option in command.options:
             option.add(p)
-        p.set_defaults(func=func)
+        p.set_defaults(func=globals()[command.run], **command.defaults)
     return parser
 
 

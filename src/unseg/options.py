@@ -685,3 +685,139 @@ TRAIN_EXTRA = {"stego": [STEGO[2], Opt("--no-eval", "skip the evaluation on the 
 def train_options(name: str, training: Training) -> list[Opt]:
     """The options of ``unseg train NAME``: its config and overrides, its own, and the run folder's."""
     return [*config_options(name, training.example), *TRAIN_EXTRA.get(name, []), *RUN(training.out, training.holds)]
+
+
+def values(args: argparse.Namespace, opts: Sequence[Opt], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The values the user gave for the options ``opts`` (by their API names; a switch only when on), but those
+    in ``skip``: the others keep the API's defaults."""
+    out = {}
+    for opt in opts:
+        value = getattr(args, opt.name, None)
+        if opt.name not in skip and value is not None and value is not False:
+            out[opt.name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command: its words (``eval cluster``), help, options, the function of :mod:`unseg.cli` that runs it
+    (by name) and values it sets (``defaults``, e.g. the head of ``eval linear``)."""
+
+    words: tuple[str, ...]
+    help: str
+    options: Sequence[Opt]
+    run: str
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+GROUPS = {"eval": "evaluation protocols (`unseg docs evaluation`)", "train": "train a method", "stego": "STEGO tools"}
+"""The help of each command group."""
+
+
+def commands() -> list[Command]:
+    """Every command, from the option groups above and the method catalog (its training methods)."""
+    from .catalog import training, training_methods
+
+    source = [*SOURCE, *REPORT]
+    listed = [
+        ("backbones", "list backbones: feature dim, stride, weight source", "backbones:backbones_table"),
+        ("configs", "list the shipped configs (names for --config) with a summary of each", "config:configs_table"),
+        ("methods", "list the methods: what each does, whether it segments and trains", "catalog:methods_table"),
+    ]
+    return [
+        *[Command((name,), text, [], "cmd_table", {"table": table}) for name, text, table in listed],
+        Command(
+            ("datasets",),
+            "list datasets and splits",
+            [Opt("--layout", "also print each expected folder layout", switch=True)],
+            "cmd_table",
+            {"table": "datasets:datasets_table"},
+        ),
+        Command(("docs",), "print a documentation page shipped with unseg (no TOPIC: list them)", DOCS, "cmd_docs"),
+        Command(
+            ("extract",),
+            "extract dense features into the cache (resumable; one shard set per rank)",
+            [*SOURCE, *EXTRACT],
+            "cmd_extract",
+        ),
+        Command(
+            ("eval", "cluster"),
+            "k-means on frozen features: K = #classes (Hungarian) and overclustering",
+            [
+                *source,
+                *CLUSTER,
+                *scoring("protocols:clustering_protocol"),
+                *upsample_group("the mask size", "none (token labels, nearest-upsampled)"),
+            ],
+            "cmd_cluster",
+        ),
+        *[
+            Command(
+                ("eval", head),
+                f"train a {head} head on a frozen backbone and score it",
+                [*source, *HEAD],
+                "cmd_head",
+                {"head": head},
+            )
+            for head in ("linear", "fcn")
+        ],
+        Command(
+            ("eval", "stego"), "score a STEGO checkpoint's cluster and linear probes", EVAL_STEGO, "cmd_eval_stego"
+        ),
+        Command(
+            ("eval", "unsupervised"),
+            "fully unsupervised: k-means, + CBFE, + community detection",
+            [*source, *UNSUPERVISED],
+            "cmd_unsupervised",
+        ),
+        Command(
+            ("eval", "segments"),
+            "segment a labelled split as `unseg segment` would; score each image's "
+            "segments on its own (per-image protocol) and the groups dataset-level (`unseg docs photos`)",
+            [*SOURCE, METHOD(), *SPECTRAL, *SEGMENTS],
+            "cmd_segments",
+        ),
+        Command(
+            ("eval", "retrieval"),
+            "dense nearest-neighbour retrieval (Hummingbird protocol)",
+            [*source, *RETRIEVAL],
+            "cmd_retrieval",
+        ),
+        Command(("stego", "knn"), "precompute the kNN table of the training split (cached)", STEGO, "cmd_stego_knn"),
+        Command(
+            ("stego", "sweep"),
+            "STEGO vs raw / PCA / random projections over code dims (`unseg docs methods`)",
+            [*STEGO, *SWEEP],
+            "cmd_stego_sweep",
+        ),
+        Command(
+            ("segment",),
+            "segment your own images, no labels: label, segment and foreground PNGs, index.html (`unseg docs photos`)",
+            [
+                *SEGMENT,
+                METHOD(),
+                *SPECTRAL,
+                *VIEWS,
+                *CD,
+                *upsample_group("the input size", "guided (kmeans, cd, stego)"),
+            ],
+            "cmd_segment",
+        ),
+        Command(("demo",), "the whole path on the shipped CamVid sample, offline", DEMO, "cmd_demo"),
+        *[
+            Command(
+                ("train", name),
+                _method_summary(name),
+                train_options(name, training(name)),
+                "cmd_train",
+                {"method": name},
+            )
+            for name in training_methods()
+        ],
+    ]
+
+
+def _method_summary(name: str) -> str:
+    from .catalog import METHODS
+
+    return METHODS.get(name).summary

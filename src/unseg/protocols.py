@@ -538,6 +538,77 @@ def segments_protocol(
     return SegmentsEvaluation(per_image, dataset, matching, list(seeds), settings, data)
 
 
+@dataclass
+class StegoEvaluation:
+    """:func:`stego_protocol`'s scores of a STEGO checkpoint, with what it was scored on."""
+
+    scores: Any  # unseg.methods.stego.StegoScores
+    checkpoint: str
+    data: SplitData = field(repr=False, compare=False)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        s = self.settings
+        seen = f" through {s['backbone_view']}" if "backbone_view" in s else ""
+        return (
+            f"{self.checkpoint} on {s['dataset']}/{s['split']} at {s['input_size']}px{seen}, flip TTA, "
+            f"{s['upsample']} code upsampling{', dense CRF' if s['crf'] else ''}: {self.scores.summary()}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        view = {"backbone_view": self.settings["backbone_view"]} if "backbone_view" in self.settings else {}
+        return {**self.scores.to_dict(), **view}
+
+    def write_report(self, out_dir: str | Path) -> Report:
+        if self.scores.predictions is None:
+            raise ValueError("this STEGO evaluation kept no predictions: run it with keep_predictions=True")
+        return _report(
+            self.data,
+            out_dir,
+            self.scores.predictions,
+            self.scores.to_dict(),
+            f"STEGO cluster probe, {self.settings['dataset']}/{self.settings['split']}",
+        )
+
+
+def stego_protocol(
+    cfg: Any,
+    checkpoint: str | Path,
+    cache_dir: str | Path | None = None,
+    views: dict[str, Any] | None = None,
+    crf: bool = False,
+    upsample: Upsampling | None = None,
+    keep_predictions: bool = False,
+    trust_checkpoint: bool = False,
+    **scoring: Any,
+) -> StegoEvaluation:
+    """Both probes of a STEGO ``checkpoint`` on ``cfg``'s val split (STEGO's evaluation: flip TTA, codes
+    bilinear to the masks unless ``upsample``; ``views``: :class:`Source`'s window / scales; ``scoring``:
+    ``processes``, ``matching``, ``absent`` of :func:`unseg.methods.stego.pipeline.evaluate_run`)."""
+    from .methods.stego.pipeline import evaluate_run, split_data
+
+    val = split_data(cfg, cfg.val_split, cache_dir, views=views)
+    scores = evaluate_run(
+        checkpoint,
+        val,
+        cfg.n_classes,
+        crf=crf,
+        trust_checkpoint=trust_checkpoint,
+        upsample=upsample,
+        keep_predictions=keep_predictions,
+        **scoring,
+    )
+    settings = {
+        "dataset": cfg.dataset,
+        "split": cfg.val_split,
+        "input_size": cfg.val_input_size,
+        "crf": crf,
+        "upsample": upsample.method if upsample is not None else "bilinear",
+        **({"backbone_view": val.cache.meta["backbone"]} if views else {}),
+    }
+    return StegoEvaluation(scores, str(checkpoint), val, settings)
+
+
 _SOURCE_FIELDS = {f.name for f in fields(Source) if f.init} - {"backbone"}
 
 
