@@ -315,6 +315,20 @@ def _readable(path: Path, folder: bool) -> str | None:
     return None
 
 
+def _existing(text: str, want: str | None) -> str:
+    """``text`` if it names an existing, readable file (``want`` "file"), folder ("folder") or either (None)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise Refused(f"no such {want or 'file or folder'}")
+    folder = path.is_dir()
+    if want is not None and folder != (want == "folder"):
+        raise Refused("a folder, not a file" if folder else "a file, not a folder")
+    problem = _readable(path, folder=folder)
+    if problem:
+        raise Refused(f"cannot be read: {problem}")
+    return text
+
+
 class InputFile(_Path):
     """An existing, readable file (``special``: words that stand for no file, e.g. ``random``)."""
 
@@ -326,17 +340,7 @@ class InputFile(_Path):
         self.special = tuple(special)
 
     def parse(self, text: str) -> str:
-        if text in self.special:
-            return text
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise Refused("no such file")
-        if path.is_dir():
-            raise Refused("a folder, not a file")
-        problem = _readable(path, folder=False)
-        if problem:
-            raise Refused(f"cannot be read: {problem}")
-        return text
+        return text if text in self.special else _existing(text, "file")
 
 
 class InputFolder(_Path):
@@ -346,15 +350,7 @@ class InputFolder(_Path):
     default_expects = "an existing, readable folder"
 
     def parse(self, text: str) -> str:
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise Refused("no such folder")
-        if not path.is_dir():
-            raise Refused("a file, not a folder")
-        problem = _readable(path, folder=True)
-        if problem:
-            raise Refused(f"cannot be read: {problem}")
-        return text
+        return _existing(text, "folder")
 
 
 class InputPath(_Path):
@@ -364,13 +360,7 @@ class InputPath(_Path):
     default_expects = "an existing, readable file or folder"
 
     def parse(self, text: str) -> str:
-        path = Path(text).expanduser()
-        if not path.exists():
-            raise Refused("no such file or folder")
-        problem = _readable(path, folder=path.is_dir())
-        if problem:
-            raise Refused(f"cannot be read: {problem}")
-        return text
+        return _existing(text, None)
 
 
 class OutputFolder(_Path):
