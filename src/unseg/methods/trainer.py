@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import nn
 
+from ..defaults import NUM_WORKERS
 from ..errors import ConfigError, MissingExtraError, SettingError, WeightsError
 from ..io import resume_checkpoint, save_torch
 
@@ -67,7 +68,7 @@ class TrainerSettings:
     weights: str | None = None  # initial weights (any layout of `unseg docs checkpoints`) or "random"
     batch_size: int = 32  # per process
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int = NUM_WORKERS
     accelerator: str = "auto"
     devices: int = 1
     precision: str = "32-true"

@@ -47,6 +47,11 @@ AUTO = "auto"
 """The value of a shift setting that asks this rule for it."""
 SHIFTS = {"pos_intra": "pos_intra_shift", "pos_inter": "pos_inter_shift", "neg_inter": "neg_inter_shift"}
 """Pair type -> the :class:`~unseg.methods.stego.CorrespondenceConfig` field of its shift."""
+SAMPLE_BATCH = 16
+"""Images per sampled batch when the shifts are measured, and batches drawn (as training draws them)."""
+SAMPLE_BATCHES = 8
+NEIGHBORS = 7
+"""A positive is drawn from the kNN neighbours 1..NEIGHBORS (STEGO's ``num_neighbors``)."""
 DEFAULT_ATTRACT = {"pos_intra": 0.35, "pos_inter": 0.25, "neg_inter": 0.05}
 """Pair type -> the fraction of its pairs that attract (F > shift); the module docstring says why."""
 
@@ -62,9 +67,9 @@ def pair_similarities(
     features: FeatureCache | np.ndarray | torch.Tensor,
     knn: np.ndarray,
     cfg: CorrespondenceConfig | None = None,
-    num_neighbors: int = 7,
-    batch_size: int = 16,
-    num_batches: int = 8,
+    num_neighbors: int = NEIGHBORS,
+    batch_size: int = SAMPLE_BATCH,
+    num_batches: int = SAMPLE_BATCHES,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """F of every sampled pair, per pair type (keys of :data:`SHIFTS`), drawn as in training.
@@ -124,9 +129,9 @@ def shifts_from_features(
     knn: np.ndarray,
     cfg: CorrespondenceConfig | None = None,
     attract: Mapping[str, float] = DEFAULT_ATTRACT,
-    num_neighbors: int = 7,
-    batch_size: int = 16,
-    num_batches: int = 8,
+    num_neighbors: int = NEIGHBORS,
+    batch_size: int = SAMPLE_BATCH,
+    num_batches: int = SAMPLE_BATCHES,
     seed: int = 0,
 ) -> dict[str, float]:
     """The three shifts for which the promised fraction of each pair type attracts (F > shift):
@@ -148,8 +153,8 @@ def resolve_shifts(
     cfg: CorrespondenceConfig,
     features: FeatureCache | np.ndarray | torch.Tensor,
     knn: np.ndarray,
-    num_neighbors: int = 7,
-    batch_size: int = 16,
+    num_neighbors: int = NEIGHBORS,
+    batch_size: int = SAMPLE_BATCH,
     seed: int = 0,
     attract: Mapping[str, float] = DEFAULT_ATTRACT,
 ) -> tuple[CorrespondenceConfig, dict[str, Any]]:

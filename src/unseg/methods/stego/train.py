@@ -41,7 +41,7 @@ from .checkpoint import BACKBONE_PREFIX, save_stego, stego_hparams
 from .knn import KNN_K
 from .loss import CorrespondenceConfig, correspondence_terms
 from .model import ClusterProbe, LinearProbe, StegoHead
-from .shifts import auto_shifts, resolve_shifts
+from .shifts import NEIGHBORS, auto_shifts, resolve_shifts
 
 __all__ = [
     "StegoConfig",
@@ -81,7 +81,7 @@ class StegoConfig(TrainerSettings):
     correlation_dropout: bool = True
     loss: CorrespondenceConfig = field(default_factory=CorrespondenceConfig)
     knn_k: int = KNN_K
-    num_neighbors: int = 7  # a positive is drawn from kNN neighbours 1..num_neighbors
+    num_neighbors: int = NEIGHBORS  # a positive is drawn from kNN neighbours 1..num_neighbors
     # optimisation
     lr_head: float = 5e-4
     lr_probes: float = 5e-3
@@ -200,7 +200,7 @@ class CachedPairs(_Pairs):
     """``{"x": features (D, h, w), "x_pos": a kNN positive's features[, "label": (H, W) int64]}`` from a cache."""
 
     def __init__(
-        self, cache: FeatureCache, knn: np.ndarray, num_neighbors: int = 7, masks: np.ndarray | None = None
+        self, cache: FeatureCache, knn: np.ndarray, num_neighbors: int = NEIGHBORS, masks: np.ndarray | None = None
     ) -> None:
         super().__init__(len(cache), knn, num_neighbors)
         if masks is not None and len(masks) != len(cache):
@@ -228,7 +228,7 @@ class ImagePairs(_Pairs):
         size: int,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        num_neighbors: int = 7,
+        num_neighbors: int = NEIGHBORS,
     ) -> None:
         super().__init__(len(dataset), knn, num_neighbors)
         self.dataset, self.size, self.mean, self.std = dataset, size, list(mean), list(std)
