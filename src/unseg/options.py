@@ -178,6 +178,11 @@ def _api(path: str, name: str) -> From:
     return From(getattr(target, attribute) if attribute else target, name)
 
 
+def sized(flag: str, help: str, what: str, default: From | str | None = None) -> Opt:
+    """An option of one size in px (a square) or two (H W): an input, a window, a mask, a target grid."""
+    return Opt(flag, help, Size(what), default, nargs="+", metavar="PX")
+
+
 BACKBONE = Registered("backbone", _names("backbone"))
 DATASET = Registered("dataset", _names("dataset"))
 WEIGHTS = InputFile("an existing checkpoint file, or 'random'", special=("random",))
@@ -209,14 +214,12 @@ REPORT = [
 ]
 
 VIEWS = [
-    Opt(
+    sized(
         "--window",
         "run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
         "stride, at most the input size) and stitch their features",
-        Size("window"),
+        "window",
         "the whole input at once",
-        nargs="+",
-        metavar="PX",
     ),
     Opt(
         "--window-overlap",
@@ -249,14 +252,7 @@ SOURCE = [
         InputFolder("an existing, readable folder of label maps"),
     ),
     Opt("--num-classes", "folder dataset: ids from this one up are ignored", COUNT),
-    Opt(
-        "--input-size",
-        f"input resolution: {SIZE_HELP}",
-        Size("input size"),
-        _api("features.source:Source", "input_size"),
-        nargs="+",
-        metavar="PX",
-    ),
+    sized("--input-size", f"input resolution: {SIZE_HELP}", "input size", _api("features.source:Source", "input_size")),
     *VIEWS,
     Opt("--cache-dir", "feature cache folder", CacheFolder(), "$UNSEG_CACHE/features or ~/.cache/unseg/features"),
     Opt(
@@ -346,9 +342,7 @@ def upsample_group(target: str | None, default: str) -> list[Opt]:
     ]
     if target is not None:
         opts += [
-            Opt(
-                "--upsample-size", f"target grid: {SIZE_HELP}", Size("upsampling size"), target, nargs="+", metavar="PX"
-            ),
+            sized("--upsample-size", f"target grid: {SIZE_HELP}", "upsampling size", target),
             Opt("--upsample-factor", "target grid = this factor x the token grid", Real(0, MAX_SIDE, low_open=True)),
         ]
     from .features.upsample import MAX_GUIDE_RADIUS
@@ -373,13 +367,8 @@ CLUSTER = [
     Opt("--split", "evaluation split", SPLIT, _api("protocols:clustering_protocol", "split")),
     Opt("--k", "cluster counts", COUNTS, _api("protocols:clustering_protocol", "ks"), nargs="+", dest="ks"),
     Opt("--seeds", "seeds from the first, this many", COUNT, _api("protocols:clustering_protocol", "seeds")),
-    Opt(
-        "--mask-size",
-        f"label resolution: {SIZE_HELP}",
-        Size("mask size"),
-        _api("protocols:clustering_protocol", "mask_size"),
-        nargs="+",
-        metavar="PX",
+    sized(
+        "--mask-size", f"label resolution: {SIZE_HELP}", "mask size", _api("protocols:clustering_protocol", "mask_size")
     ),
     Opt(
         "--pca-dim",
@@ -394,22 +383,13 @@ CLUSTER = [
 HEAD = [
     Opt("--train-split", "training split", SPLIT, _api("protocols:head_protocol", "train_split")),
     Opt("--split", "evaluation split", SPLIT, _api("protocols:head_protocol", "val_split"), dest="val_split"),
-    Opt(
+    sized(
         "--mask-size",
         f"training label resolution: {SIZE_HELP}",
-        Size("mask size"),
+        "mask size",
         _api("protocols:head_protocol", "mask_size"),
-        nargs="+",
-        metavar="PX",
     ),
-    Opt(
-        "--eval-mask-size",
-        f"evaluation label resolution: {SIZE_HELP}",
-        Size("evaluation mask size"),
-        "input size",
-        nargs="+",
-        metavar="PX",
-    ),
+    sized("--eval-mask-size", f"evaluation label resolution: {SIZE_HELP}", "evaluation mask size", "input size"),
     Opt("--no-augment", "train on cached features (fast, no augmentation)", switch=True),
     Opt("--epochs", "training epochs", COUNT, "the protocol's"),
     Opt("--lr", "learning rate", POSITIVE, "the protocol's"),
@@ -480,13 +460,8 @@ UNSUPERVISED = [
         COUNT,
         _api("protocols:fully_unsupervised", "kmeans_seeds"),
     ),
-    Opt(
-        "--mask-size",
-        f"label resolution: {SIZE_HELP}",
-        Size("mask size"),
-        _api("protocols:fully_unsupervised", "mask_size"),
-        nargs="+",
-        metavar="PX",
+    sized(
+        "--mask-size", f"label resolution: {SIZE_HELP}", "mask size", _api("protocols:fully_unsupervised", "mask_size")
     ),
 ]
 
@@ -494,13 +469,11 @@ SEGMENTS = [
     Opt("--k", "kmeans clusters, cd's preferred communities", COUNT, "the number of classes"),
     Opt("--split", "evaluation split", SPLIT, _api("protocols:segments_protocol", "split")),
     Opt("--seeds", "seeds from the first, this many", COUNT, _api("protocols:segments_protocol", "seeds")),
-    Opt(
+    sized(
         "--mask-size",
         f"label resolution of the dataset-level score: {SIZE_HELP}",
-        Size("mask size"),
+        "mask size",
         _api("protocols:segments_protocol", "mask_size"),
-        nargs="+",
-        metavar="PX",
     ),
 ]
 
@@ -518,14 +491,7 @@ RETRIEVAL = [
         choices=("distribution", "majority"),
     ),
     Opt("--memory-size", "random subset of memory patches", COUNT, "all"),
-    Opt(
-        "--eval-mask-size",
-        f"evaluation label resolution: {SIZE_HELP}",
-        Size("evaluation mask size"),
-        "input size",
-        nargs="+",
-        metavar="PX",
-    ),
+    sized("--eval-mask-size", f"evaluation label resolution: {SIZE_HELP}", "evaluation mask size", "input size"),
     Opt("--seed", "memory subset seed", SEED, _api("protocols:retrieval_protocol", "seed")),
 ]
 
