@@ -14,7 +14,15 @@ from .evaluation import ConfusionAccumulator, confusion_matrix, scores_from_conf
 from .evaluation.clustering import ClusteringResult, evaluate_clustering
 from .evaluation.heads import FCNHead, LinearHead, evaluate_head, train_head
 from .features import FeatureCache, Source, SplitData, extract_features, load_split
-from .protocols import clustering_protocol, evaluate, fully_unsupervised, head_protocol, retrieval_protocol
+from .protocols import (
+    clustering_protocol,
+    evaluate,
+    fully_unsupervised,
+    head_protocol,
+    retrieval_protocol,
+    segments_protocol,
+    stego_protocol,
+)
 from .segment import Segmentation, SegmentOptions, segment
 from .unsupervised import SpectralSettings
 
@@ -48,6 +56,8 @@ __all__ = [
     "evaluate_head",
     "Source",
     "clustering_protocol",
+    "segments_protocol",
+    "stego_protocol",
     "head_protocol",
     "retrieval_protocol",
     "fully_unsupervised",

@@ -220,29 +220,17 @@ def _banded_argmax(
     return out
 
 
-def guided_filter(
-    guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-3, subsample: int = 1
-) -> torch.Tensor:
-    """Filter ``src`` (B, C, H, W) guided by the colour image ``guide`` (B, 3, H, W), RGB in [0, 1].
-
-    ``radius``: window radius in pixels of (H, W); ``eps``: the ridge term, in squared guide units
-    (smaller: follow weaker edges); ``subsample``: the fast variant's factor ``s`` (1 = the exact
-    filter; else ``a``, ``b`` are fitted at 1/s of the size with radius r/s). Unbatched (C, H, W) /
-    (3, H, W) inputs are accepted too. Returns ``src``'s shape, float32.
+def guided_filter(guide: torch.Tensor, src: torch.Tensor, radius: int, eps: float = 1e-3) -> torch.Tensor:
+    """The exact filter: ``src`` (B, C, H, W) filtered with the colour image ``guide`` (B, 3, H, W) of the
+    same size, RGB in [0, 1]. ``radius``: window radius in pixels; ``eps``: the ridge term, in squared guide
+    units (smaller: follow weaker edges). Unbatched (C, H, W) / (3, H, W) inputs are accepted too. Returns
+    ``src``'s shape, float32. (:func:`fast_guided_filter` fits on a coarser grid.)
     """
     unbatched = src.ndim == 3
     if unbatched:
         guide, src = guide[None], src[None]
     _check(guide, src, radius, eps)
-    if guide.shape[-2:] != src.shape[-2:] or subsample < 1:
-        raise SettingError(
-            f"guide {tuple(guide.shape[-2:])} and input {tuple(src.shape[-2:])} must have one size, "
-            f"and subsample ({subsample}) must be >= 1"
-        )
-    h, w = src.shape[-2:]
-    if subsample > 1:
-        small = (max(1, round(h / subsample)), max(1, round(w / subsample)))
-        src = F.interpolate(src.float(), size=small, mode="bilinear", align_corners=False, antialias=True)
-        radius = max(1, round(radius / subsample))
+    if guide.shape[-2:] != src.shape[-2:]:
+        raise SettingError(f"guide {tuple(guide.shape[-2:])} and input {tuple(src.shape[-2:])} must have one size")
     out = fast_guided_filter(guide, src, radius, eps)
     return out[0] if unbatched else out

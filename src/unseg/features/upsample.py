@@ -10,8 +10,8 @@ edges (``unseg docs upsampling``):
 - ``guided``: bilinear, then the guided filter of He et al. (:mod:`unseg.features.guided_filter`)
   with the image as the guide: within a window of ``radius`` tokens the features become a
   linear function of the pixel colours, so their edges move onto the photograph's. Time
-  linear in the pixels (box filters), the window's coefficients fitted on a grid
-  ``subsample`` times coarser than the output (the fast guided filter).
+  linear in the pixels (box filters), the window's coefficients fitted on a grid of
+  ``cells_per_token`` cells per token (the fast guided filter) and applied to the full guide.
 
 Both are linear in the features with weights summing to one, so upsampling commutes with
 any affine map (standardise, PCA): features may be projected first and upsampled in the
