@@ -164,6 +164,13 @@ class SegmentOptions:
     # guided upsampling to the input size: the best measured on CamVid (`unseg docs upsampling`)
     upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
 
+    def resolved_method(self, clustering_method: str | None = None) -> str | None:
+        """The method that runs: the one given, else stego with a checkpoint, else a clustering file's
+        (``clustering_method``; None while the file is not read), else :data:`DEFAULT_SEGMENTER`."""
+        if self.method or self.checkpoint:
+            return self.method or "stego"
+        return clustering_method if self.clustering else DEFAULT_SEGMENTER
+
     def __post_init__(self) -> None:
         """Values checked when the options are made, before any image is read or backbone built."""
         if self.method is not None:
@@ -172,7 +179,7 @@ class SegmentOptions:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise SettingError(f"{name} = {value} is not allowed; it must be a whole number >= 1")
-        method = self.method or ("stego" if self.checkpoint else None if self.clustering else DEFAULT_SEGMENTER)
+        method = self.resolved_method()
         if method != "spectral" and self.groups is not None:
             raise SettingError(
                 f"groups is the spectral method's vocabulary size; method {method or 'of the clustering'} has k"
@@ -308,7 +315,8 @@ def segment(
     if isinstance(paths, (str, Path)):
         paths = [paths]
     saved = FittedSegmenter.load(o.clustering) if o.clustering is not None else None
-    method = o.method or ("stego" if o.checkpoint else saved.method if saved else DEFAULT_SEGMENTER)
+    method = o.resolved_method(saved.method if saved else None)
+    assert method is not None  # the clustering file, when given, is read
     o = replace(o, method=method)
     stego = None
     if method == "stego":
