@@ -168,3 +168,22 @@ def test_stego_segments_with_its_cluster_probe(photos, tmp_path, resolved_links)
     resolved_links(tmp_path / "s" / "index.html")
     with pytest.raises(SettingError, match="checkpoint"):
         segment(photos, method="stego")
+
+
+def test_written_image_counts_the_segments_and_groups_it_shows(tmp_path: Path) -> None:
+    """The tile's caption and legend count the segments present in the map (not those of the list) and
+    their groups; written files decode to the maps."""
+    from unseg.unsupervised.per_image import ImageSegmentation
+    from unseg.visualisation.overlay import palette
+    from unseg.visualisation.photos import OUTPUT_FOLDERS, write_image
+
+    for folder in OUTPUT_FOLDERS:
+        (tmp_path / folder).mkdir()
+    segments = np.zeros((6, 8), np.int32)
+    segments[:, 4:] = 3  # segments 1 and 2 are listed but absent from the map
+    groups = np.array([5, 1, 2, 0])  # present: segment 0 -> group 5, segment 3 -> group 0
+    result = ImageSegmentation(segments, groups, np.array([True, False, False, False]))
+    written = write_image(tmp_path, "x", Image.new("RGB", (8, 6)), result, palette(6))
+    assert written.groups == {0, 5}
+    assert written.item.caption.startswith("8x6, 2 segments, 2 groups, foreground 50%")
+    assert (np.asarray(Image.open(tmp_path / "labels" / "x.png")) == groups[segments]).all()

@@ -88,10 +88,11 @@ def write_image(
     _save(Image.fromarray(np.where(result.foreground, 255, 0).astype(np.uint8)), paths["foreground"], compress_level=1)
     picture = out / "panels" / f"{image_id}.jpg"
     _save(panel(image, result, group_colours), picture, quality=88)
-    present = set(np.unique(result.groups[np.unique(result.segments)]).tolist())
+    used = np.flatnonzero(np.bincount(result.segments.ravel(), minlength=len(result.groups)))  # no sort of pixels
+    present = set(np.unique(result.groups[used]).tolist())
     share = 100 * result.foreground.mean()
     caption = (
-        f"{image.size[0]}x{image.size[1]}, {len(np.unique(result.segments))} segments, "
+        f"{image.size[0]}x{image.size[1]}, {len(used)} segments, "
         f"{len(present)} groups, foreground {share:.0f}%"
     )
     return WrittenImage(GalleryItem(picture, image_id, caption, paths), present)
