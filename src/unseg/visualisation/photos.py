@@ -91,10 +91,7 @@ def write_image(
     used = np.flatnonzero(np.bincount(result.segments.ravel(), minlength=len(result.groups)))  # no sort of pixels
     present = set(np.unique(result.groups[used]).tolist())
     share = 100 * result.foreground.mean()
-    caption = (
-        f"{image.size[0]}x{image.size[1]}, {len(used)} segments, "
-        f"{len(present)} groups, foreground {share:.0f}%"
-    )
+    caption = f"{image.size[0]}x{image.size[1]}, {len(used)} segments, {len(present)} groups, foreground {share:.0f}%"
     return WrittenImage(GalleryItem(picture, image_id, caption, paths), present)
 
 
