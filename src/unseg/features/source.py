@@ -85,8 +85,8 @@ class BackboneSettings:
     each factor, averaged (``unseg docs upsampling``, "Large photos"); features stay on the input's grid.
 
     None in ``backbone``, ``input_size``, ``window_overlap`` and ``scales`` means "the default"
-    (:data:`DEFAULT_BACKBONE`, :data:`DEFAULT_INPUT_SIZE`, :data:`DEFAULT_OVERLAP`,
-    :data:`DEFAULT_SCALES`), so that ``segment`` can tell a value not given from the default and
+    (``DEFAULT_BACKBONE``, ``DEFAULT_INPUT_SIZE``, ``DEFAULT_OVERLAP``,
+    ``DEFAULT_SCALES``), so that ``segment`` can tell a value not given from the default and
     take a saved clustering's or checkpoint's instead (:meth:`fill`). Read them resolved
     (:attr:`size`, :attr:`backbone_name`, :meth:`views`), not from the fields.
 
@@ -133,7 +133,7 @@ class BackboneSettings:
 
     @property
     def size(self) -> tuple[int, int]:
-        """The input size (H, W): the one given, else :data:`DEFAULT_INPUT_SIZE`."""
+        """The input size (H, W): the one given, else ``DEFAULT_INPUT_SIZE``."""
         return as_size(DEFAULT_INPUT_SIZE if self.input_size is None else self.input_size, "input size")
 
     @property
