@@ -10,7 +10,8 @@ from PIL import Image
 
 from unseg.demo import sample_root
 from unseg.errors import ImageError, LayoutError, SettingError, WeightsError
-from unseg.segment import segment
+from unseg.features import BackboneSettings
+from unseg.segment import SegmentOptions, segment
 from unseg.unsupervised.fitted import CDSettings, FittedSegmenter
 
 FAST = {"input_size": 224, "num_workers": 0, "niter": 20, "nredo": 1}
@@ -107,6 +108,24 @@ def test_a_saved_clustering_gives_the_same_labels_on_new_images(photos, tmp_path
     np.testing.assert_array_equal(
         segment(new, method="cd", clustering=cd_file, num_workers=0).results[0].labels, cd[1].labels
     )
+
+
+def test_the_models_input_size_applies_and_a_clustering_then_sets_the_default(photos, tmp_path):
+    saved = tmp_path / "km.npz"
+    options = SegmentOptions(model=BackboneSettings(input_size=160, num_workers=0), method="kmeans", k=3, nredo=1)
+    segment(photos, options, save_clustering=saved)
+    assert FittedSegmenter.load(saved).input_size == (160, 160)
+    # no input size given: the clustering's (the usual default, larger, would be refused below)
+    assert len(segment(photos, clustering=saved, num_workers=0).results) == 3
+    with pytest.raises(WeightsError, match=r"at input 160x160; this run uses .* at input 192x192"):
+        segment(photos, clustering=saved, input_size=192, num_workers=0)
+
+
+def test_flat_changes_go_to_the_options_or_their_model(photos):
+    run = segment(photos, backbone="efficientnet_lite0_stage5", groups=3, **FAST)
+    assert (run.backbone, run.num_groups, run.method) == ("efficientnet_lite0_stage5", 3, "spectral")
+    with pytest.raises(SettingError, match=r"more than the 48 feature tokens .* at input size 64x64"):
+        segment(photos, method="kmeans", k=49, input_size=64, num_workers=0)  # 3 images of 4x4 tokens
 
 
 def test_a_clustering_from_another_backbone_or_weights_is_refused(photos, tmp_path):

@@ -13,7 +13,7 @@ from .datasets import SegmentationDataset, create_dataset, list_datasets
 from .evaluation import ConfusionAccumulator, confusion_matrix, scores_from_confusion
 from .evaluation.clustering import ClusteringResult, evaluate_clustering
 from .evaluation.heads import FCNHead, LinearHead, evaluate_head, train_head
-from .features import FeatureCache, Source, SplitData, extract_features, load_split
+from .features import BackboneSettings, FeatureCache, Source, SplitData, extract_features, load_split
 from .protocols import (
     clustering_protocol,
     evaluate,
@@ -54,6 +54,7 @@ __all__ = [
     "FCNHead",
     "train_head",
     "evaluate_head",
+    "BackboneSettings",
     "Source",
     "clustering_protocol",
     "segments_protocol",

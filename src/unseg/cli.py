@@ -25,12 +25,17 @@ def _views(args: argparse.Namespace) -> dict[str, Any]:
     return {**views, "scales": tuple(views["scales"])} if "scales" in views else views
 
 
+def _model(args: argparse.Namespace) -> dict[str, Any]:
+    """The backbone settings given (fields of :class:`unseg.features.BackboneSettings`)."""
+    return {**op.values(args, op.MODEL, skip=("window", "window_overlap", "scales")), **_views(args)}
+
+
 def _source(args: argparse.Namespace) -> Any:
     from .features import Source
 
-    chosen = op.values(args, op.SOURCE, skip=("masks", "num_classes", "json", "window", "window_overlap", "scales"))
+    chosen = op.values(args, op.DATA, skip=("masks", "num_classes", "json"))
     dataset_options = op.given(args, "masks", "num_classes")
-    return Source(**chosen, **_views(args), dataset_options=dataset_options, progress=sys.stderr.isatty())
+    return Source(**_model(args), **chosen, dataset_options=dataset_options, progress=sys.stderr.isatty())
 
 
 def _seeds(args: argparse.Namespace, key: str = "seeds") -> dict[str, Any]:
@@ -91,7 +96,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
         dataset = source.build_dataset(split)
         options = {**source.extract_options(), **op.values(args, op.EXTRACT, skip=("split", "rank", "world_size"))}
         cache = extract_features(
-            source.build_backbone(), dataset, source.input_size, rank=rank, world_size=world_size, **options
+            source.build_backbone(), dataset, source.size, rank=rank, world_size=world_size, **options
         )
         if cache is None:
             print(f"{split}: this rank's shards are written; other ranks are still running")
@@ -213,13 +218,15 @@ def cmd_stego_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
+    from .features import BackboneSettings
     from .segment import SegmentOptions, segment
     from .unsupervised.fitted import CDSettings
 
     cd = CDSettings(**op.given(args, "markov_time", "weight_threshold", "fg_threshold", "fg_k", k="cd_k"))
     chosen = op.values(args, [*op.SEGMENT, op.METHOD()], skip=("paths",))
     upsample = _upsampling(args, SegmentOptions().upsample.method)
-    run = segment(args.paths, SegmentOptions(**chosen, **_views(args), **_spectral(args), cd=cd, upsample=upsample))
+    model = BackboneSettings(**_model(args))
+    run = segment(args.paths, SegmentOptions(model=model, **chosen, **_spectral(args), cd=cd, upsample=upsample))
     print(f"segmented {run.describe()}: {args.out_dir}/labels/, segments/, foreground/; open {run.gallery}")
     if args.save_clustering:
         print(f"clustering saved to {args.save_clustering} (reuse: --clustering {args.save_clustering})")

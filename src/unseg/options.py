@@ -51,8 +51,12 @@ __all__ = [
     "Opt",
     "From",
     "given",
+    "MODEL",
+    "DATA",
     "SOURCE",
     "VIEWS",
+    "backbone_options",
+    "view_options",
     "JSON",
     "REPORT",
     "CLUSTER",
@@ -110,7 +114,8 @@ def _shown(value: Any) -> str:
 @dataclass(frozen=True)
 class Opt:
     """One option: ``flag`` (``--k``, or a positional's name), its ``help``, its ``kind`` (argparse ``type``)
-    or ``choices``, and the API default the help names (``default``: a :class:`From`, or text)."""
+    or ``choices``, and the API default the help names (``default``: a :class:`From`, or text; ``first``:
+    what the API takes before that default when the option is not given, e.g. a saved clustering's)."""
 
     flag: str
     help: str = ""
@@ -123,10 +128,12 @@ class Opt:
     required: bool = False
     switch: bool = False  # a flag without a value (store_true)
     parser_default: Any = None  # argparse's own default, for the few options whose absence means a value
+    first: str = ""
 
     def add(self, target: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-        shown = self.default.value() if isinstance(self.default, From) else self.default
-        text = self.help + (f" (default {_shown(shown)})" if shown is not None else "")
+        value = self.default.value() if isinstance(self.default, From) else self.default
+        shown = None if value is None else f"{self.first}, else {_shown(value)}" if self.first else _shown(value)
+        text = self.help + (f" (default {shown})" if shown is not None else "")
         if self.switch:
             target.add_argument(self.flag, action="store_true", help=text)
             return
@@ -178,9 +185,9 @@ def _api(path: str, name: str) -> From:
     return From(getattr(target, attribute) if attribute else target, name)
 
 
-def sized(flag: str, help: str, what: str, default: From | str | None = None) -> Opt:
+def sized(flag: str, help: str, what: str, default: From | str | None = None, first: str = "") -> Opt:
     """An option of one size in px (a square) or two (H W): an input, a window, a mask, a target grid."""
-    return Opt(flag, help, Size(what), default, nargs="+", metavar="PX")
+    return Opt(flag, help, Size(what), default, nargs="+", metavar="PX", first=first)
 
 
 BACKBONE = Registered("backbone", _names("backbone"))
@@ -213,37 +220,86 @@ REPORT = [
     )
 ]
 
-VIEWS = [
-    sized(
-        "--window",
-        "run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
-        "stride, at most the input size) and stitch their features",
-        "window",
-        "the whole input at once",
-    ),
-    Opt(
-        "--window-overlap",
-        "with --window: the fraction of a window shared with its neighbour",
-        FRACTION,
-        _api("features.source:Source", "window_overlap"),
-        metavar="F",
-    ),
-    Opt(
-        "--scales",
-        "average the features of the input resized by each factor; with --window every scaled input is tiled",
-        Real(0, low_open=True, many=True),
-        _api("features.source:Source", "scales"),
-        nargs="+",
-        metavar="S",
-    ),
-]
+BACKBONE_SETTINGS = "features.source:BackboneSettings"
 
-SOURCE = [
-    Opt("--backbone", "registered backbone (`unseg backbones`)", BACKBONE, _api("features.source:Source", "backbone")),
-    Opt("--weights", "local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt", WEIGHTS),
-    ROLE,
-    TRUST,
-    DOWNLOAD,
+
+def view_options(first: str = "") -> list[Opt]:
+    """``--window``, ``--window-overlap``, ``--scales``; ``first``: what gives them before their defaults."""
+    return [
+        sized(
+            "--window",
+            "run the backbone on overlapping windows of this size (one value or H W, a multiple of its "
+            "stride, at most the input size) and stitch their features",
+            "window",
+            "the whole input at once",
+            first,
+        ),
+        Opt(
+            "--window-overlap",
+            "with --window: the fraction of a window shared with its neighbour",
+            FRACTION,
+            _api("backbones.views", "DEFAULT_OVERLAP"),
+            metavar="F",
+            first=first,
+        ),
+        Opt(
+            "--scales",
+            "average the features of the input resized by each factor; with --window every scaled input is tiled",
+            Real(0, low_open=True, many=True),
+            _api("backbones.views", "DEFAULT_SCALES"),
+            nargs="+",
+            metavar="S",
+            first=first,
+        ),
+    ]
+
+
+def backbone_options(backbone_first: str = "", input_first: str = "") -> list[Opt]:
+    """The options of :class:`unseg.features.BackboneSettings`: which backbone, and how it sees the input.
+    ``backbone_first``, ``input_first``: what gives the backbone, and the input size and views, before
+    their defaults (``unseg segment``: a saved clustering, a STEGO checkpoint)."""
+    return [
+        Opt(
+            "--backbone",
+            "registered backbone (`unseg backbones`)",
+            BACKBONE,
+            _api("backbones", "DEFAULT_BACKBONE"),
+            first=backbone_first,
+        ),
+        Opt("--weights", "local checkpoint: DINO .pth / DINO training ckpt / Leopart or STEGO .ckpt", WEIGHTS),
+        ROLE,
+        TRUST,
+        DOWNLOAD,
+        sized(
+            "--input-size",
+            f"input resolution: {SIZE_HELP}",
+            "input size",
+            _api("features.transforms", "DEFAULT_INPUT_SIZE"),
+            input_first,
+        ),
+        *view_options(input_first),
+        Opt("--device", "auto, cpu, cuda, cuda:N, ...", DEVICE, _api(BACKBONE_SETTINGS, "device")),
+        Opt(
+            "--batch-size",
+            "images (with --window: windows) per forward pass",
+            COUNT,
+            _api(BACKBONE_SETTINGS, "batch_size"),
+        ),
+        Opt(
+            "--workers",
+            "data-loading processes",
+            NON_NEGATIVE,
+            _api(BACKBONE_SETTINGS, "num_workers"),
+            dest="num_workers",
+        ),
+    ]
+
+
+VIEWS = view_options()
+MODEL = backbone_options()
+"""The backbone options as the protocols show them (the API's defaults)."""
+
+DATA = [
     Opt("--dataset", "registered dataset (`unseg datasets`)", DATASET, _api("features.source:Source", "dataset")),
     Opt("--root", "dataset folder", InputFolder(), required=True),
     Opt(
@@ -252,8 +308,6 @@ SOURCE = [
         InputFolder("an existing, readable folder of label maps"),
     ),
     Opt("--num-classes", "folder dataset: ids from this one up are ignored", COUNT),
-    sized("--input-size", f"input resolution: {SIZE_HELP}", "input size", _api("features.source:Source", "input_size")),
-    *VIEWS,
     Opt("--cache-dir", "feature cache folder", CacheFolder(), "$UNSEG_CACHE/features or ~/.cache/unseg/features"),
     Opt(
         "--hash-images",
@@ -261,23 +315,12 @@ SOURCE = [
         "file systems that do not keep those (`unseg docs reliability`); slower",
         switch=True,
     ),
-    Opt("--device", "auto, cpu, cuda, cuda:N, ...", DEVICE, _api("features.source:Source", "device")),
-    Opt(
-        "--batch-size",
-        "images (with --window: windows) per forward pass",
-        COUNT,
-        _api("features.source:Source", "batch_size"),
-    ),
-    Opt(
-        "--workers",
-        "data-loading processes",
-        NON_NEGATIVE,
-        _api("features.source:Source", "num_workers"),
-        dest="num_workers",
-    ),
     Opt("--skip-corrupt", "skip (and log) unreadable images instead of failing", switch=True),
     *JSON,
 ]
+"""The data a :class:`unseg.features.Source` adds to the backbone's settings."""
+
+SOURCE = [*MODEL, *DATA]
 
 EXTRACT = [
     Opt("--split", "splits to extract", Text(SPLIT.expects, many=True), "val", nargs="+", parser_default=["val"]),
@@ -567,11 +610,6 @@ SEGMENT = [
         dest="out_dir",
     ),
     Opt("--k", "kmeans clusters, cd's preferred communities", COUNT, _api("catalog", "DEFAULT_K")),
-    Opt("--backbone", "registered backbone", BACKBONE, "the clustering's or checkpoint's, else efficientnet_lite0"),
-    Opt("--weights", "local checkpoint of the backbone", WEIGHTS),
-    ROLE,
-    DOWNLOAD,
-    TRUST,
     Opt(
         "--checkpoint",
         "--method stego: a STEGO .ckpt (head and cluster probe)",
@@ -585,20 +623,10 @@ SEGMENT = [
         metavar="FILE",
     ),
     Opt("--save-clustering", "save the fitted clustering (kmeans, cd) for reuse", OutputFile(), metavar="FILE"),
-    Opt(
-        "--input-size",
-        f"backbone input: {SIZE_HELP}",
-        Size("input size"),
-        "the clustering's, else the protocols'",
-        nargs="+",
-        metavar="PX",
-    ),
     Opt("--skip-invalid", "skip (and log by name) unreadable files", switch=True),
     Opt("--seed", "k-means / Infomap seed", SEED, _api(SEGMENT_OPTIONS, "seed")),
-    Opt("--device", "auto, cpu, cuda, ...", DEVICE, _api(SEGMENT_OPTIONS, "device")),
-    Opt("--batch-size", "images (with --window: windows) per forward pass", COUNT, _api(SEGMENT_OPTIONS, "batch_size")),
-    Opt("--workers", "data-loading processes", NON_NEGATIVE, _api(SEGMENT_OPTIONS, "num_workers"), dest="num_workers"),
 ]
+"""``unseg segment``'s own options; its backbone's are :func:`backbone_options`, defaulting to a clustering's."""
 
 
 def METHOD() -> Opt:  # upper case: a group, like the others
@@ -761,9 +789,9 @@ def commands() -> list[Command]:
             "segment your own images, no labels: label, segment and foreground PNGs, index.html (`unseg docs photos`)",
             [
                 *SEGMENT,
+                *backbone_options("the clustering's or checkpoint's", "the clustering's"),
                 METHOD(),
                 *SPECTRAL,
-                *VIEWS,
                 *CD,
                 *upsample_group("the input size", "guided (kmeans, cd, stego)"),
             ],

@@ -21,6 +21,7 @@ from torch import nn
 from .catalog import DEFAULT_SEGMENTER, FitContext, render_each, segmenter
 from .clustering.matching import CLUSTERING_MATCHING, class_predictions, match, resolve_method
 from .defaults import MASK_SIZE, NITER, NREDO, OVERCLUSTERS, PCA_DIM, SEEDS
+from .errors import SettingError
 from .evaluation.clustering import ClusteringResult, check_clustering_settings, evaluate_clustering
 from .evaluation.heads import HeadResult, evaluate_head, head_settings, train_head
 from .evaluation.metrics import (
@@ -33,7 +34,7 @@ from .evaluation.metrics import (
 from .evaluation.per_image import PerImageScores, image_ious
 from .evaluation.retrieval import NEIGHBOURS, TEMPERATURE, RetrievalResult, dense_retrieval
 from .features import as_size, resize_mask, upsample_labels
-from .features.source import Source, SplitData
+from .features.source import BackboneSettings, Source, SplitData
 from .features.upsample import Upsampling, iter_guides
 from .segment import SegmentOptions
 from .unsupervised.cbfe import DEFAULT_FG_K
@@ -300,7 +301,7 @@ def head_protocol(
     """
     head_settings(head, **train_kwargs)  # bad settings fail before any extraction
     msize = as_size(mask_size, "mask size")
-    emsize = as_size(eval_mask_size if eval_mask_size is not None else source.input_size, "evaluation mask size")
+    emsize = as_size(eval_mask_size, "evaluation mask size") if eval_mask_size is not None else source.size
     val = source.load_split(val_split, emsize)
     assert val.masks is not None  # loaded with a mask size
     kwargs: dict[str, Any] = {}
@@ -315,7 +316,7 @@ def head_protocol(
         train,
         val.num_classes,
         head=head,
-        input_size=source.input_size,
+        input_size=source.size,
         mask_size=msize,
         augment=augment,
         device=source.device,
@@ -353,7 +354,7 @@ def retrieval_protocol(
 ) -> RetrievalEvaluation:
     """:func:`unseg.evaluation.retrieval.dense_retrieval` on ``source``: train labels at the input size,
     val scored at ``eval_mask_size`` (default: the input size)."""
-    size = as_size(source.input_size, "input size")
+    size = source.size
     val_size = as_size(eval_mask_size, "evaluation mask size") if eval_mask_size is not None else size
     train = source.load_split(train_split, size)
     val = source.load_split(val_split, val_size)
@@ -402,7 +403,7 @@ def fully_unsupervised(
     (:data:`unseg.unsupervised.PUBLISHED`); None searches them with TPE on ``train_split``.
     """
     if hyper_parameters == "published":
-        hyper_parameters = published_hyper_parameters(source.backbone)
+        hyper_parameters = published_hyper_parameters(source.backbone_name)
     check_settings(hyper_parameters, trials, runs, kmeans_seeds)  # before any extraction
     msize = as_size(mask_size, "mask size")
     train, val = source.load_split(train_split, msize), source.load_split(val_split, msize)
@@ -485,9 +486,15 @@ def segments_protocol(
     ``options``, as ``unseg segment`` would) and score it twice per seed: per image (:mod:`unseg.evaluation.
     per_image`, at each image's own size) and dataset-level (the groups at ``mask_size``, Hungarian when
     there are at most as many groups as classes, else greedy). The number of groups (``groups`` of the
-    spectral method, ``k`` of kmeans and cd) defaults to the number of classes."""
+    spectral method, ``k`` of kmeans and cd) defaults to the number of classes. The backbone and its
+    views are ``source``'s: options whose ``model`` is not the default are refused, not ignored."""
     check_absent(absent)
     o = replace(options or SegmentOptions(), method=method)
+    if o.model != BackboneSettings():
+        raise SettingError(
+            "segments_protocol sees the images through the source's backbone: give the backbone, its "
+            "input size and views on the Source, not in options.model"
+        )
     data = source.load_split(split, as_size(mask_size, "mask size"))
     masks = data.masks
     assert masks is not None  # loaded with a mask size
@@ -500,11 +507,11 @@ def segments_protocol(
     identity = {
         "backbone": described["backbone"],
         "weights": described["weights"],
-        "input_size": as_size(source.input_size),
+        "input_size": source.size,
     }
     per_image, dataset, matching, groups = [], [], "", 0
     for seed in seeds:
-        folder = segmenter(method)(FitContext(data.cache, identity, as_size(source.input_size), seed), o)
+        folder = segmenter(method)(FitContext(data.cache, identity, source.size, seed), o)
         groups = folder.num_groups
 
         def use(

@@ -15,23 +15,21 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .backbones import DEFAULT_BACKBONE, create_backbone, views_name, with_views
-from .backbones.views import DEFAULT_OVERLAP
+from .backbones import views_name
 from .catalog import DEFAULT_K, DEFAULT_SEGMENTER, FitContext, FolderSegmenter, Segmenter, render_each, segmenter
 from .datasets.base import IMAGE_EXTENSIONS, Sample, SegmentationDataset, read_image
-from .defaults import BATCH_SIZE, NITER, NREDO, NUM_WORKERS
+from .defaults import NITER, NREDO
 from .errors import ImageError, LayoutError, SettingError, WeightsError
-from .features import DEFAULT_INPUT_SIZE, as_size, load_split, resolve_device, weights_fingerprint
-from .features.source import check_views
+from .features import BackboneSettings, load_split, resolve_device, weights_fingerprint
 from .features.upsample import Upsampling
 from .io import require_writable
-from .kinds import COUNT, DEVICE, NON_NEGATIVE, SEED
+from .kinds import COUNT, SEED
 from .unsupervised.fitted import CDSettings, FittedSegmenter
 from .unsupervised.per_image import ImageSegmentation
 from .unsupervised.spectral import SpectralSettings
@@ -113,29 +111,28 @@ def collect_images(paths: Iterable[str | Path], skip_invalid: bool = False) -> l
 class SegmentOptions:
     """Everything :func:`segment` takes besides the images, each default defined here once.
 
-    ``method``: a name of :data:`unseg.catalog.METHODS` (default: stego with a ``checkpoint``, the
-    method of a ``clustering`` file, else spectral). ``spectral``: the
-    spectral method's settings (:class:`unseg.unsupervised.SpectralSettings`; ``segments`` there fixes
-    the number per image). ``groups``: the spectral vocabulary's size (default: the largest number of
-    segments of one image). ``k``: clusters of kmeans; CD's preferred number of communities (default 8).
+    ``model``: the backbone and how it sees the images (:class:`unseg.features.BackboneSettings`);
+    its backbone, input size and views not given are a ``clustering`` file's (backbone and weights:
+    a STEGO ``checkpoint``'s), else the usual defaults; its ``trust_checkpoint`` also unpickles
+    ``checkpoint`` fully, which runs any code it holds (trusted files only). ``method``: a name of
+    :data:`unseg.catalog.METHODS` (default: stego with a ``checkpoint``, the method of a
+    ``clustering`` file, else spectral). ``spectral``: the spectral method's settings
+    (:class:`unseg.unsupervised.SpectralSettings`; ``segments`` there fixes the number per image).
+    ``groups``: the spectral vocabulary's size (default: the largest number of segments of one
+    image). ``k``: clusters of kmeans; CD's preferred number of communities (default 8).
     ``clustering``: a file from ``save_clustering`` to apply instead of fitting (same backbone,
-    weights and input size, else an error naming both). ``checkpoint``: STEGO's. ``cd``: CD
+    weights, input size and views, else an error naming both). ``checkpoint``: STEGO's. ``cd``: CD
     settings (default: the authors' ViT-S/16 values). ``out_dir``: also write label, segment and
     foreground PNGs, panels and an ``index.html`` gallery. ``keep``: also return every image's
     maps (memory grows with the folder; :func:`segment` keeps none when writing to ``out_dir``
     unless asked). ``crf``: refine kmeans / cd / stego with a dense CRF (extra ``unseg[crf]``).
     ``niter``, ``nredo``: faiss k-means iterations and restarts when fitting kmeans / cd (the
-    protocol's 100 and 5). ``trust_checkpoint``: unpickle ``weights`` / ``checkpoint`` fully, which
-    runs any code they hold (trusted files only). ``upsample``: how kmeans / cd / stego read the
-    features (``unseg docs upsampling``; default guided to the input size). ``window``,
-    ``window_overlap``, ``scales``: see the backbone through a sliding window and/or several
-    scales (``unseg docs upsampling``, "Large photos"; windows per forward pass: ``batch_size``);
-    default the clustering's, else the whole input at scale 1.
+    protocol's 100 and 5). ``upsample``: how kmeans / cd / stego read the features
+    (``unseg docs upsampling``; default guided to the input size).
     """
 
+    model: BackboneSettings = field(default_factory=BackboneSettings)
     method: str | None = None  # default: a checkpoint's (stego) or clustering's method, else DEFAULT_SEGMENTER
-    backbone: str | None = None  # default: the clustering's or checkpoint's, else DEFAULT_BACKBONE
-    weights: str | Path | None = None
     spectral: SpectralSettings = field(default_factory=SpectralSettings)
     groups: int | None = None
     k: int | None = None
@@ -145,22 +142,12 @@ class SegmentOptions:
     clustering: str | Path | None = None
     save_clustering: str | Path | None = None
     checkpoint: str | Path | None = None
-    input_size: int | Sequence[int] | None = None  # default: the clustering's, else DEFAULT_INPUT_SIZE
-    window: int | Sequence[int] | None = None  # default: the clustering's, else none
-    window_overlap: float | None = None  # default: the clustering's, else DEFAULT_OVERLAP
-    scales: Sequence[float] | None = None  # default: the clustering's, else (1.0,)
     cd: CDSettings = field(default_factory=CDSettings)
     skip_invalid: bool = False
     seed: int = 0
-    download: bool = False
-    role: str = "auto"
-    device: str = "auto"
-    batch_size: int = BATCH_SIZE
-    num_workers: int = NUM_WORKERS
     threads: int | None = None
     niter: int = NITER
     nredo: int = NREDO
-    trust_checkpoint: bool = False
     # guided upsampling to the input size: the best measured on CamVid (`unseg docs upsampling`)
     upsample: Upsampling = field(default_factory=lambda: Upsampling("guided"))
 
@@ -172,7 +159,10 @@ class SegmentOptions:
         return clustering_method if self.clustering else DEFAULT_SEGMENTER
 
     def __post_init__(self) -> None:
-        """Values checked when the options are made, before any image is read or backbone built."""
+        """Values checked when the options are made, before any image is read or backbone built (the model's
+        own when it is made)."""
+        if not isinstance(self.model, BackboneSettings):
+            raise SettingError(f"model is a {type(self.model).__name__}, not the BackboneSettings of the backbone")
         if self.method is not None:
             segmenter(self.method)  # a name that is not a segmenting method fails naming those that are
         for name in ("k", "groups"):
@@ -189,23 +179,28 @@ class SegmentOptions:
                 "crf, clustering, save_clustering and checkpoint apply to the kmeans, cd and stego "
                 "methods, not to spectral (give --method)"
             )
-        check_views(
-            self.input_size or DEFAULT_INPUT_SIZE,
-            self.window,
-            DEFAULT_OVERLAP if self.window_overlap is None else self.window_overlap,
-            self.scales or (1.0,),
-        )
-        for name, kind in (
-            ("batch_size", COUNT),
-            ("num_workers", NON_NEGATIVE),
-            ("seed", SEED),
-            ("niter", COUNT),
-            ("nredo", COUNT),
-            ("device", DEVICE),
-        ):
+        for name, kind in (("seed", SEED), ("niter", COUNT), ("nredo", COUNT)):
             kind.check(getattr(self, name), name)
         if self.threads is not None:
             COUNT.check(self.threads, "threads")
+
+
+_MODEL_FIELDS = frozenset(f.name for f in fields(BackboneSettings) if f.init)
+
+
+def _changed(o: SegmentOptions, changes: dict[str, Any]) -> SegmentOptions:
+    """``o`` with ``changes`` to its fields; a change named as a field of its ``model`` goes there, so
+    ``segment(paths, backbone=..., groups=...)`` needs no BackboneSettings of its own."""
+    unknown = sorted(set(changes) - _MODEL_FIELDS - {f.name for f in fields(SegmentOptions)})
+    if unknown:
+        raise SettingError(
+            f"segment has no option {', '.join(unknown)}: its options are the fields of SegmentOptions "
+            "and of its model, BackboneSettings"
+        )
+    ours = {name: value for name, value in changes.items() if name not in _MODEL_FIELDS}
+    model = ours.pop("model", o.model)
+    theirs = {name: value for name, value in changes.items() if name in _MODEL_FIELDS}
+    return replace(o, **ours, model=replace(model, **theirs) if theirs else model)
 
 
 @dataclass
@@ -245,16 +240,6 @@ class Segmentation:
         return f"{len(self.images)} images, {self.method} on {self.backbone}{view}: {found}"
 
 
-def _views(o: SegmentOptions, fitted: dict[str, Any]) -> dict[str, Any]:
-    """Window and scale settings: the options given, else a fitted clustering's (``fitted``), else none."""
-    views = {"window": None, "window_overlap": DEFAULT_OVERLAP, "scales": (1.0,), **fitted}
-    given = {k: getattr(o, k) for k in views if getattr(o, k) is not None}
-    views.update(given)
-    views["window"] = None if views["window"] is None else as_size(views["window"])
-    views["scales"] = tuple(views["scales"])
-    return views
-
-
 def _check_views(fitted: FittedSegmenter, views: dict[str, Any], path: str | Path) -> None:
     """A clustering applies only to tokens seen the way it was fitted on (its ``views``; none in older files)."""
     theirs = views_name(**fitted.settings.get("views", {})) or "none"
@@ -279,14 +264,13 @@ def _stego(o: SegmentOptions) -> tuple[StegoSegmenter, SegmentOptions]:
         )
     from .methods.stego import StegoSegmenter, load_stego
 
-    head, probe, _, meta = load_stego(o.checkpoint, trust_checkpoint=o.trust_checkpoint)
+    head, probe, _, meta = load_stego(o.checkpoint, trust_checkpoint=o.model.trust_checkpoint)
     if o.k is not None and o.k != probe.n_clusters:
         raise SettingError(f"STEGO checkpoint {o.checkpoint} has {probe.n_clusters} clusters, not k={o.k}")
-    return StegoSegmenter(head, probe, resolve_device(o.device)), replace(
-        o,
-        backbone=o.backbone or meta["config"].get("backbone"),
-        weights=o.weights or (o.checkpoint if meta["has_backbone"] else None),
+    model = o.model.fill(
+        backbone=meta["config"].get("backbone"), weights=o.checkpoint if meta["has_backbone"] else None
     )
+    return StegoSegmenter(head, probe, resolve_device(o.model.device)), replace(o, model=model)
 
 
 def _clear_outputs(out: Path, images: Sequence[InputImage]) -> None:
@@ -304,11 +288,11 @@ def segment(
 ) -> Segmentation:
     """Segment images (files or folders) without labels, each at its own size.
 
-    ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields, e.g.
-    ``segment("photos/", groups=10, out_dir="out")``. Images are decoded, rendered and written one
-    at a time on each thread, so memory does not grow with the folder unless ``keep``.
+    ``options`` (default :class:`SegmentOptions`()) with ``changes`` to its fields or its model's, e.g.
+    ``segment("photos/", groups=10, input_size=320, out_dir="out")``. Images are decoded, rendered and
+    written one at a time on each thread, so memory does not grow with the folder unless ``keep``.
     """
-    o = replace(options or SegmentOptions(), **changes)  # checks the values (SegmentOptions.__post_init__)
+    o = _changed(options or SegmentOptions(), changes)  # checks the values (SegmentOptions.__post_init__)
     keep = o.out_dir is None if o.keep is None else o.keep
     if o.out_dir is not None:  # before any compute: a run never finds out at the end that it cannot save
         require_writable(o.out_dir, "output folder")
@@ -327,23 +311,15 @@ def segment(
         fitted_k = saved.settings.get("k" if method == "kmeans" else "num_segments")
         if o.k is not None and o.k != fitted_k:
             raise SettingError(f"clustering {o.clustering} was fitted with k={fitted_k}, not k={o.k}")
-        o = replace(o, backbone=o.backbone or saved.backbone, input_size=o.input_size or saved.input_size)
+        fitted_views = saved.settings.get("views", {})  # none in older files
+        o = replace(o, model=o.model.fill(backbone=saved.backbone, input_size=saved.input_size, **fitted_views))
     fitted: Segmenter | None = stego if stego is not None else saved
-    name = o.backbone or DEFAULT_BACKBONE
-    size = as_size(o.input_size or DEFAULT_INPUT_SIZE)
+    name, size, views = o.model.backbone_name, o.model.size, o.model.views()
     images = collect_images(paths, o.skip_invalid)
-    saved_views = saved.settings.get("views", {}) if saved is not None else {}
-    views = _views(o, saved_views)
     if saved is not None:
         assert o.clustering is not None  # saved was read from it
         _check_views(saved, views, o.clustering)
-    check_views(size, **views)
-    model = with_views(
-        create_backbone(name, o.weights, download=o.download, role=o.role, trust_checkpoint=o.trust_checkpoint),
-        **views,
-        window_batch=o.batch_size,
-        input_size=size,
-    )
+    model = o.model.build_backbone()
     tokens = len(images) * (size[0] // model.stride) * (size[1] // model.stride)
     if method == "kmeans" and fitted is None and (o.k or DEFAULT_K) > tokens:
         raise SettingError(
@@ -379,9 +355,9 @@ def segment(
             dataset,
             size,
             cache_root=tmp,
-            batch_size=o.batch_size,
-            device=o.device,
-            num_workers=o.num_workers,
+            batch_size=o.model.batch_size,
+            device=o.model.device,
+            num_workers=o.model.num_workers,
             rank=0,
             world_size=1,
             progress=False,

@@ -35,10 +35,12 @@ __all__ = [
     "window_positions",
     "scaled_size",
     "DEFAULT_OVERLAP",
+    "DEFAULT_SCALES",
     "DEFAULT_WINDOW_BATCH",
 ]
 
 DEFAULT_OVERLAP = 0.25
+DEFAULT_SCALES = (1.0,)  # the input at its own size only: the plain backbone
 DEFAULT_WINDOW_BATCH = 16  # windows per forward pass: the extraction's default images per batch
 
 
@@ -47,11 +49,13 @@ def _shown(size: tuple[int, int]) -> str:
 
 
 def views_name(
-    window: int | Sequence[int] | None = None, window_overlap: float = DEFAULT_OVERLAP, scales: Sequence[float] = (1.0,)
+    window: int | Sequence[int] | None = None,
+    window_overlap: float = DEFAULT_OVERLAP,
+    scales: Sequence[float] = DEFAULT_SCALES,
 ) -> str:
     """The settings as a backbone-name suffix (``-win448o0.25``, ``-ms1+1.5``); empty for the plain backbone."""
     name = "" if window is None else f"-win{_shown(as_size(window))}o{window_overlap:g}"
-    if tuple(scales) != (1.0,):
+    if tuple(scales) != DEFAULT_SCALES:
         name += "-ms" + "+".join(f"{s:g}" for s in scales)
     return name
 
@@ -249,7 +253,7 @@ class MultiScale(BackboneView):
                 raise SettingError(f"at scale {scale:g} of the input {_shown(size)} px: {exc}") from None
 
     def forward_with_saliency(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.scales == (1.0,):
+        if self.scales == DEFAULT_SCALES:
             return self.inner.forward_with_saliency(x)
         size = (x.shape[-2], x.shape[-1])
         grid = (size[0] // self.stride, size[1] // self.stride)
@@ -282,7 +286,7 @@ def with_views(
     backbone: Backbone,
     window: int | Sequence[int] | None = None,
     window_overlap: float = DEFAULT_OVERLAP,
-    scales: Sequence[float] = (1.0,),
+    scales: Sequence[float] = DEFAULT_SCALES,
     window_batch: int = DEFAULT_WINDOW_BATCH,
     input_size: tuple[int, int] | None = None,
 ) -> Backbone:
@@ -296,7 +300,7 @@ def with_views(
         view = SlidingWindow(view, window, window_overlap, window_batch)
     else:
         _check_overlap(window_overlap)  # an overlap without a window is still a value to get right
-    if tuple(scales) != (1.0,):
+    if tuple(scales) != DEFAULT_SCALES:
         view = MultiScale(view, scales)
     if input_size is not None and isinstance(view, BackboneView):
         view.check_input(input_size)
