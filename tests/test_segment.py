@@ -206,3 +206,7 @@ def test_written_image_counts_the_segments_and_groups_it_shows(tmp_path: Path) -
     assert written.groups == {0, 5}
     assert written.item.caption.startswith("8x6, 2 segments, 2 groups, foreground 50%")
     assert (np.asarray(Image.open(tmp_path / "labels" / "x.png")) == groups[segments]).all()
+    one = ImageSegmentation(np.zeros((6, 8), np.int32), np.array([2]), np.array([False]))
+    assert write_image(tmp_path, "y", Image.new("RGB", (8, 6)), one, palette(6)).item.caption == (
+        "8x6, 1 segment, 1 group, foreground 100%"
+    )

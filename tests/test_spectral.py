@@ -13,6 +13,7 @@ from unseg.errors import SettingError
 from unseg.unsupervised.per_image import fit_vocabulary, plan_folder
 from unseg.unsupervised.spectral import (
     SpectralSettings,
+    alike_blocks,
     background_segments,
     colour_affinity,
     merge_segments,
@@ -102,6 +103,39 @@ def test_embedding_solves_the_generalised_eigenproblem():
         a, b = vectors[:, k], expected[:, k]
         assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-3
         assert (a > 0).mean() <= 0.5 or (a > 0).all()  # the sign rule: the smaller side positive
+
+
+def test_blocks_of_equal_tokens_give_the_full_problems_solution():
+    """Where every lumped block's tokens are equal, the projected problem's smallest eigenpairs are the full
+    generalised problem's (the vectors the projection drops are differences inside a block, λ = 1)."""
+    rng = np.random.default_rng(1)
+    h, w = 6, 7  # an odd width: the last column stays token by token
+    x = rng.random((h, w, 3))
+    x[0:2, 0:2] = x[0, 0]
+    x[2:4, 4:6] = x[2, 4]
+    x[4:6, 2:4] = x[5, 3]
+    tokens = x.reshape(h * w, 3)
+    affinity = np.exp(-4 * cdist(tokens, tokens) ** 2)
+    d = np.diag(affinity.sum(1))
+    expected_values, expected = scipy.linalg.eigh(d - affinity, d)  # the definition, every token an unknown
+    unit = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+    blocks = alike_blocks(unit, h, w, 0.999999)
+    assert blocks.max() + 1 == h * w - 9  # three blocks of four tokens: 9 unknowns fewer
+    values, vectors = spectral_embedding(affinity.astype(np.float32), 8, blocks)
+    np.testing.assert_allclose(values, expected_values[:8], atol=1e-5)
+    for k in range(1, 8):
+        a, b = vectors[:, k], expected[:, k]
+        assert min(np.abs(a - b).max(), np.abs(a + b).max()) < 1e-3
+
+
+def test_alike_blocks_lumps_only_blocks_whose_tokens_are_all_alike():
+    unit = np.zeros((4, 5, 2))
+    unit[..., 0] = 1  # every token alike ...
+    unit[0, 1] = (0.6, 0.8)  # ... but one of the first block (cosine 0.6 to its three neighbours)
+    blocks = alike_blocks(unit.reshape(20, 2), 4, 5, 0.7).reshape(4, 5)
+    expected = np.array([[0, 1, 2, 2, 3], [4, 5, 2, 2, 6], [7, 7, 8, 8, 9], [7, 7, 8, 8, 10]])  # ids by first token
+    np.testing.assert_array_equal(blocks, expected)
+    assert len(np.unique(alike_blocks(unit.reshape(20, 2), 4, 5, 0.5))) == 20 - 4 * 3  # at 0.5 the first lumps too
 
 
 def test_merging_joins_the_most_similar_neighbours_until_the_threshold():

@@ -452,6 +452,13 @@ SPECTRAL = [
     Opt("--groups", "groups of the folder's vocabulary", COUNT, "the most segments of one image"),
     Opt("--oversegments", "segments before merging", Integer(2), _api(SPECTRAL_SETTINGS, "oversegments")),
     Opt(
+        "--lump",
+        "solve each square of four neighbouring tokens whose cosines are all at least this as one unknown: "
+        "a smaller eigenproblem (the largest value lumps only equal tokens: the exact problem)",
+        Real(-1, 1),
+        _api(SPECTRAL_SETTINGS, "lump"),
+    ),
+    Opt(
         "--embedding",
         "what the over-segmentation clusters: the graph's eigenvectors (spectral) or the image's own "
         "tokens (tokens: plain per-image k-means, the baseline)",

@@ -11,6 +11,10 @@ The family of normalised cuts and Deep Spectral Methods (Melas-Kyriazi et al., C
    (r, g, b, x, y) at two position weights), scaled to the feature graph's total weight.
 2. **Eigenvectors** of the generalised problem (D − W) v = λ D v, the ``oversegments`` smallest
    (from the normalised Laplacian; each vector's sign flipped when most of it is positive).
+   2x2 blocks of tokens that are all alike (every centred cosine in the block at least ``lump``)
+   are one unknown: the problem is projected onto vectors constant on those blocks (a Galerkin
+   projection, exact when the block's tokens are equal), and the dense eigensolver's time falls
+   with the cube of the unknowns.
 3. **Over-segmentation.** k-means on eigenvectors 1..k, each weighted by 1 − λ, into k =
    ``oversegments`` clusters (the weights matter where a region is uniform: there the vectors of
    λ near 1 are noise).
@@ -50,6 +54,7 @@ __all__ = [
     "SpectralSettings",
     "affinity",
     "spectral_embedding",
+    "alike_blocks",
     "oversegment",
     "segment_sums",
     "merge_segments",
@@ -67,7 +72,9 @@ class SpectralSettings:
     eigenvectors) or ``tokens`` (the image's centred, L2-normalised tokens: plain per-image k-means,
     the baseline the graph is measured against). ``sharpness``: power of the clipped cosine
     affinity. ``colour``: weight of the colour-and-position affinity in the graph (0: none).
-    ``oversegments``: eigenvectors and segments before merging. ``merge_threshold``: merge adjacent
+    ``oversegments``: eigenvectors and segments before merging. ``lump``: 2x2 blocks of tokens whose
+    centred cosines are all at least this are solved as one unknown (None: every token its own).
+    ``merge_threshold``: merge adjacent
     segments while their centred mean features' cosine is at least this. ``segments``: a fixed
     number per image instead (merged down to it). ``min_tokens``: smaller segments (slivers of mixed
     tokens along an edge) join their most similar neighbour. ``radius``, ``eps``,
@@ -82,6 +89,7 @@ class SpectralSettings:
     sharpness: float = 8.0
     colour: float = 0.0
     oversegments: int = 24
+    lump: float | None = 0.5
     merge_threshold: float = 0.5
     segments: int | None = None
     min_tokens: int = 4
@@ -99,6 +107,7 @@ class SpectralSettings:
             "sharpness": self.sharpness > 0,
             "colour": self.colour >= 0,
             "oversegments": self.oversegments >= 2,
+            "lump": self.lump is None or -1 <= self.lump <= 1,
             "merge_threshold": -1 <= self.merge_threshold <= 1,
             "segments": self.segments is None or 1 <= self.segments <= self.oversegments,
             "min_tokens": self.min_tokens >= 1,
@@ -115,9 +124,8 @@ class SpectralSettings:
             raise SettingError(
                 f"spectral settings out of range: {', '.join(f'{b}={getattr(self, b)}' for b in bad)} "
                 f"(embedding one of {', '.join(EMBEDDINGS)}; sharpness, radius, eps, background_ratio > 0; "
-                "colour >= 0; oversegments >= 2; "
-                "merge_threshold in [-1, 1]; segments 1..oversegments; margin >= 0; min_tokens, cells_per_token, "
-                "niter, nredo >= 1)"
+                "colour >= 0; oversegments >= 2; lump and merge_threshold in [-1, 1]; "
+                "segments 1..oversegments; margin >= 0; min_tokens, cells_per_token, niter, nredo >= 1)"
             )
 
     def describe(self) -> dict[str, Any]:
@@ -170,24 +178,55 @@ def affinity(tokens: np.ndarray, settings: SpectralSettings, image: np.ndarray |
     return w
 
 
-def spectral_embedding(w: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def spectral_embedding(w: np.ndarray, k: int, blocks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` smallest eigenvalues and eigenvectors (n, k) of (D − W) v = λ D v (step 2).
 
     Solved as the symmetric normalised Laplacian I − D^-½ W D^-½ (same eigenvalues; v = D^-½ u, so
     vᵀ D v = 1); each vector's sign is flipped when more than half of it (but not all) is positive,
-    so the smaller side of a cut is positive.
+    so the smaller side of a cut is positive. ``blocks`` (n,) ids 0..m-1 (:func:`alike_blocks`):
+    solve for vectors constant on each block, the problem projected onto the blocks' indicators
+    (W and D summed over blocks), then read back at every token.
     """
+    if blocks is None:
+        blocks = np.arange(len(w))
+    m = int(blocks.max()) + 1
+    if m < len(w):  # Pᵀ W P with P the blocks' indicators, by sums over the sorted tokens
+        order = np.argsort(blocks, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(blocks[order]) != 0])
+        w = np.add.reduceat(np.add.reduceat(w[order], starts, axis=0)[:, order], starts, axis=1)
     d = w.sum(1)
     if (d <= 0).any():
         raise SettingError("a token with no affinity to any other: the graph is not connected")
     s = 1 / np.sqrt(d)
-    laplacian = np.eye(len(w), dtype=w.dtype) - s[:, None] * w * s[None]
-    k = min(k, len(w))
+    laplacian = w * s[:, None]  # I − D^-½ W D^-½, in place on one copy
+    laplacian *= -s[None]
+    laplacian.flat[:: m + 1] += 1
+    k = min(k, m)
     values, vectors = scipy.linalg.eigh(laplacian, subset_by_index=[0, k - 1], driver="evr")
-    vectors = vectors * s[:, None]
+    vectors = (vectors * s[:, None])[blocks]
     positive = (vectors > 0).mean(0)
     vectors[:, (positive > 0.5) & (positive < 1.0)] *= -1
     return values, vectors
+
+
+def alike_blocks(unit: np.ndarray, h: int, w: int, threshold: float) -> np.ndarray:
+    """(h * w,) block ids 0..m-1 of an image's (h * w, D) unit tokens: each 2x2 block (on the even
+    grid) whose six cosines are all at least ``threshold`` shares one id; every other token has its own."""
+    grid = unit.reshape(h, w, -1)
+    hb, wb = h // 2, w // 2
+    corners = [grid[dy : 2 * hb : 2, dx : 2 * wb : 2] for dy in (0, 1) for dx in (0, 1)]  # 4 x (hb, wb, D)
+    alike = np.ones((hb, wb), bool)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            alike &= np.einsum("yxd,yxd->yx", corners[i], corners[j]) >= threshold
+    lumped = np.zeros((h, w), bool)
+    lumped[: 2 * hb, : 2 * wb] = alike.repeat(2, 0).repeat(2, 1)
+    # a lumped token takes its block's first token's index, the others their own; then ids made dense
+    index = np.arange(h * w).reshape(h, w)
+    first = index[: 2 * hb : 2, : 2 * wb : 2].repeat(2, 0).repeat(2, 1)
+    key = index.copy()
+    key[: 2 * hb, : 2 * wb] = np.where(lumped[: 2 * hb, : 2 * wb], first, index[: 2 * hb, : 2 * wb])
+    return np.unique(key.ravel(), return_inverse=True)[1]
 
 
 def oversegment(
@@ -200,7 +239,9 @@ def oversegment(
     if settings.embedding == "tokens":
         points = _unit(tokens - tokens.mean(0))
     else:
-        values, vectors = spectral_embedding(affinity(tokens, settings, image), k + 1)
+        unit = _unit(tokens - tokens.mean(0)).astype(np.float32)
+        blocks = None if settings.lump is None else alike_blocks(unit, h, w, settings.lump)
+        values, vectors = spectral_embedding(affinity(tokens, settings, image), k + 1, blocks)
         # each eigenvector weighted by 1 - λ (a diffusion map's step): the graph's structure keeps its weight
         # (λ near 0), while vectors of λ near 1, noise inside a uniform region, fade out
         points = vectors[:, 1 : k + 1] * (1 - values[1 : k + 1])

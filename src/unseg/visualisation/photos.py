@@ -77,6 +77,10 @@ class WrittenImage:
     groups: set[int]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def write_image(
     out_dir: str | Path, image_id: str, image: Image.Image, result: ImageSegmentation, group_colours: np.ndarray
 ) -> WrittenImage:
@@ -91,7 +95,10 @@ def write_image(
     used = np.flatnonzero(np.bincount(result.segments.ravel(), minlength=len(result.groups)))  # no sort of pixels
     present = set(np.unique(result.groups[used]).tolist())
     share = 100 * result.foreground.mean()
-    caption = f"{image.size[0]}x{image.size[1]}, {len(used)} segments, {len(present)} groups, foreground {share:.0f}%"
+    caption = (
+        f"{image.size[0]}x{image.size[1]}, {_count(len(used), 'segment')}, {_count(len(present), 'group')}, "
+        f"foreground {share:.0f}%"
+    )
     return WrittenImage(GalleryItem(picture, image_id, caption, paths), present)
 
 
@@ -101,7 +108,7 @@ def write_photo_gallery(
     """``index.html``: one wide tile per image and the colour of every group with the photos it is in."""
     colours = palette(num_groups)
     photos = [sum(g in w.groups for w in written) for g in range(num_groups)]
-    legend = [(f"group {g} ({n} photo{'s' if n != 1 else ''})", colours[g]) for g, n in enumerate(photos) if n]
+    legend = [(f"group {g} ({_count(n, 'photo')})", colours[g]) for g, n in enumerate(photos) if n]
     views = "each row: the photo | its group labels | its segments | its foreground (background dimmed)"
     return write_gallery(
         Path(out_dir) / "index.html",
