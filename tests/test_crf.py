@@ -42,6 +42,15 @@ def test_crf_cleans_a_noisy_two_region_segmentation():
 
 
 @needs_crf
+def test_a_read_only_image_as_a_decoded_photo_gives_the_same_marginals():
+    """np.asarray of a PIL image is read-only, and pydensecrf takes only writable buffers."""
+    image, logits, _ = two_regions(2)
+    frozen = image.copy()
+    frozen.setflags(write=False)
+    np.testing.assert_array_equal(dense_crf(frozen, logits), dense_crf(image, logits))
+
+
+@needs_crf
 def test_low_resolution_logits_are_resized_to_the_image():
     image, _, labels = two_regions(1)
     coarse = torch.tensor(np.eye(2, dtype=np.float32)[labels[::8, ::8]].transpose(2, 0, 1))

@@ -1,5 +1,6 @@
 """``segment`` on users' images: outputs, a gallery whose links resolve, saved clusterings, bad input."""
 
+import importlib.util
 import logging
 import shutil
 from pathlib import Path
@@ -66,6 +67,17 @@ def test_rerun_into_the_same_folder_keeps_only_this_runs_images(photos, tmp_path
     for folder in ("labels", "segments", "foreground", "panels"):
         assert [p.stem for p in (out / folder).iterdir()] == [Path(SAMPLE[0]).stem]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None, reason="pydensecrf is not installed")
+def test_crf_refines_kmeans_on_decoded_photos(photos):
+    """segment's CRF path end to end (photos decoded by PIL): labels change only where the CRF moves them,
+    and stay the clusters' ids."""
+    plain = segment(photos, k=4, **KMEANS).results
+    refined = segment(photos, k=4, crf=True, **KMEANS).results
+    for a, b in zip(plain, refined, strict=True):
+        assert a.labels.shape == b.labels.shape and b.labels.max() < 4
+        assert 0 < (a.labels != b.labels).mean() < 0.5  # the CRF moved some boundaries, not the whole picture
 
 
 def test_spectral_refuses_the_options_of_the_clustering_methods(photos, tmp_path):
@@ -210,3 +222,47 @@ def test_written_image_counts_the_segments_and_groups_it_shows(tmp_path: Path) -
     assert write_image(tmp_path, "y", Image.new("RGB", (8, 6)), one, palette(6)).item.caption == (
         "8x6, 1 segment, 1 group, foreground 100%"
     )
+
+
+def _stego_checkpoint(path: Path) -> Path:
+    import torch
+
+    from unseg.methods.stego import ClusterProbe, LinearProbe, StegoHead, save_stego
+
+    torch.manual_seed(0)
+    save_stego(
+        path, StegoHead(432, 8).eval(), ClusterProbe(8, 6), LinearProbe(8, 6), {"backbone": "efficientnet_lite0"}
+    )
+    return path
+
+
+SWITCHES = [
+    *[
+        (method, crf, upsample)
+        for method in ("kmeans", "cd", "stego")
+        for crf in (False, True)
+        for upsample in ("none", "bilinear", "guided")
+        if importlib.util.find_spec("pydensecrf") is not None or not crf
+    ],
+    ("spectral", False, None),
+]
+
+
+@pytest.mark.parametrize(("method", "crf", "upsample"), SWITCHES)
+def test_every_method_runs_from_the_cli_with_each_switch(photos, tmp_path, method, crf, upsample):
+    """Every segmenting method, with and without the CRF, through each upsampler, from the command line: each
+    image's three maps are written at its own size, with ids the run's groups."""
+    from unseg.cli import main
+
+    args = [str(photos), "--out", str(tmp_path / "out"), "--method", method, "--input-size", "224", "--workers", "0"]
+    if method == "stego":
+        args += ["--checkpoint", str(_stego_checkpoint(tmp_path / "stego.ckpt"))]
+    elif method != "spectral":
+        args += ["--k", "4"] if method == "kmeans" else ["--cd-k", "6"]
+    args += ["--crf"] * crf + (["--upsample", upsample] if upsample else [])
+    assert main(["segment", *args]) == 0
+    sizes = {"0016E5_07959": (480, 360), "0016E5_07969": (480, 360), "odd size": (200, 290)}
+    for name, size in sizes.items():
+        maps = [Image.open(tmp_path / "out" / kind / f"{name}.png") for kind in ("labels", "segments", "foreground")]
+        assert all(m.size == size for m in maps)
+    assert np.asarray(maps[2]).max() in (0, 255)

@@ -66,7 +66,9 @@ def dense_crf(image: np.ndarray, logits: Logits) -> np.ndarray:
     crf = dcrf.DenseCRF2D(w, h, len(unary))
     crf.setUnaryEnergy(unary)
     crf.addPairwiseGaussian(sxy=POS_XY_STD, compat=POS_W)
-    crf.addPairwiseBilateral(sxy=BI_XY_STD, srgb=BI_RGB_STD, rgbim=np.ascontiguousarray(image), compat=BI_W)
+    # pydensecrf takes a writable buffer; a decoded photo (np.asarray of a PIL image) is read-only: copied then
+    rgb = np.require(image, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
+    crf.addPairwiseBilateral(sxy=BI_XY_STD, srgb=BI_RGB_STD, rgbim=rgb, compat=BI_W)
     return np.asarray(crf.inference(MAX_ITER), dtype=np.float32).reshape(len(unary), h, w)
 
 
