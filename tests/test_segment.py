@@ -258,7 +258,7 @@ def test_every_method_runs_from_the_cli_with_each_switch(photos, tmp_path, metho
     if method == "stego":
         args += ["--checkpoint", str(_stego_checkpoint(tmp_path / "stego.ckpt"))]
     elif method != "spectral":
-        args += ["--k", "4"] if method == "kmeans" else ["--cd-k", "6"]
+        args += ["--k", "4", "--niter", "5", "--nredo", "1"] if method == "kmeans" else ["--cd-k", "6"]
     args += ["--crf"] * crf + (["--upsample", upsample] if upsample else [])
     assert main(["segment", *args]) == 0
     sizes = {"0016E5_07959": (480, 360), "0016E5_07969": (480, 360), "odd size": (200, 290)}

@@ -632,6 +632,8 @@ SEGMENT = [
     Opt("--save-clustering", "save the fitted clustering (kmeans, cd) for reuse", OutputFile(), metavar="FILE"),
     Opt("--skip-invalid", "skip (and log by name) unreadable files", switch=True),
     Opt("--seed", "k-means / Infomap seed", SEED, _api(SEGMENT_OPTIONS, "seed")),
+    Opt("--niter", "kmeans, cd: k-means iterations of the fit", COUNT, _api(SEGMENT_OPTIONS, "niter")),
+    Opt("--nredo", "kmeans, cd: k-means restarts of the fit", COUNT, _api(SEGMENT_OPTIONS, "nredo")),
 ]
 """``unseg segment``'s own options; its backbone's are :func:`backbone_options`, defaulting to a clustering's."""
 
