@@ -219,13 +219,11 @@ def alike_blocks(unit: np.ndarray, h: int, w: int, threshold: float) -> np.ndarr
     for i in range(4):
         for j in range(i + 1, 4):
             alike &= np.einsum("yxd,yxd->yx", corners[i], corners[j]) >= threshold
-    lumped = np.zeros((h, w), bool)
-    lumped[: 2 * hb, : 2 * wb] = alike.repeat(2, 0).repeat(2, 1)
     # a lumped token takes its block's first token's index, the others their own; then ids made dense
     index = np.arange(h * w).reshape(h, w)
     first = index[: 2 * hb : 2, : 2 * wb : 2].repeat(2, 0).repeat(2, 1)
     key = index.copy()
-    key[: 2 * hb, : 2 * wb] = np.where(lumped[: 2 * hb, : 2 * wb], first, index[: 2 * hb, : 2 * wb])
+    key[: 2 * hb, : 2 * wb] = np.where(alike.repeat(2, 0).repeat(2, 1), first, index[: 2 * hb, : 2 * wb])
     return np.unique(key.ravel(), return_inverse=True)[1]
 
 
