@@ -15,6 +15,7 @@ from unseg.features import BackboneSettings
 from unseg.segment import SegmentOptions, segment
 from unseg.unsupervised.fitted import CDSettings, FittedSegmenter
 
+HAS_CRF = importlib.util.find_spec("pydensecrf") is not None
 FAST = {"input_size": 224, "num_workers": 0, "niter": 20, "nredo": 1}
 KMEANS = {"method": "kmeans", **FAST}
 SAMPLE = ["0016E5_07959.png", "0016E5_07969.png", "0016E5_07979.png"]
@@ -69,7 +70,7 @@ def test_rerun_into_the_same_folder_keeps_only_this_runs_images(photos, tmp_path
     assert (out / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None, reason="pydensecrf is not installed")
+@pytest.mark.skipif(not HAS_CRF, reason="pydensecrf is not installed")
 def test_crf_refines_kmeans_on_decoded_photos(photos):
     """segment's CRF path end to end (photos decoded by PIL): labels change only where the CRF moves them,
     and stay the clusters' ids."""
@@ -181,15 +182,7 @@ def test_an_empty_folder_or_one_without_images_is_an_error(tmp_path, caplog):
 
 
 def test_stego_segments_with_its_cluster_probe(photos, tmp_path, resolved_links):
-    import torch
-
-    from unseg.methods.stego import ClusterProbe, LinearProbe, StegoHead, save_stego
-
-    torch.manual_seed(0)
-    ckpt = tmp_path / "stego.ckpt"
-    save_stego(
-        ckpt, StegoHead(432, 8).eval(), ClusterProbe(8, 6), LinearProbe(8, 6), {"backbone": "efficientnet_lite0"}
-    )
+    ckpt = _stego_checkpoint(tmp_path / "stego.ckpt")
     labels = [
         r.labels
         for r in segment(photos, method="stego", checkpoint=ckpt, out_dir=tmp_path / "s", keep=True, **FAST).results
@@ -242,7 +235,7 @@ SWITCHES = [
         for method in ("kmeans", "cd", "stego")
         for crf in (False, True)
         for upsample in ("none", "bilinear", "guided")
-        if importlib.util.find_spec("pydensecrf") is not None or not crf
+        if HAS_CRF or not crf
     ],
     ("spectral", False, None),
 ]

@@ -155,10 +155,19 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _centred_unit(tokens: np.ndarray) -> np.ndarray:
+    """(n, D) float32: one image's tokens centred on their mean and L2-normalised (the graph's and the blocks')."""
+    return _unit(tokens - tokens.mean(0)).astype(np.float32)
+
+
 def affinity(tokens: np.ndarray, settings: SpectralSettings, image: np.ndarray | None = None) -> np.ndarray:
     """(n, n) float32 affinity of one image's (n, D) tokens (step 1); ``image``: the (h, w, 3) image
     at the token grid in [0, 1], needed when ``settings.colour`` > 0."""
-    unit = _unit(tokens - tokens.mean(0)).astype(np.float32)
+    return _affinity(_centred_unit(tokens), settings, image)
+
+
+def _affinity(unit: np.ndarray, settings: SpectralSettings, image: np.ndarray | None) -> np.ndarray:
+    """:func:`affinity` of tokens already centred and normalised (:func:`_centred_unit`)."""
     w = np.maximum(unit @ unit.T, 0)
     if float(settings.sharpness).is_integer():  # by squaring: a few products, not a power per entry
         base, w, e = w, np.ones_like(w), int(settings.sharpness)
@@ -237,9 +246,9 @@ def oversegment(
     if settings.embedding == "tokens":
         points = _unit(tokens - tokens.mean(0))
     else:
-        unit = _unit(tokens - tokens.mean(0)).astype(np.float32)
+        unit = _centred_unit(tokens)  # once, for the graph and the blocks
         blocks = None if settings.lump is None else alike_blocks(unit, h, w, settings.lump)
-        values, vectors = spectral_embedding(affinity(tokens, settings, image), k + 1, blocks)
+        values, vectors = spectral_embedding(_affinity(unit, settings, image), k + 1, blocks)
         # each eigenvector weighted by 1 - λ (a diffusion map's step): the graph's structure keeps its weight
         # (λ near 0), while vectors of λ near 1, noise inside a uniform region, fade out
         points = vectors[:, 1 : k + 1] * (1 - values[1 : k + 1])
